@@ -1,0 +1,369 @@
+"""The NEMP potential as a plain ``torch.nn.Module`` (design/nemp-model.md section 3).
+
+Cost of one forward pass
+------------------------
+N atoms, E edges (n = E/N neighbours per atom, 30-100), C channels, S species,
+n_L = (L+1)^2 and n_l = (l+1)^2 harmonic components, F the width of the coefficient
+MLPs, K the number of non-zero Clebsch-Gordan entries (83 for (L,l) = (2,2), 125 for
+(3,2)). Per step:
+
+==========================================  =============================  ===========
+step                                        cost                           space
+==========================================  =============================  ===========
+edge vectors, envelope, harmonics Yhat      O(E n_L)                       edges
+pair tables (S^2 pairs, then gathered)      O(S^2 P^2) + O(E (C + N_R))    edges
+sinc radial basis and initial edge MLP      O(E F (N_R + F + C))           edges
+coefficient MLPs K_t, M_t (per layer)       O(E F ((t+3)C + B Lb F + n C)) edges  <- dominant
+edge invariants, Eq. 7                      O(E n_l C) (two gathers)       edges
+node invariants, Eq. 8                      O(E n_l C) (one scatter)       edges
+virtual node U, Eq. 10                      O(N n_l C^2) + O(E n_l C)      nodes/edges
+harmonic density A, Eq. 9                   O(E n_L C) (one scatter)       edges
+Clebsch-Gordan tensor product, Eq. 11       O(N K C)                       **nodes**
+channel mixings Omega, W_sp                 O(N n_l C^2)                   nodes
+readout                                     O(N F ((T+2) C + B Lb F))      nodes
+==========================================  =============================  ===========
+
+Everything that touches edges is a per-channel scalar (MLP outputs, invariants) or a
+harmonic expansion ``coefficient x Yhat``; the only tensor product couples two
+*neighbour sums* on each node, so no E x K or E x C x K tensor is ever formed. The
+largest activations are E x n_L x C (input of A) and E x F (MLP hidden states).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..graph import AtomicGraph
+from .angular import coupling_paths, degrees, normalized_spherical_harmonics, real_clebsch_gordan
+from .config import NEMPConfig
+from .mlp import ScaledMLP
+from .radial import polynomial_envelope
+
+__all__ = ["NEMP"]
+
+_MAX_Z = 119
+
+
+def _scatter(src: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
+    """Sum the rows of ``src`` into ``n`` bins given by ``index`` (the sum over e -> i)."""
+    return src.new_zeros((n,) + src.shape[1:]).index_add_(0, index, src)
+
+
+class NEMP(nn.Module):
+    """Node-equivariant message-passing potential.
+
+    Parameters
+    ----------
+    config : NEMPConfig
+        Hyperparameters (species, cutoff, sizes).
+    dtype : torch.dtype
+        Floating-point type of the parameters (float64 by default; float32 is faster).
+    seed : int, optional
+        Seed for the random initialisation; the global torch RNG is left untouched.
+
+    The model maps a batch of graphs to per-atom and per-structure energies in eV; it
+    knows nothing of ASE. Forces and stress come from
+    :func:`ase_nemp.model.energy_forces_stress`.
+
+    Buffers that come from data rather than training: ``force_rms`` (sigma_F, the RMS
+    force component of the training data; the energy scale of the readout) and
+    ``atomic_energies`` (per-species reference energy added to every atom; the
+    reference code's mean energy per atom is the special case of all-equal entries).
+    """
+
+    def __init__(self, config: NEMPConfig, dtype: torch.dtype = torch.float64, seed: int | None = None) -> None:
+        super().__init__()
+        if seed is None:
+            self._build(config)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self._build(config)
+        self.to(dtype)
+
+    # ------------------------------------------------------------------------------
+    # construction
+    # ------------------------------------------------------------------------------
+    def _build(self, cfg: NEMPConfig) -> None:
+        self.config = cfg
+        S, C, NR, P = cfg.num_species, cfg.num_channels, cfg.num_radial, cfg.pair_dim
+        L, lf, T = cfg.sh_lmax, cfg.feat_lmax, cfg.num_layers
+        f64 = torch.float64
+
+        # species lookup: atomic number -> species index, -1 for unknown elements
+        z_to_index = torch.full((_MAX_Z,), -1, dtype=torch.long)
+        z_to_index[list(cfg.species)] = torch.arange(S)
+        self.register_buffer("z_to_index", z_to_index, persistent=False)
+        self.register_buffer("species_z", torch.tensor(cfg.species, dtype=torch.long), persistent=False)
+
+        # pair-embedding input for the S^2 ordered pairs (a, b), row a*S + b
+        a_idx, b_idx = torch.meshgrid(torch.arange(S), torch.arange(S), indexing="ij")
+        a_idx, b_idx = a_idx.reshape(-1), b_idx.reshape(-1)
+        if cfg.pair_input == "one_hot":
+            eye = torch.eye(S, dtype=f64)
+            pair_inputs = torch.cat([eye[a_idx], eye[b_idx]], dim=1)
+        else:
+            z = torch.tensor(cfg.species, dtype=f64)
+            pair_inputs = torch.stack([z[a_idx], z[b_idx]], dim=1)
+        self.register_buffer("pair_inputs", pair_inputs, persistent=False)
+
+        # pair networks (section 3.2)
+        self.pair_mlp = ScaledMLP(pair_inputs.shape[1], P, cfg.pair_mlp, bias=True)
+        self.freq_mlp = ScaledMLP(P, NR, cfg.pair_mlp, bias=True)
+        self.pw_mlp = ScaledMLP(P, C + NR, cfg.pair_mlp, bias=False)
+        with torch.no_grad():
+            self.pair_mlp.b_out.fill_(1.0)
+            self.freq_mlp.b_out.copy_(torch.rand(NR, dtype=f64) * 12.0 + 0.01)
+
+        # edge and coefficient networks (sections 3.3-3.5)
+        self.edge_mlp = ScaledMLP(2 * NR, (lf + 3) * C, cfg.edge_mlp)
+        self.coeff_mlps = nn.ModuleList(ScaledMLP((2 + t) * C, 3 * (lf + 1) * C, cfg.coeff_mlp) for t in range(T + 1))
+        self.layer_mlps = nn.ModuleList(ScaledMLP((3 + t) * C, (lf + 1 + L + 1) * C, cfg.coeff_mlp) for t in range(T))
+
+        # node-level mixings and path weights
+        paths = coupling_paths(L, lf)
+        self.w_sp = nn.Parameter(torch.randn(S, C, C, dtype=f64))
+        self.omega = nn.Parameter(torch.randn(T, S, 3, C, C, dtype=f64))
+        self.path_weights = nn.Parameter(torch.randn(T, len(paths), S, C, dtype=f64))
+
+        # readout (section 3.6)
+        self.readout = ScaledMLP((T + 2) * C, 1, cfg.readout_mlp, bias=cfg.readout_bias)
+        self.scale = nn.Parameter(torch.ones(S, dtype=f64))
+        self.shift = nn.Parameter(torch.zeros(S, dtype=f64))
+        self.register_buffer("force_rms", torch.tensor(1.0, dtype=f64))
+        self.register_buffer("atomic_energies", torch.zeros(S, dtype=f64))
+
+        # constant index tables
+        deg_L = torch.from_numpy(degrees(L))
+        self.register_buffer("l_of_L", deg_L, persistent=False)  # (n_L,) degree of each component
+        self.register_buffer("l_of_f", deg_L[: (lf + 1) ** 2].clone(), persistent=False)  # (n_l,)
+        inv = 1.0 / torch.sqrt((2.0 * self.l_of_f.to(f64) + 1.0) * (lf + 1))
+        self.register_buffer("inv_sqrt_deg", inv[:, None], persistent=False)  # (n_l, 1)
+        self._register_tensor_product(paths, lf)
+
+    def _register_tensor_product(self, paths: list[tuple[int, int, int]], lf: int) -> None:
+        """Sparse list of the non-zero CG entries of every path, with 1/sqrt(N_lf) folded in."""
+        n_per_lf = [sum(1 for p in paths if p[2] == l) for l in range(lf + 1)]
+        i1, i2, io, ip, coef = [], [], [], [], []
+        for k, (l1, l2, l3) in enumerate(paths):
+            cg = real_clebsch_gordan(l1, l2, l3)
+            for a, b, c in zip(*np.nonzero(cg)):
+                i1.append(l1 * l1 + a)
+                i2.append(l2 * l2 + b)
+                io.append(l3 * l3 + c)
+                ip.append(k)
+                coef.append(cg[a, b, c] / math.sqrt(n_per_lf[l3]))
+        self.register_buffer("tp_in1", torch.tensor(i1), persistent=False)
+        self.register_buffer("tp_in2", torch.tensor(i2), persistent=False)
+        self.register_buffer("tp_out", torch.tensor(io), persistent=False)
+        self.register_buffer("tp_path", torch.tensor(ip), persistent=False)
+        self.register_buffer("tp_coef", torch.tensor(coef, dtype=torch.float64)[:, None], persistent=False)
+        self.paths = paths
+
+    # ------------------------------------------------------------------------------
+    # public helpers
+    # ------------------------------------------------------------------------------
+    @property
+    def cutoff(self) -> float:
+        return self.config.cutoff
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.w_sp.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.w_sp.device
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def species_index(self, numbers: torch.Tensor) -> torch.Tensor:
+        """Map atomic numbers to species indices; unknown elements raise ``ValueError``."""
+        if numbers.numel() == 0:
+            return numbers.new_zeros(0)
+        bad = (numbers < 0) | (numbers >= _MAX_Z)
+        index = self.z_to_index[numbers.clamp(0, _MAX_Z - 1)]
+        bad = bad | (index < 0)
+        if bool(bad.any()):
+            from ase.data import chemical_symbols
+
+            unknown = sorted({int(z) for z in numbers[bad].tolist()})
+            names = [chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z={z}" for z in unknown]
+            raise ValueError(
+                f"element(s) {', '.join(names)} not known to this model; "
+                f"it was built for {', '.join(self.config.symbols)}"
+            )
+        return index
+
+    def set_reference_energies(self, atomic_energies: Any = None, force_rms: float | None = None) -> None:
+        """Set the data-derived buffers.
+
+        Parameters
+        ----------
+        atomic_energies : float, sequence of S floats, or {element: energy}, optional
+            Reference energy per species added to every atom (eV). A float applies to
+            every species (the reference code's mean energy per atom).
+        force_rms : float, optional
+            RMS force component of the training data (eV/Å), the readout's energy scale.
+        """
+        if atomic_energies is not None:
+            if isinstance(atomic_energies, dict):
+                from ase.data import atomic_numbers
+
+                by_z = {(atomic_numbers[k] if isinstance(k, str) else int(k)): float(v) for k, v in atomic_energies.items()}
+                missing = [s for z, s in zip(self.config.species, self.config.symbols) if z not in by_z]
+                if missing:
+                    raise ValueError(f"atomic energies missing for element(s) {', '.join(missing)}")
+                values = [by_z[z] for z in self.config.species]
+            elif np.ndim(atomic_energies) == 0:
+                values = [float(atomic_energies)] * self.config.num_species
+            else:
+                values = [float(v) for v in atomic_energies]
+                if len(values) != self.config.num_species:
+                    raise ValueError(f"need {self.config.num_species} atomic energies, got {len(values)}")
+            self.atomic_energies.copy_(torch.tensor(values))
+        if force_rms is not None:
+            if not force_rms > 0:
+                raise ValueError(f"force_rms must be positive, got {force_rms}")
+            self.force_rms.fill_(float(force_rms))
+
+    # ------------------------------------------------------------------------------
+    # forward
+    # ------------------------------------------------------------------------------
+    def forward(self, graph: AtomicGraph) -> dict[str, torch.Tensor]:
+        """Energies of a batch.
+
+        Returns
+        -------
+        dict with ``"energy"`` (B,) total energy per structure and ``"energies"`` (N,)
+        per-atom energies (eV), both including the per-species reference energies.
+        """
+        species = self.species_index(graph.numbers)
+        energies = self.atomic_energies_of(
+            graph.positions, species, graph.edge_index, graph.shifts, graph.cell, graph.batch
+        )
+        energy = _scatter(energies, graph.batch, graph.num_graphs)
+        return {"energy": energy, "energies": energies}
+
+    def edge_vectors(
+        self, positions: torch.Tensor, edge_index: torch.Tensor, shifts: torch.Tensor, cell: torch.Tensor, batch: torch.Tensor
+    ) -> torch.Tensor:
+        """``r_e = x_j - x_i + n_e @ H_g(i)``, shape (E, 3)."""
+        i, j = edge_index[0], edge_index[1]
+        if cell.shape[0] == 1:
+            offset = shifts @ cell[0]
+        else:
+            offset = torch.bmm(shifts.unsqueeze(1), cell[batch[i]]).squeeze(1)
+        return positions[j] - positions[i] + offset
+
+    def atomic_energies_of(
+        self,
+        positions: torch.Tensor,
+        species: torch.Tensor,
+        edge_index: torch.Tensor,
+        shifts: torch.Tensor,
+        cell: torch.Tensor,
+        batch: torch.Tensor,
+        trace: dict[str, Any] | None = None,
+    ) -> torch.Tensor:
+        """Per-atom energies (N,) from positions, species indices and the edge list.
+
+        ``trace``, if a dict, receives intermediate arrays named as in the parity files
+        (``n``, ``Yhat``, ``sigma``, ``k``, ``w``, ``V_in``, ``V_prenorm``,
+        ``readout_input``, ``readout_raw``) for debugging.
+        """
+        cfg = self.config
+        N, E = positions.shape[0], edge_index.shape[1]
+        S, C, L, lf, T, eps = cfg.num_species, cfg.num_channels, cfg.sh_lmax, cfg.feat_lmax, cfg.num_layers, cfg.eps
+        n_f = (lf + 1) ** 2
+        i, j = edge_index[0], edge_index[1]
+
+        # -- geometry (3.1): lengths, cutoff weight f, harmonics, smooth coordination n
+        r = self.edge_vectors(positions, edge_index, shifts, cell, batch)  # (E, 3)
+        q = (r * r).sum(-1)
+        d = torch.sqrt(q + eps)  # never sqrt(q): keeps the backward finite at q = 0
+        u = d / cfg.cutoff
+        inside = (q > eps) & (u < 1.0)
+        f = torch.where(inside, polynomial_envelope(u, cfg.envelope_p) ** 2, torch.zeros_like(u))  # (E,)
+        Y = normalized_spherical_harmonics(r / d[:, None], L, eps)  # (E, n_L)
+        Yf = Y[:, :n_f, None]  # (E, n_l, 1)
+        n = _scatter(f, i, N) + eps  # (N,)
+        inv_n = (1.0 / n)[:, None]  # (N, 1)
+
+        # -- pair tables (3.2), computed on the S^2 ordered pairs and gathered per edge
+        sigma = self.pair_mlp(self.pair_inputs)  # (S^2, P)
+        k_tab, w_tab = self.freq_mlp(sigma), self.pw_mlp(sigma)  # (S^2, N_R), (S^2, C+N_R)
+        pair = species[i] * S + species[j]
+        k, w = k_tab[pair], w_tab[pair]
+
+        # -- radial basis and initial edge coefficients (3.3)
+        fc = f[:, None]
+        R = torch.sinc(k * u[:, None]) * fc  # (E, N_R)
+        G = self.edge_mlp(torch.cat([w[:, C:] * fc, R], dim=1)).view(E, lf + 3, C)
+        e_feat = torch.cat([w[:, :C] * fc, G[:, lf + 2]], dim=1)  # (E, 2C)
+        rho = [_scatter(G[:, lf + 1], i, N)]  # rho^(0): (N, C)
+
+        # -- initial node-equivariant features (3.4)
+        A0 = _scatter(G[:, self.l_of_f] * Yf, i, N)  # (N, n_l, C)
+        V = torch.bmm(A0 * inv_n[:, :, None], self.w_sp[species]) * (1.0 / math.sqrt(C))
+        Q = self.coeff_mlps[0](e_feat).view(E, 3, lf + 1, C)
+        if trace is not None:
+            trace.update(n=n, Yhat=Y, sigma=sigma, k=k_tab, w=w_tab, V_in=[], V_prenorm=[])
+
+        # -- message passing (3.5)
+        for t in range(T):
+            if trace is not None:
+                trace["V_in"].append(V)
+            om = self.omega[t][species]  # (N, 3, C, C)
+            Vt = V * self.inv_sqrt_deg  # (N, n_l, C)
+            QY = Q[:, :, self.l_of_f] * Yf[:, None]  # (E, 3, n_l, C)
+            eps_e = (QY[:, 0] * Vt[i] + QY[:, 1] * Vt[j]).sum(1) * (1.0 / math.sqrt(2.0))  # Eq. 7, (E, C)
+            rho.append((Vt * _scatter(QY[:, 2], i, N)).sum(1))  # Eq. 8, (N, C)
+            e_feat = torch.cat([e_feat, eps_e], dim=1)  # (E, (3+t) C)
+            B = self.layer_mlps[t](e_feat).view(E, lf + 1 + L + 1, C)
+            beta, alpha = B[:, : lf + 1], B[:, lf + 1 :]
+            Z = torch.bmm(V, om[:, 0]) * (1.0 / math.sqrt(C))  # node level, species of j
+            U = _scatter(beta[:, self.l_of_f] * Z[j], i, N)  # Eq. 10, (N, n_l, C)
+            A = _scatter(alpha[:, self.l_of_L] * Y[:, :, None], i, N)  # Eq. 9, (N, n_L, C)
+            Pt = self._tensor_product(A, U, self.path_weights[t].transpose(0, 1)[species])  # Eq. 11
+            Pt = Pt * (inv_n * inv_n)[:, :, None]
+            V = (torch.bmm(V, om[:, 2]) + torch.bmm(Pt, om[:, 1])) * (1.0 / math.sqrt(2.0 * C))  # Eq. 12
+            Q = self.coeff_mlps[t + 1](e_feat).view(E, 3, lf + 1, C)
+            if trace is not None:
+                trace["V_prenorm"].append(V)
+            if cfg.use_feature_norm:
+                ms = (V * V).sum((1, 2), keepdim=True) * (1.0 / ((lf + 1) * C))
+                V = V / torch.sqrt(ms + eps)
+
+        # -- readout (3.6)
+        QY = Q.sum(1)[:, self.l_of_f] * Yf  # (E, n_l, C)
+        rho.append((V * self.inv_sqrt_deg * _scatter(QY, i, N)).sum(1) * (1.0 / math.sqrt(3.0)))
+        x = torch.cat(rho, dim=1) * inv_n  # (N, (T+2) C)
+        raw = self.readout(x).squeeze(-1)  # (N,)
+        if trace is not None:
+            trace.update(readout_input=x, readout_raw=raw)
+        energies = self.force_rms * (self.scale[species] * raw + self.shift[species])
+        return energies + self.atomic_energies[species]
+
+    def _tensor_product(self, A: torch.Tensor, U: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Channel-wise CG product on nodes.
+
+        ``A`` (N, n_L, C), ``U`` (N, n_l, C), path weights ``w`` (N, |paths|, C) ->
+        (N, n_l, C): ``sum_paths w * sum_{m1 m2} C[m1, m2, mf] A[m1] U[m2] / sqrt(N_lf)``.
+        Cost O(N K C) with K the number of non-zero CG entries.
+        """
+        terms = A[:, self.tp_in1] * U[:, self.tp_in2] * (w[:, self.tp_path] * self.tp_coef)  # (N, K, C)
+        return terms.new_zeros(A.shape[0], U.shape[1], A.shape[2]).index_add_(1, self.tp_out, terms)
+
+    def extra_repr(self) -> str:
+        cfg = self.config
+        return (
+            f"species={cfg.symbols}, cutoff={cfg.cutoff}, L={cfg.sh_lmax}, l={cfg.feat_lmax}, "
+            f"C={cfg.num_channels}, T={cfg.num_layers}, parameters={self.num_parameters():,}"
+        )

@@ -1,0 +1,57 @@
+"""matscipy's cell-list neighbour search, wrapped for NEMP's full directed edge list."""
+
+from __future__ import annotations
+
+import numpy as np
+from ase.geometry import complete_cell
+from matscipy.neighbours import neighbour_list as _matscipy_neighbour_list
+
+__all__ = ["check_structure", "matscipy_neighbour_list"]
+
+
+def check_structure(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate a structure and return ``(positions, completed cell, pbc)`` as float64/bool.
+
+    Raises ``ValueError`` for an empty structure, NaN/inf positions or cell, or a periodic
+    direction without a lattice vector. Non-periodic directions with a zero (or missing)
+    lattice vector get an orthogonal unit vector (``ase.geometry.complete_cell``); they
+    only serve as a frame for the cell list and never shift an atom.
+    """
+    positions = np.asarray(positions, dtype=np.float64)
+    cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
+    pbc = np.asarray(pbc, dtype=bool).reshape(3)
+    if positions.ndim != 2 or positions.shape[1] != 3:
+        raise ValueError(f"positions must have shape (N, 3), got {positions.shape}")
+    if len(positions) == 0:
+        raise ValueError("the structure has no atoms")
+    bad = ~np.isfinite(positions).all(axis=1)
+    if bad.any():
+        idx = np.flatnonzero(bad)
+        raise ValueError(f"non-finite (NaN or inf) positions for atom(s) {idx[:10].tolist()}{' ...' if len(idx) > 10 else ''}")
+    if not np.isfinite(cell).all():
+        raise ValueError("the cell contains NaN or inf")
+    lengths = np.linalg.norm(cell, axis=1)
+    flat = pbc & (lengths < 1e-12)
+    if flat.any():
+        raise ValueError(f"periodic direction(s) {np.flatnonzero(flat).tolist()} have a zero lattice vector")
+    if pbc.any() or lengths.min() > 0:
+        full = complete_cell(cell)
+    else:
+        full = np.eye(3)
+    if abs(np.linalg.det(full)) < 1e-12:
+        raise ValueError("the cell is singular (its lattice vectors are linearly dependent)")
+    return positions, full, pbc
+
+
+def matscipy_neighbour_list(
+    positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All directed pairs ``(i, j, S)`` with ``|x_j - x_i + S @ cell| < cutoff``.
+
+    Includes periodic self-images (``i == j``, ``S != 0``) and pairs from any number of
+    image cells; atoms may lie outside the cell. Returns int64 arrays ``i`` (E,),
+    ``j`` (E,), ``S`` (E, 3), sorted by ``i``. ``cell`` must be non-singular
+    (see :func:`check_structure`).
+    """
+    i, j, S = _matscipy_neighbour_list("ijS", positions=positions, cell=cell, pbc=pbc, cutoff=float(cutoff))
+    return i.astype(np.int64, copy=False), j.astype(np.int64, copy=False), S.astype(np.int64, copy=False)
