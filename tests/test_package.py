@@ -28,3 +28,28 @@ print(json.dumps({
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {"env_same": True, "dtype_same": True, "threads_same": True, "heavy": []}
+
+
+def test_ci_runs_the_readme_test_command():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    commands = [line for line in readme.splitlines() if line.startswith("python3 -m venv")]
+    assert len(commands) == 2, "the README keeps exactly two set-up commands"
+    test_command = next(c for c in commands if "pytest" in c)
+    ci_lines = (root / ".ci" / "run").read_text().splitlines()
+    assert test_command in ci_lines
+
+
+def test_cli_info_and_demo(tmp_path, capsys):
+    from ase_nemp import save
+    from ase_nemp.cli import main
+    from ase_nemp.testing import random_model
+
+    path = save(random_model(), tmp_path / "m.pt", dataset="unit test")
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "H, C, O" in out and "unit test" in out
+    assert main(["info", str(tmp_path / "missing.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -299,8 +299,9 @@ class NEMP(nn.Module):
         # -- pair tables (3.2), computed on the S^2 ordered pairs and gathered per edge
         sigma = self.pair_mlp(self.pair_inputs)  # (S^2, P)
         k_tab, w_tab = self.freq_mlp(sigma), self.pw_mlp(sigma)  # (S^2, N_R), (S^2, C+N_R)
-        pair = species[i] * S + species[j]
-        k, w = k_tab[pair], w_tab[pair]
+        s_i, s_j = species.index_select(0, i), species.index_select(0, j)
+        pair = s_i * S + s_j
+        k, w = k_tab.index_select(0, pair), w_tab.index_select(0, pair)
 
         # -- radial basis and initial edge coefficients (3.3)
         fc = f[:, None]
@@ -310,8 +311,8 @@ class NEMP(nn.Module):
         rho = [_scatter(G[:, lf + 1], i, N)]  # rho^(0): (N, C)
 
         # -- initial node-equivariant features (3.4)
-        A0 = _scatter(G[:, self.l_of_f] * Yf, i, N)  # (N, n_l, C)
-        V = torch.bmm(A0 * inv_n[:, :, None], self.w_sp[species]) * (1.0 / math.sqrt(C))
+        A0 = _scatter(G[:, : lf + 1].index_select(1, self.l_of_f) * Yf, i, N)  # (N, n_l, C)
+        V = torch.bmm(A0 * inv_n[:, :, None], self.w_sp.index_select(0, species)) * (1.0 / math.sqrt(C))
         Q = self.coeff_mlps[0](e_feat).view(E, 3, lf + 1, C)
         if trace is not None:
             trace.update(n=n, Yhat=Y, sigma=sigma, k=k_tab, w=w_tab, V_in=[], V_prenorm=[])
@@ -320,19 +321,22 @@ class NEMP(nn.Module):
         for t in range(T):
             if trace is not None:
                 trace["V_in"].append(V)
-            om = self.omega[t][species]  # (N, 3, C, C)
+            om = self.omega[t].index_select(0, species)  # (N, 3, C, C)
             Vt = V * self.inv_sqrt_deg  # (N, n_l, C)
-            QY = Q[:, :, self.l_of_f] * Yf[:, None]  # (E, 3, n_l, C)
-            eps_e = (QY[:, 0] * Vt[i] + QY[:, 1] * Vt[j]).sum(1) * (1.0 / math.sqrt(2.0))  # Eq. 7, (E, C)
-            rho.append((Vt * _scatter(QY[:, 2], i, N)).sum(1))  # Eq. 8, (N, C)
+            # a_{e,l} = sum_m Yhat_lm Vt_{i,lm}, b_{e,l} = sum_m Yhat_lm Vt_{j,lm}: (E, l+1, C)
+            a = self._contract_m(Yf * Vt.index_select(0, i))
+            b = self._contract_m(Yf * Vt.index_select(0, j))
+            eps_e = (Q[:, 0] * a + Q[:, 1] * b).sum(1) * (1.0 / math.sqrt(2.0))  # Eq. 7, (E, C)
+            # Eq. 8: sum_lm Vt_i,lm sum_e Q2_l Yhat_lm = sum_e sum_l Q2_l a_l
+            rho.append(_scatter((Q[:, 2] * a).sum(1), i, N))
             e_feat = torch.cat([e_feat, eps_e], dim=1)  # (E, (3+t) C)
             B = self.layer_mlps[t](e_feat).view(E, lf + 1 + L + 1, C)
             beta, alpha = B[:, : lf + 1], B[:, lf + 1 :]
             Z = torch.bmm(V, om[:, 0]) * (1.0 / math.sqrt(C))  # node level, species of j
-            U = _scatter(beta[:, self.l_of_f] * Z[j], i, N)  # Eq. 10, (N, n_l, C)
-            A = _scatter(alpha[:, self.l_of_L] * Y[:, :, None], i, N)  # Eq. 9, (N, n_L, C)
-            Pt = self._tensor_product(A, U, self.path_weights[t].transpose(0, 1)[species])  # Eq. 11
-            Pt = Pt * (inv_n * inv_n)[:, :, None]
+            U = _scatter(beta.index_select(1, self.l_of_f) * Z.index_select(0, j), i, N)  # Eq. 10, (N, n_l, C)
+            A = _scatter(alpha.index_select(1, self.l_of_L) * Y[:, :, None], i, N)  # Eq. 9, (N, n_L, C)
+            w_path = self.path_weights[t].transpose(0, 1).index_select(0, species)  # (N, paths, C)
+            Pt = self._tensor_product(A, U, w_path) * (inv_n * inv_n)[:, :, None]  # Eq. 11
             V = (torch.bmm(V, om[:, 2]) + torch.bmm(Pt, om[:, 1])) * (1.0 / math.sqrt(2.0 * C))  # Eq. 12
             Q = self.coeff_mlps[t + 1](e_feat).view(E, 3, lf + 1, C)
             if trace is not None:
@@ -341,15 +345,20 @@ class NEMP(nn.Module):
                 ms = (V * V).sum((1, 2), keepdim=True) * (1.0 / ((lf + 1) * C))
                 V = V / torch.sqrt(ms + eps)
 
-        # -- readout (3.6)
-        QY = Q.sum(1)[:, self.l_of_f] * Yf  # (E, n_l, C)
-        rho.append((V * self.inv_sqrt_deg * _scatter(QY, i, N)).sum(1) * (1.0 / math.sqrt(3.0)))
+        # -- readout (3.6): sum_lm V_lm / sqrt(3(2l+1)(l+1)) sum_e (Q0+Q1+Q2)_l Yhat_lm
+        a = self._contract_m(Yf * (V * self.inv_sqrt_deg).index_select(0, i))
+        rho.append(_scatter((Q.sum(1) * a).sum(1), i, N) * (1.0 / math.sqrt(3.0)))
         x = torch.cat(rho, dim=1) * inv_n  # (N, (T+2) C)
         raw = self.readout(x).squeeze(-1)  # (N,)
         if trace is not None:
             trace.update(readout_input=x, readout_raw=raw)
-        energies = self.force_rms * (self.scale[species] * raw + self.shift[species])
-        return energies + self.atomic_energies[species]
+        energies = self.force_rms * (self.scale.index_select(0, species) * raw + self.shift.index_select(0, species))
+        return energies + self.atomic_energies.index_select(0, species)
+
+    def _contract_m(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum (E, n_l, C) over m within each degree l -> (E, l+1, C)."""
+        lf = self.config.feat_lmax
+        return x.new_zeros(x.shape[0], lf + 1, x.shape[2]).index_add_(1, self.l_of_f, x)
 
     def _tensor_product(self, A: torch.Tensor, U: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """Channel-wise CG product on nodes.
@@ -358,7 +367,8 @@ class NEMP(nn.Module):
         (N, n_l, C): ``sum_paths w * sum_{m1 m2} C[m1, m2, mf] A[m1] U[m2] / sqrt(N_lf)``.
         Cost O(N K C) with K the number of non-zero CG entries.
         """
-        terms = A[:, self.tp_in1] * U[:, self.tp_in2] * (w[:, self.tp_path] * self.tp_coef)  # (N, K, C)
+        terms = A.index_select(1, self.tp_in1) * U.index_select(1, self.tp_in2)  # (N, K, C)
+        terms = terms * (w.index_select(1, self.tp_path) * self.tp_coef)
         return terms.new_zeros(A.shape[0], U.shape[1], A.shape[2]).index_add_(1, self.tp_out, terms)
 
     def extra_repr(self) -> str:
