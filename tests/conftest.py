@@ -6,7 +6,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-PARITY_DIR = SHARED / "design" / "parity"
+PARITY_DIR = Path(__file__).resolve().parent / "data" / "parity"
 DATA_DIR = SHARED / "data"
 
 
