@@ -7,6 +7,7 @@ Public API::
     save, load                  model files (ase_nemp.io)
     convert.from_reference      models from the NEMP authors' parameter layout
     AtomicGraph, build_graph    the batch structure and Atoms -> graph (ase_nemp.nl)
+    NEMPCalculator              the ASE calculator
 
 Importing the package has no side effects: no global dtype, environment variables or
 downloads.
@@ -14,6 +15,7 @@ downloads.
 
 from . import convert
 from ._version import __version__
+from .calculator import NEMPCalculator
 from .graph import AtomicGraph, collate
 from .io import load, save
 from .model import NEMP, NEMPConfig, energy_forces_stress
@@ -23,6 +25,7 @@ __all__ = [
     "__version__",
     "NEMP",
     "NEMPConfig",
+    "NEMPCalculator",
     "energy_forces_stress",
     "save",
     "load",

@@ -10,6 +10,7 @@ from positions, shifts and cell so that forces and stress come from autograd.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,8 @@ class NeighbourList:
     ----------
     num_builds, num_calls : int
         How many times the list was rebuilt / requested (for diagnostics).
+    seconds : float
+        Wall time spent in this neighbour list (building and filtering).
     """
 
     def __init__(self, cutoff: float, skin: float = 0.0) -> None:
@@ -64,6 +67,7 @@ class NeighbourList:
             raise ValueError(f"skin must be >= 0, got {skin}")
         self.cutoff, self.skin = float(cutoff), float(skin)
         self.num_builds = self.num_calls = 0
+        self.seconds = 0.0
         self._cache: tuple | None = None
 
     def reset(self) -> None:
@@ -85,6 +89,13 @@ class NeighbourList:
         self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, numbers: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Pairs ``(i, j, S)`` within the cutoff for validated arrays (see ``check_structure``)."""
+        start = time.perf_counter()
+        try:
+            return self._pairs(positions, cell, pbc, numbers)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def _pairs(self, positions, cell, pbc, numbers):
         self.num_calls += 1
         if not self._can_reuse(positions, cell, pbc, numbers):
             i, j, S = matscipy_neighbour_list(positions, cell, pbc, self.cutoff + self.skin)

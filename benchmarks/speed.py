@@ -1,0 +1,253 @@
+"""Speed and memory of NEMP molecular dynamics through the ASE calculator.
+
+Every configuration runs in its own subprocess (clean peak memory, user/system CPU
+time). A step is one velocity-Verlet MD step at 300 K: neighbour list (with or without
+skin reuse), energy and forces through ``NEMPCalculator``. Reported per configuration:
+seconds per step, seconds per atom per step, the neighbour list's share of the step,
+user and system CPU time per step, and the peak memory above the state before the first
+step, i.e. the model's working memory (bytes per atom). Times are medians over the
+steps (the machine may be shared).
+
+Examples
+--------
+    python benchmarks/speed.py                        # default sweep, writes table + plot
+    python benchmarks/speed.py --presets water-small --sizes 1536 --threads 1 --dtypes float32
+    python benchmarks/speed.py --quick                # a small sweep for a smoke test
+
+Systems: ``../shared/data/water/water-64.extxyz`` (192 atoms) replicated n x n x n
+(192, 1536, 5184, 12288, 41472, 98304, ... atoms) and the Pd/CO/O slab replicated
+laterally. Models have random weights unless ``--model`` points at a model file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WATER = ROOT.parent / "shared" / "data" / "water" / "water-64.extxyz"
+SLAB = ROOT.parent / "shared" / "data" / "pd_co_o" / "is.extxyz"
+WATER_REPEATS = {192: 1, 1536: 2, 5184: 3, 12288: 4, 41472: 6, 98304: 8, 192000: 10, 331776: 12}
+
+
+# ---------------------------------------------------------------------------------------
+# worker: one configuration, in a fresh process
+# ---------------------------------------------------------------------------------------
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _peak_rss_bytes() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def build_system(system: str, size: int):
+    from ase.io import read
+
+    if system == "water":
+        if size not in WATER_REPEATS:
+            raise SystemExit(f"water sizes are {sorted(WATER_REPEATS)}")
+        return read(WATER).repeat((WATER_REPEATS[size],) * 3)
+    if system == "pdcoo":
+        slab = read(SLAB)
+        n = max(1, round((size / len(slab)) ** 0.5))
+        return slab.repeat((n, n, 1))
+    raise SystemExit(f"unknown system {system!r}")
+
+
+def worker(spec: dict) -> dict:
+    import numpy as np
+    import torch
+    from ase import units
+    from ase.md.verlet import VelocityVerlet
+
+    from ase_nemp import NEMP, NEMPCalculator, NEMPConfig
+    from ase_nemp.perf import keep_freed_memory
+
+    torch.set_num_threads(spec["threads"])
+    if spec.get("keep_memory"):
+        keep_freed_memory()
+    atoms = build_system(spec["system"], spec["size"])
+    if spec.get("model"):
+        calc = NEMPCalculator(spec["model"], dtype=spec["dtype"], skin=spec["skin"])
+    else:
+        species = sorted(set(atoms.get_chemical_symbols()))
+        model = NEMP(NEMPConfig.preset(spec["preset"], species=species), seed=0)
+        calc = NEMPCalculator(model, dtype=spec["dtype"], skin=spec["skin"])
+    if spec.get("compile"):
+        calc.compile()
+    atoms.calc = calc
+    rng = np.random.default_rng(0)
+    momenta = np.sqrt(300 * units.kB * atoms.get_masses())[:, None] * rng.standard_normal((len(atoms), 3))
+    atoms.set_momenta(momenta - momenta.mean(0))
+    dyn = VelocityVerlet(atoms, 0.5 * units.fs)
+    base = _rss_bytes()  # model and structure in memory, no step taken yet
+    dyn.run(2)  # warm-up: first neighbour list, allocator, compiled kernels
+    nl = calc.neighbour_list
+    nl_seconds0, builds0 = nl.seconds, nl.num_builds
+    r0 = os.times()
+    times: list[float] = []
+    while len(times) < spec["steps"] and (sum(times) < spec["max_seconds"] or len(times) < 3):
+        t0 = time.perf_counter()
+        dyn.run(1)
+        times.append(time.perf_counter() - t0)
+    r1 = os.times()
+    steps, elapsed = len(times), sum(times)
+    per_step = float(np.median(times))  # the machine is shared: the median resists noise
+    return {
+        **spec,
+        "atoms": len(atoms),
+        "steps_run": steps,
+        "s_per_step": per_step,
+        "s_per_step_min": min(times),
+        "s_per_atom_step": per_step / len(atoms),
+        "nl_share": (nl.seconds - nl_seconds0) / elapsed,
+        "nl_builds": nl.num_builds - builds0,
+        "user_s_per_step": (r1.user - r0.user) / steps,
+        "sys_s_per_step": (r1.system - r0.system) / steps,
+        "peak_bytes_per_atom": max(0, _peak_rss_bytes() - base) / len(atoms),
+        "peak_rss_gb": _peak_rss_bytes() / 1e9,
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# driver
+# ---------------------------------------------------------------------------------------
+
+
+def run_config(spec: dict, timeout: float) -> dict | None:
+    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]))
+    cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        print(f"  timeout after {timeout:.0f} s: {spec}", file=sys.stderr)
+        return None
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-3:]
+        print(f"  failed ({'; '.join(tail)}): {spec}", file=sys.stderr)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def markdown_table(rows: list[dict]) -> str:
+    head = ("| system | model | atoms | dtype | threads | skin (Å) | s/step | µs/atom/step | NL share "
+            "| user/sys per step (s) | peak kB/atom |")
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+    for r in rows:
+        model = r.get("model_name") or r["preset"]
+        lines.append(
+            f"| {r['system']} | {model}{' (compiled)' if r.get('compile') else ''} | {r['atoms']:,} | {r['dtype']} "
+            f"| {r['threads']} | {r['skin']} | {r['s_per_step']:.3f} | {1e6 * r['s_per_atom_step']:.1f} "
+            f"| {100 * r['nl_share']:.0f} % | {r['user_s_per_step']:.3f} / {r['sys_s_per_step']:.3f} "
+            f"| {r['peak_bytes_per_atom'] / 1e3:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        key = (r.get("model_name") or r["preset"], r["dtype"], r["threads"], r["skin"], bool(r.get("compile")))
+        groups.setdefault(key, []).append(r)
+    for (name, dtype, threads, skin, comp), rs in sorted(groups.items()):
+        rs = sorted(rs, key=lambda r: r["atoms"])
+        n = [r["atoms"] for r in rs]
+        label = f"{name}{' compiled' if comp else ''}, {dtype}, {threads} thr, skin {skin}"
+        ax_t.loglog(n, [r["s_per_step"] for r in rs], "o-", label=label)
+        ax_m.loglog(n, [max(r["peak_bytes_per_atom"], 1) * r["atoms"] / 1e9 for r in rs], "o-", label=label)
+    ax_t.set_xlabel("atoms")
+    ax_t.set_ylabel("seconds per MD step")
+    ax_t.set_title("time per step (neighbour list included)")
+    ax_m.set_xlabel("atoms")
+    ax_m.set_ylabel("peak memory above baseline (GB)")
+    ax_m.set_title("memory")
+    for ax in (ax_t, ax_m):
+        ax.grid(True, which="both", alpha=0.3)
+    ax_t.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    print(f"plot written to {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--system", choices=["water", "pdcoo"], default="water")
+    parser.add_argument("--presets", nargs="+", default=["water-small", "water"])
+    parser.add_argument("--model", type=Path, help="a model file instead of random-weight presets")
+    parser.add_argument("--sizes", nargs="+", type=int, default=[192, 1536, 5184, 12288, 41472])
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, os.cpu_count() or 1])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
+    parser.add_argument("--skins", nargs="+", type=float, default=[0.0, 1.0])
+    parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd model")
+    parser.add_argument("--keep-memory", choices=["on", "off", "both"], default="on",
+                        help="glibc allocator tuning (ase_nemp.perf.keep_freed_memory)")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--max-seconds", type=float, default=20.0, help="stop timing a configuration after this")
+    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--quick", action="store_true", help="192 and 1536 atoms, water-small, 1 thread, float32")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    if not WATER.exists():
+        raise SystemExit(f"benchmark structures not found under {WATER.parent.parent} (the ../shared folder)")
+    if args.quick:
+        args.presets, args.sizes, args.threads, args.dtypes = ["water-small"], [192, 1536], [1], ["float32"]
+    keep = {"on": [True], "off": [False], "both": [False, True]}[args.keep_memory]
+    compiled = [False, True] if args.compile else [False]
+    models = [(None, p) for p in args.presets] if not args.model else [(str(args.model), args.model.stem)]
+    rows = []
+    for model_file, name in models:
+        for dtype in args.dtypes:
+            for threads in args.threads:
+                for skin in args.skins:
+                    for km in keep:
+                        for comp in compiled:
+                            for size in args.sizes:
+                                spec = dict(system=args.system, preset=name, model=model_file, model_name=name,
+                                            size=size, dtype=dtype, threads=threads, skin=skin, keep_memory=km,
+                                            compile=comp, steps=args.steps, max_seconds=args.max_seconds)
+                                print(f"running {name} {size} atoms {dtype} {threads} thr skin {skin}"
+                                      f"{' keep-memory' if km else ''}{' compiled' if comp else ''} ...",
+                                      file=sys.stderr, flush=True)
+                                row = run_config(spec, args.timeout)
+                                if row is None:
+                                    break  # larger sizes will not fit either
+                                rows.append(row)
+                                print("  " + markdown_table([row]).splitlines()[-1], file=sys.stderr, flush=True)
+    table = markdown_table(rows)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"speed-{args.system}"
+    (args.out / f"{stem}.md").write_text(table + "\n")
+    (args.out / f"{stem}.json").write_text(json.dumps(rows, indent=1))
+    plot(rows, args.out / f"{stem}.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""The ASE calculator: contract, derivatives, optimizers, NEB, MD and error handling."""
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms, units
+from ase.calculators.calculator import PropertyNotImplementedError
+from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
+from ase.filters import FrechetCellFilter
+from ase.md.langevin import Langevin
+from ase.md.verlet import VelocityVerlet
+from ase.mep import NEB
+from ase.optimize import BFGS, FIRE
+
+from ase_nemp import NEMPCalculator, save
+from ase_nemp.testing import random_crystal, random_model, random_molecule, tiny_config
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model(tiny_config(cutoff=3.2), seed=7)
+
+
+def counting(calc):
+    """Wrap the calculator's model so that evaluations can be counted."""
+    calls = []
+    original = calc.model.forward
+
+    def forward(graph):
+        calls.append(graph.num_atoms)
+        return original(graph)
+
+    calc.model.forward = forward
+    return calls
+
+
+# -- the ASE contract -------------------------------------------------------------------
+
+
+def test_properties_and_caching(model):
+    atoms = random_crystal(n=6, seed=1)
+    atoms.calc = calc = NEMPCalculator(model, skin=0.0)
+    calls = counting(calc)
+    e = atoms.get_potential_energy()
+    f = atoms.get_forces()
+    energies = atoms.get_potential_energies()
+    assert len(calls) == 1  # energy, forces and per-atom energies come from one evaluation
+    assert atoms.get_potential_energy(force_consistent=True) == e
+    assert f.shape == (6, 3) and f.dtype == np.float64
+    assert energies.sum() == pytest.approx(e, abs=1e-10)
+    stress = atoms.get_stress()
+    assert stress.shape == (6,)
+    assert len(calls) == 2  # stress needs its own (strain) evaluation
+    atoms.get_forces()
+    assert len(calls) == 2  # cached until the atoms change
+    atoms.positions[0, 0] += 0.01
+    assert atoms.get_potential_energy() != e
+    assert len(calls) == 3
+    calc.reset()
+    atoms.get_potential_energy()
+    assert len(calls) == 4
+
+
+def test_forces_match_numerical_forces(model):
+    atoms = random_molecule(n=6, seed=2)
+    atoms.calc = NEMPCalculator(model)
+    numeric = calculate_numerical_forces(atoms, eps=1e-5)
+    np.testing.assert_allclose(atoms.get_forces(), numeric, atol=1e-7)
+
+
+def test_stress_matches_ase_numerical_stress(model):
+    atoms = random_crystal(n=6, seed=3)
+    atoms.calc = NEMPCalculator(model)
+    analytic = atoms.get_stress()
+    numeric = calculate_numerical_stress(atoms, eps=1e-6, voigt=True)
+    assert np.abs(analytic).max() > 1e-4
+    np.testing.assert_allclose(analytic, numeric, atol=1e-8)
+
+
+def test_single_atom_has_shape_n3_forces(model):
+    atoms = Atoms("C")
+    atoms.calc = NEMPCalculator(model)
+    assert atoms.get_forces().shape == (1, 3)
+
+
+# -- optimizers -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("optimizer,dtype", [(BFGS, "float64"), (FIRE, "float64"), (BFGS, "float32")])
+def test_relaxation(model, optimizer, dtype):
+    atoms = random_molecule(n=6, seed=4, symbols="CO", min_dist=1.1)
+    atoms.calc = NEMPCalculator(model, dtype=dtype)
+    e0 = atoms.get_potential_energy()
+    opt = optimizer(atoms, logfile=None)
+    assert opt.run(fmax=0.01, steps=500)
+    assert atoms.get_potential_energy() < e0
+    assert np.abs(atoms.get_forces()).max() < 0.01
+
+
+def test_cell_relaxation_with_frechet_filter(model):
+    atoms = random_crystal(n=4, seed=5, symbols="CO", min_dist=1.1)
+    atoms.calc = NEMPCalculator(model)
+    e0, cell0 = atoms.get_potential_energy(), atoms.cell.array.copy()
+    opt = BFGS(FrechetCellFilter(atoms), logfile=None)
+    opt.run(fmax=0.02, steps=60)
+    assert atoms.get_potential_energy() < e0
+    assert np.abs(atoms.cell.array - cell0).max() > 1e-3  # the cell moved
+
+
+# -- NEB --------------------------------------------------------------------------------
+
+
+def neb_images(model, shared):
+    initial = random_molecule(n=6, seed=6, symbols="CO", min_dist=1.1)
+    final = initial.copy()
+    final.positions[0] += [0.6, -0.3, 0.2]
+    images = [initial] + [initial.copy() for _ in range(3)] + [final]
+    if shared:
+        calc = NEMPCalculator(model)
+        for image in images:
+            image.calc = calc
+    else:
+        for image in images:
+            image.calc = NEMPCalculator(model)
+    neb = NEB(images, climb=True, method="improvedtangent", allow_shared_calculator=shared)
+    neb.interpolate()
+    return images, neb
+
+
+def test_neb_shared_and_separate_calculators_agree(model):
+    runs = []
+    for shared in (False, True):
+        images, neb = neb_images(model, shared)
+        FIRE(neb, logfile=None).run(fmax=0.05, steps=15)
+        runs.append((np.array([im.get_potential_energy() for im in images]), neb.get_positions().copy()))
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(runs[0][1], runs[1][1], rtol=0, atol=1e-12)
+
+
+# -- molecular dynamics -----------------------------------------------------------------
+
+
+def md_system():
+    atoms = random_crystal(n=4, seed=8, symbols="CO", min_dist=1.2).repeat((2, 1, 1))
+    rng = np.random.default_rng(0)
+    sigma = np.sqrt(300 * units.kB * atoms.get_masses())[:, None]  # Maxwell-Boltzmann at 300 K
+    momenta = sigma * rng.standard_normal((len(atoms), 3))
+    atoms.set_momenta(momenta - momenta.mean(axis=0))
+    return atoms
+
+
+def test_langevin_runs_and_thermostats(model):
+    atoms = md_system()
+    atoms.calc = NEMPCalculator(model)
+    dyn = Langevin(atoms, 0.5 * units.fs, temperature_K=300, friction=0.02, fixcm=False, rng=np.random.default_rng(1))
+    dyn.run(20)
+    assert np.isfinite(atoms.get_potential_energy()) and atoms.get_temperature() > 0
+
+
+def nve_trajectory(model, skin, steps):
+    atoms = md_system()
+    atoms.calc = NEMPCalculator(model, skin=skin)
+    dyn = VelocityVerlet(atoms, 0.25 * units.fs)
+    totals = []
+    dyn.attach(lambda: totals.append(atoms.get_total_energy()), interval=1)
+    dyn.run(steps)
+    return atoms, np.array(totals)
+
+
+def test_nve_conserves_energy_and_skin_does_not_change_the_trajectory(model):
+    steps = 300
+    with_skin, totals = nve_trajectory(model, 0.5, steps)
+    drift = np.abs(totals - totals[0]).max() / len(with_skin)
+    kinetic = with_skin.get_kinetic_energy() / len(with_skin)
+    # a force-energy mismatch shows up as a drift of order the kinetic energy
+    assert drift < 1e-4, f"total energy drift {drift:.2e} eV/atom (kinetic {kinetic:.2e} eV/atom)"
+    assert with_skin.calc.neighbour_list.num_builds < steps / 2
+    without_skin, totals0 = nve_trajectory(model, 0.0, steps)
+    np.testing.assert_allclose(with_skin.positions, without_skin.positions, atol=1e-9)
+
+
+# -- bad input --------------------------------------------------------------------------
+
+
+def assert_still_usable(atoms, calc):
+    good = random_molecule(n=4, seed=9)
+    good.calc = calc
+    assert np.isfinite(good.get_potential_energy())
+
+
+def test_unknown_element(model):
+    calc = NEMPCalculator(model)
+    atoms = Atoms("COFe", positions=[[0, 0, 0], [1.2, 0, 0], [0, 1.5, 0]])
+    atoms.calc = calc
+    with pytest.raises(ValueError, match=r"element\(s\) Fe not known to this model; it was built for H, C, O"):
+        atoms.get_potential_energy()
+    assert_still_usable(atoms, calc)
+
+
+def test_nan_positions(model):
+    calc = NEMPCalculator(model)
+    atoms = random_molecule(n=4, seed=10)
+    atoms.calc = calc
+    atoms.get_potential_energy()
+    atoms.positions[2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"non-finite .* atom\(s\) \[2\]"):
+        atoms.get_forces()
+    atoms.positions[2, 1] = np.inf
+    with pytest.raises(ValueError, match="non-finite"):
+        atoms.get_forces()
+    assert_still_usable(atoms, calc)
+
+
+def test_stress_needs_full_periodicity(model):
+    calc = NEMPCalculator(model)
+    slab = random_crystal(n=4, seed=11, pbc=(True, True, False))
+    slab.calc = calc
+    assert np.isfinite(slab.get_potential_energy())
+    with pytest.raises(ValueError, match=r"periodic in all three directions.*False"):
+        slab.get_stress()
+    with pytest.raises(PropertyNotImplementedError):  # what ASE's own code expects
+        slab.get_stress()
+    assert_still_usable(slab, calc)
+
+
+def test_empty_atoms(model):
+    calc = NEMPCalculator(model)
+    atoms = Atoms()
+    atoms.calc = calc
+    with pytest.raises(ValueError, match="no atoms"):
+        atoms.get_potential_energy()
+    assert_still_usable(atoms, calc)
+
+
+def test_model_file_errors(model, tmp_path):
+    path = save(model, tmp_path / "m.pt")
+    calc = NEMPCalculator(path)
+    assert calc.model.config == model.config
+    assert NEMPCalculator.from_file(path, dtype="float32").model.dtype == torch.float32
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        NEMPCalculator(tmp_path / "missing.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="truncated"):
+        NEMPCalculator(truncated)
+    payload = torch.load(path, weights_only=True)
+    payload["format_version"] = 99
+    torch.save(payload, tmp_path / "newer.pt")
+    with pytest.raises(ValueError, match="format version 99"):
+        NEMPCalculator(tmp_path / "newer.pt")
+    with pytest.raises(TypeError, match="NEMP module or a path"):
+        NEMPCalculator(object())
+    with pytest.raises(ValueError, match="dtype"):
+        NEMPCalculator(model, dtype="float16")
+
+
+def test_calculator_does_not_modify_the_callers_model(model):
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    NEMPCalculator(model, dtype="float32")
+    assert model.dtype == torch.float64
+    assert all(p.requires_grad for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# -- precision --------------------------------------------------------------------------
+
+
+def test_float32_forces_are_close_to_float64(model):
+    atoms = random_crystal(n=6, seed=12).repeat((3, 3, 3))  # 162 atoms
+    atoms.rattle(0.05, seed=1)
+    f64 = NEMPCalculator(model, dtype="float64").get_forces(atoms)
+    f32 = NEMPCalculator(model, dtype="float32").get_forces(atoms)
+    err = np.abs(f32 - f64).max()
+    assert err < 1e-4 * max(1.0, np.abs(f64).max()), err
