@@ -354,3 +354,21 @@ def test_graph_device_and_dtype_move():
     g64 = graph.to(dtype=torch.float64)
     assert g64.positions.dtype == torch.float64 and g64.edge_index.dtype == torch.long
     assert isinstance(g64, AtomicGraph)
+
+
+def test_float32_model_keeps_reference_energies_in_float64(tmp_path):
+    from ase_nemp import load, save
+
+    cfg = tiny_config()
+    m64 = random_model(cfg, seed=6)
+    m64.set_reference_energies([-13.568422178253735, -1026.8538996116154, -2037.796869412825])
+    m32 = random_model(cfg, seed=6, dtype=torch.float32)
+    m32.set_reference_energies(m64.atomic_energies.tolist())
+    assert m32.atomic_energies.dtype == torch.float64
+    atoms = random_molecule(n=10, seed=25)
+    e64, e32 = evaluate(m64, atoms)["energy"], evaluate(m32, atoms)["energy"]
+    # float32 rounding of ~1e3 eV references alone would cost ~1e-4 eV per atom
+    assert abs(e32 - e64) < 2e-5, abs(e32 - e64)
+    reloaded = load(save(m32, tmp_path / "m32.pt"))
+    assert reloaded.dtype == torch.float32 and reloaded.atomic_energies.dtype == torch.float64
+    assert torch.equal(reloaded.atomic_energies, m64.atomic_energies)

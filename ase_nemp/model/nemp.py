@@ -74,6 +74,11 @@ class NEMP(nn.Module):
     force component of the training data; the energy scale of the readout) and
     ``atomic_energies`` (per-species reference energy added to every atom; the
     reference code's mean energy per atom is the special case of all-equal entries).
+
+    ``atomic_energies`` stays float64 whatever the model's dtype: reference energies of
+    ~1e3 eV would be rounded to ~1e-4 eV per atom in float32. The network part is
+    computed in the model's dtype and promoted when the reference is added, so energies
+    are float64 while forces keep the model's dtype.
     """
 
     def __init__(self, config: NEMPConfig, dtype: torch.dtype = torch.float64, seed: int | None = None) -> None:
@@ -165,6 +170,14 @@ class NEMP(nn.Module):
         self.register_buffer("tp_coef", torch.tensor(coef, dtype=torch.float64)[:, None], persistent=False)
         self.paths = paths
 
+    def _apply(self, fn, recurse=True):
+        # keep the reference energies in float64 through .to(dtype) / .float() / .double()
+        e0 = self._buffers["atomic_energies"]
+        out = super()._apply(fn, recurse)
+        device = fn(torch.zeros(1, dtype=torch.float64, device=e0.device)).device
+        self._buffers["atomic_energies"] = e0.to(device=device, dtype=torch.float64)
+        return out
+
     # ------------------------------------------------------------------------------
     # public helpers
     # ------------------------------------------------------------------------------
@@ -227,7 +240,7 @@ class NEMP(nn.Module):
                 values = [float(v) for v in atomic_energies]
                 if len(values) != self.config.num_species:
                     raise ValueError(f"need {self.config.num_species} atomic energies, got {len(values)}")
-            self.atomic_energies.copy_(torch.tensor(values))
+            self.atomic_energies.copy_(torch.tensor(values, dtype=torch.float64))
         if force_rms is not None:
             if not force_rms > 0:
                 raise ValueError(f"force_rms must be positive, got {force_rms}")
