@@ -33,6 +33,35 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .train import RunConfig, TrainingInterrupted, train
+
+    run = RunConfig.from_yaml(args.config)
+    try:
+        trainer = train(run, resume=args.resume, progress=not args.quiet)
+    except TrainingInterrupted as err:
+        print(f"nemp train: {err}; continue with: nemp train {args.config} --resume", file=sys.stderr)
+        return 130
+    best = trainer.out / "best.pt"
+    print(f"best model: {best}  (epoch {trainer.state['best_epoch']}, validation loss {trainer.state['best_val']:.4g})")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .train import LabelKeys, format_table, predictions
+
+    keys = LabelKeys(args.energy_key, args.forces_key, args.stress_key)
+    stats, pred, ref = predictions(args.model, args.data, keys, batch_size=args.batch_size, device=args.device,
+                                   dtype=args.dtype)
+    print(format_table(stats.summary()))
+    if args.plot:
+        from .train.plots import parity_plot
+
+        parity_plot(pred, ref, args.plot, title=f"{Path(args.model).name} on {Path(args.data).name}")
+        print(f"parity plot written to {args.plot}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nemp", description="NEMP interatomic potentials driven from ASE.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -41,6 +70,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the built-in example")
     demo.add_argument("--output", type=Path, default=Path("nemp-demo"), help="folder for the results")
     demo.set_defaults(func=_demo)
+
+    tr = sub.add_parser("train", help="train a model from a YAML config (see ase_nemp.train.config)")
+    tr.add_argument("config", type=Path)
+    tr.add_argument("--resume", action="store_true", help="continue the run in the config's output.dir")
+    tr.add_argument("--quiet", action="store_true", help="no progress bars")
+    tr.set_defaults(func=_train)
+
+    ev = sub.add_parser("eval", help="errors of a model on labelled structures")
+    ev.add_argument("model", type=Path)
+    ev.add_argument("data", type=Path, help="any file ase.io.read understands")
+    ev.add_argument("--plot", type=Path, help="write energy and force parity plots to this PNG")
+    ev.add_argument("--energy-key", default="energy")
+    ev.add_argument("--forces-key", default="forces")
+    ev.add_argument("--stress-key", default="stress")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    ev.set_defaults(func=_eval)
 
     info = sub.add_parser("info", help="describe a model file")
     info.add_argument("model", type=Path)
@@ -61,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"nemp {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -148,17 +148,20 @@ def build_samples(
     cutoff: float,
     keys: LabelKeys = LabelKeys(),
     species: Sequence[int] | None = None,
-    offset: int = 0,
+    indices: Sequence[int] | None = None,
     progress: bool = False,
 ) -> list[Sample]:
-    """Label and neighbour-list every structure once (float64 tensors on the CPU)."""
+    """Label and neighbour-list every structure once (float64 tensors on the CPU).
+
+    ``indices`` are the structures' positions in their file, used in error messages.
+    """
     from tqdm.auto import tqdm
 
     known = None if species is None else set(int(z) for z in species)
     samples = []
     iterator = tqdm(frames, desc="neighbour lists", disable=not progress, leave=False)
     for k, atoms in enumerate(iterator):
-        index = offset + k
+        index = int(indices[k]) if indices is not None else k
         energy, forces, stress = get_labels(atoms, keys, index)
         if known is not None:
             unknown = sorted(set(atoms.numbers.tolist()) - known)

@@ -1,0 +1,193 @@
+"""Run configuration for ``nemp train``: a YAML file with four sections.
+
+.. code-block:: yaml
+
+    data:
+      train: train.xyz            # any file ase.io.read understands
+      valid: null                 # separate validation file, or
+      valid_fraction: 0.1         # ... this fraction of `train` (fixed seed)
+      test: null                  # optional: evaluated with the best model at the end
+      isolated_atoms: null        # single-atom energies (E0s); fitted by least squares if absent
+      energy_key: energy          # labels in atoms.info/arrays or calculator results
+      forces_key: forces
+      stress_key: stress
+    model:
+      preset: emlp                # a preset of NEMPConfig (optional) ...
+      cutoff: 5.0                 # ... and/or any NEMPConfig field; species default to the data's
+    training:                     # fields of TrainConfig (below)
+      epochs: 200
+      batch_size: 4
+    output:
+      dir: runs/my-model          # checkpoint.pt, best.pt, metrics.csv, learning_curve.png
+
+Relative paths are resolved against the directory of the YAML file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["DataConfig", "TrainConfig", "RunConfig"]
+
+
+def _strict(cls, values: Mapping[str, Any], section: str):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in section '{section}'; known keys: {sorted(known)}")
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data are and how the labels are called (section ``data``)."""
+
+    train: str
+    valid: str | None = None
+    valid_fraction: float = 0.1
+    test: str | None = None
+    isolated_atoms: str | None = None
+    energy_key: str = "energy"
+    forces_key: str = "forces"
+    stress_key: str = "stress"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (section ``training``). Defaults follow the NEMP recipe.
+
+    Attributes
+    ----------
+    epochs : int
+        Maximum number of epochs (one pass over the training set plus validation).
+    max_time : float or None
+        Wall-clock budget in seconds; training stops cleanly after the epoch that exceeds it.
+    batch_size, valid_batch_size : int
+        Structures per optimiser step / per validation batch.
+    optimizer : {"amsgrad", "adamw"}
+        ``amsgrad``: coupled L2 (``weight_decay * theta`` added to the gradient before
+        clipping) then AMSGrad, as in the NEMP reference; ``adamw``: decoupled weight decay.
+    lr_warm, lr_peak, lr_min : float
+        Learning rate at epoch 0, after the warm-up, and the floor that ends training.
+    warmup_epochs : int
+        Linear warm-up from ``lr_warm`` to ``lr_peak``.
+    plateau_factor, plateau_patience : float, int
+        Multiply the learning rate by ``factor`` after ``patience`` epochs without a
+        relative improvement of 1e-4 of the validation loss.
+    weight_decay, clip_norm : float
+        L2 coefficient and global gradient-norm clip.
+    ema_decay : float
+        Exponential moving average of the parameters, used for validation and the model file.
+    energy_weight, force_weight, force_weight_final, stress_weight : float
+        Loss weights. The force weight starts at ``force_weight`` and, after the warm-up,
+        follows the learning rate linearly down to ``force_weight_final``.
+    dtype : {"float32", "float64"}
+    device : str
+    seed : int
+        Seeds the data split, the shuffling and the initial parameters.
+    threads : int or None
+        torch CPU threads (None leaves torch's default).
+    checkpoint_every : int
+        Write the resumable checkpoint every this many epochs (and always on exit).
+    """
+
+    epochs: int = 1000
+    max_time: float | None = None
+    batch_size: int = 4
+    valid_batch_size: int = 32
+    optimizer: str = "amsgrad"
+    lr_warm: float = 1e-3
+    lr_peak: float = 1e-2
+    lr_min: float = 1e-5
+    warmup_epochs: int = 10
+    plateau_factor: float = 0.5
+    plateau_patience: int = 20
+    weight_decay: float = 1e-6
+    clip_norm: float = 0.1
+    ema_decay: float = 0.999
+    energy_weight: float = 1.0
+    force_weight: float = 10.0
+    force_weight_final: float = 0.1
+    stress_weight: float = 0.0
+    dtype: str = "float32"
+    device: str = "cpu"
+    seed: int = 0
+    threads: int | None = None
+    checkpoint_every: int = 1
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.optimizer not in ("amsgrad", "adamw"):
+            problems.append(f"optimizer must be 'amsgrad' or 'adamw', not {self.optimizer!r}")
+        if not 0 < self.lr_min < self.lr_peak:
+            problems.append("need 0 < lr_min < lr_peak")
+        if self.batch_size < 1 or self.valid_batch_size < 1:
+            problems.append("batch sizes must be >= 1")
+        if not 0.0 <= self.ema_decay < 1.0:
+            problems.append("ema_decay must be in [0, 1)")
+        if not 0.0 < self.plateau_factor < 1.0:
+            problems.append("plateau_factor must be in (0, 1)")
+        if self.dtype not in ("float32", "float64"):
+            problems.append(f"dtype must be float32 or float64, not {self.dtype!r}")
+        if problems:
+            raise ValueError("invalid training settings: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole training run: data, model settings, training settings, output folder."""
+
+    data: DataConfig
+    model: dict = field(default_factory=dict)
+    training: TrainConfig = field(default_factory=TrainConfig)
+    output_dir: str = "runs/nemp"
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], base_dir: str | Path = ".") -> "RunConfig":
+        unknown = sorted(set(raw) - {"data", "model", "training", "output"})
+        if unknown:
+            raise ValueError(f"unknown section(s) {unknown}; sections are data, model, training, output")
+        if "data" not in raw or not raw["data"] or "train" not in raw["data"]:
+            raise ValueError("the config needs a 'data' section with at least 'train: <file>'")
+        base = Path(base_dir)
+
+        def resolve(p):
+            return None if p is None else str((base / p).resolve()) if not Path(p).is_absolute() else str(p)
+
+        data = dict(raw["data"])
+        for key in ("train", "valid", "test", "isolated_atoms"):
+            if key in data:
+                data[key] = resolve(data[key])
+        output = dict(raw.get("output") or {})
+        out_unknown = sorted(set(output) - {"dir"})
+        if out_unknown:
+            raise ValueError(f"unknown key(s) {out_unknown} in section 'output'; known keys: ['dir']")
+        return cls(
+            data=_strict(DataConfig, data, "data"),
+            model=dict(raw.get("model") or {}),
+            training=_strict(TrainConfig, dict(raw.get("training") or {}), "training"),
+            output_dir=resolve(output.get("dir", "runs/nemp")),
+        )
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "RunConfig":
+        import yaml
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{str(path)!r} must hold a mapping with sections data, model, training, output")
+        return cls.from_dict(raw, base_dir=path.parent)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "data": dataclasses.asdict(self.data),
+            "model": dict(self.model),
+            "training": dataclasses.asdict(self.training),
+            "output": {"dir": self.output_dir},
+        }

@@ -1,0 +1,93 @@
+"""Loss (spec section 6) and error metrics.
+
+Loss of a batch, a **sum** over its structures g with N_g atoms::
+
+    L = w_E sum_g ((E_g - E_g^ref) / N_g)^2
+      + w_F sum_g (1 / 3N_g) sum_{i in g} |F_i - F_i^ref|^2
+      + w_S sum_g |sigma_g - sigma_g^ref|^2 / 9          (structures with stress only)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+__all__ = ["LossWeights", "batch_loss", "ErrorStats"]
+
+
+@dataclass
+class LossWeights:
+    energy: float = 1.0
+    forces: float = 10.0
+    stress: float = 0.0
+
+
+def batch_loss(out: dict[str, torch.Tensor], batch, weights: LossWeights) -> torch.Tensor:
+    """Weighted loss of one batch (a scalar tensor that can be back-propagated)."""
+    n = batch.num_atoms.to(out["energy"].dtype)
+    loss = weights.energy * (((out["energy"] - batch.energy) / n) ** 2).sum()
+    if weights.forces:
+        sq = ((out["forces"] - batch.forces) ** 2).sum(1)  # (N,)
+        per_graph = torch.zeros_like(n, dtype=sq.dtype).index_add_(0, batch.graph.batch, sq)
+        loss = loss + weights.forces * (per_graph / (3.0 * n.to(sq.dtype))).sum()
+    if weights.stress and "stress" in out and bool(batch.has_stress.any()):
+        diff = ((out["stress"] - batch.stress) ** 2).sum((1, 2)) / 9.0
+        loss = loss + weights.stress * diff[batch.has_stress].sum()
+    return loss
+
+
+@dataclass
+class _Acc:
+    e_atom: list = field(default_factory=list)  # eV/atom
+    e_struct: list = field(default_factory=list)  # eV
+    f: list = field(default_factory=list)  # eV/Å, components
+    s: list = field(default_factory=list)  # eV/Å^3, components
+
+    def summary(self) -> dict[str, float]:
+        def rmse(x):
+            return float(np.sqrt(np.mean(np.square(x)))) if len(x) else float("nan")
+
+        def mae(x):
+            return float(np.mean(np.abs(x))) if len(x) else float("nan")
+
+        f = np.concatenate(self.f) if self.f else np.zeros(0)
+        s = np.concatenate(self.s) if self.s else np.zeros(0)
+        return {
+            "structures": len(self.e_atom),
+            "e_rmse_atom": rmse(self.e_atom), "e_mae_atom": mae(self.e_atom),
+            "e_rmse": rmse(self.e_struct), "e_mae": mae(self.e_struct),
+            "f_rmse": rmse(f), "f_mae": mae(f),
+            "s_rmse": rmse(s), "s_mae": mae(s), "stress_structures": len(self.s),
+        }
+
+
+class ErrorStats:
+    """Accumulates prediction errors overall and per ``config_type``."""
+
+    def __init__(self) -> None:
+        self.groups: dict[str, _Acc] = {}
+
+    def add(self, out: dict[str, torch.Tensor], batch) -> None:
+        energy = out["energy"].detach().double().cpu().numpy()
+        forces = out["forces"].detach().double().cpu().numpy()
+        ref_e = batch.energy.double().cpu().numpy()
+        ref_f = batch.forces.double().cpu().numpy()
+        graph_of_atom = batch.graph.batch.cpu().numpy()
+        stress = out.get("stress")
+        for g, sample in enumerate(batch.samples):
+            de = energy[g] - ref_e[g]
+            df = (forces[graph_of_atom == g] - ref_f[graph_of_atom == g]).ravel()
+            for key in ("all", sample.config_type):
+                acc = self.groups.setdefault(key, _Acc())
+                acc.e_struct.append(de)
+                acc.e_atom.append(de / sample.num_atoms)
+                acc.f.append(df)
+                if stress is not None and bool(batch.has_stress[g]):
+                    acc.s.append((stress[g].detach().double().cpu().numpy() - batch.stress[g].double().cpu().numpy()).ravel())
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """``{"all": {...}, config_type: {...}}`` with RMSE/MAE in eV, eV/atom, eV/Å, eV/Å^3."""
+        ordered = ["all"] + sorted(k for k in self.groups if k != "all")
+        return {k: self.groups[k].summary() for k in ordered if k in self.groups}

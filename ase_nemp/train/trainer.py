@@ -1,0 +1,458 @@
+"""The training loop of ``nemp train`` (design/nemp-model.md section 6).
+
+Per epoch: one shuffled pass over the training set (AMSGrad or AdamW, gradient clipping,
+an EMA of the parameters after every step), a validation pass with the EMA parameters,
+then the learning-rate schedule (linear warm-up x reduce-on-plateau), the force-weight
+schedule, the metrics CSV and learning curve, the best model file and the checkpoint.
+
+Everything that decides the future of a run (parameters, EMA, optimiser, schedules,
+shuffling generator, position inside the epoch) is in ``checkpoint.pt``, written
+atomically; ``--resume`` therefore continues bit for bit, also after Ctrl-C or SIGTERM,
+which write a checkpoint before the process exits.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import os
+import signal
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..io import resolve_dtype, save
+from ..model import NEMP, NEMPConfig, energy_forces_stress
+from .config import RunConfig, TrainConfig
+from .data import (
+    LabelKeys,
+    Sample,
+    build_samples,
+    fit_atomic_energies,
+    isolated_atom_energies,
+    make_batch,
+    read_structures,
+    split_indices,
+)
+from .loss import ErrorStats, LossWeights, batch_loss
+
+__all__ = ["Trainer", "TrainingInterrupted", "prepare_data", "build_model"]
+
+CHECKPOINT_VERSION = 1
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised after Ctrl-C / SIGTERM once the checkpoint is safely on disk."""
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------
+# data and model set-up
+# ---------------------------------------------------------------------------------------
+
+
+def prepare_data(run: RunConfig, cutoff: float, species: tuple[int, ...] | None, progress: bool = True):
+    """Read, split and neighbour-list the data. Returns (train, valid, species)."""
+    d = run.data
+    keys = LabelKeys(d.energy_key, d.forces_key, d.stress_key)
+    frames = read_structures(d.train)
+    if d.valid:
+        train_frames, valid_frames = frames, read_structures(d.valid)
+        train_idx, valid_idx = np.arange(len(frames)), np.arange(len(valid_frames))
+    else:
+        train_idx, valid_idx = split_indices(len(frames), d.valid_fraction, run.training.seed)
+        train_frames, valid_frames = [frames[k] for k in train_idx], [frames[k] for k in valid_idx]
+    if not valid_frames:
+        raise ValueError("no validation structures: set data.valid or a positive data.valid_fraction")
+    if species is None:
+        species = tuple(sorted({int(z) for f in train_frames + valid_frames for z in f.numbers}))
+    train = build_samples(train_frames, cutoff, keys, species, train_idx, progress=progress)
+    valid = build_samples(valid_frames, cutoff, keys, species, valid_idx, progress=progress)
+    return train, valid, species
+
+
+def build_model(run: RunConfig, train: list[Sample], valid: list[Sample], species: tuple[int, ...]) -> NEMP:
+    """Model from the ``model`` section, with E0s, force scale and readout shift from the data."""
+    cfg = model_config(run.model, species)
+    model = NEMP(cfg, dtype=torch.float64, seed=run.training.seed)
+    # reference energies: isolated atoms if given, else a least-squares fit on the training set
+    numbers = [s.graph.numbers.numpy() for s in train]
+    energies = [s.energy for s in train]
+    if run.data.isolated_atoms:
+        keys = LabelKeys(run.data.energy_key, run.data.forces_key, run.data.stress_key)
+        e0 = isolated_atom_energies(read_structures(run.data.isolated_atoms), keys)
+        missing = [z for z in cfg.species if z not in e0]
+        if missing:
+            from ase.data import chemical_symbols
+
+            raise ValueError(f"isolated_atoms file lacks element(s) {', '.join(chemical_symbols[z] for z in missing)}")
+        e0 = np.array([e0[z] for z in cfg.species])
+    else:
+        e0 = fit_atomic_energies(numbers, energies, cfg.species)
+    forces = np.concatenate([s.forces for s in train + valid])
+    force_rms = float(np.sqrt(np.mean(forces**2)))
+    model.set_reference_energies(e0.tolist(), force_rms=max(force_rms, 1e-3))
+    # start the per-species readout shift at the least-squares residual per atom
+    residual = [e - float(np.sum(e0[np.searchsorted(cfg.species, n)])) for e, n in zip(energies, numbers)]
+    shift = fit_atomic_energies(numbers, residual, cfg.species) / model.force_rms.item()
+    with torch.no_grad():
+        model.shift.copy_(torch.as_tensor(shift))
+    return model
+
+
+def model_config(section: dict, species: tuple[int, ...]) -> NEMPConfig:
+    fields = dict(section)
+    preset = fields.pop("preset", None)
+    fields.setdefault("species", species)
+    return NEMPConfig.preset(preset, **fields) if preset else NEMPConfig(**fields)
+
+
+# ---------------------------------------------------------------------------------------
+# the trainer
+# ---------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Train an NEMP model from a :class:`RunConfig`.
+
+    Parameters
+    ----------
+    run : RunConfig
+    progress : bool
+        Show tqdm progress bars.
+    """
+
+    def __init__(self, run: RunConfig, progress: bool = True) -> None:
+        self.run = run
+        self.cfg: TrainConfig = run.training
+        self.progress = progress
+        self.out = Path(run.output_dir)
+        self.device = torch.device(self.cfg.device)
+        self.dtype = resolve_dtype(self.cfg.dtype)
+        self._stop_signal: int | None = None
+
+    # -- set-up ------------------------------------------------------------------------
+    def setup(self, resume: bool = False) -> None:
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
+        ckpt_path = self.out / "checkpoint.pt"
+        ckpt = None
+        if resume:
+            if not ckpt_path.exists():
+                raise FileNotFoundError(f"cannot resume: no checkpoint at {ckpt_path}")
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            self._check_compatible(ckpt)
+        elif ckpt_path.exists():
+            raise FileExistsError(f"{self.out} already holds a run; use --resume to continue it or pick another output.dir")
+
+        species = tuple(ckpt["model_config"]["species"]) if ckpt else None
+        cutoff = ckpt["model_config"]["cutoff"] if ckpt else model_config(self.run.model, (1,)).cutoff
+        self.train_set, self.valid_set, species = prepare_data(self.run, cutoff, species, self.progress)
+        if ckpt:
+            model = NEMP(NEMPConfig.from_dict(ckpt["model_config"]), dtype=torch.float64)
+            model.load_state_dict(ckpt["model"])
+        else:
+            model = build_model(self.run, self.train_set, self.valid_set, species)
+        self.model = model.to(self.device, self.dtype)
+        self.ema = copy.deepcopy(self.model)
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+        self.optimizer = self._make_optimizer()
+        self.generator = torch.Generator().manual_seed(self.cfg.seed)
+        self.state = {
+            "epoch": 0, "step_in_epoch": 0, "perm": None, "plateau_scale": 1.0, "best_val": math.inf,
+            "bad_epochs": 0, "force_weight": self.cfg.force_weight, "elapsed": 0.0, "history": [],
+            "best_epoch": -1,
+        }
+        self._best_state: dict | None = None
+        if ckpt:
+            self.ema.load_state_dict(ckpt["ema"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.generator.set_state(ckpt["generator"])
+            self.state.update(ckpt["state"])
+            if ckpt.get("best_state") is not None:
+                self._best_state = ckpt["best_state"]
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+
+    def _check_compatible(self, ckpt: dict) -> None:
+        if ckpt.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"checkpoint version {ckpt.get('version')} is not supported (expected {CHECKPOINT_VERSION})")
+        old = ckpt["run"]
+        new = self.run.to_dict()
+        for section in ("data", "model"):
+            if old[section] != new[section]:
+                raise ValueError(f"cannot resume: the '{section}' section changed since the checkpoint was written "
+                                 f"(was {old[section]}, now {new[section]})")
+        allowed = {"epochs", "max_time", "checkpoint_every", "threads"}
+        changed = [k for k in new["training"] if old["training"].get(k) != new["training"][k] and k not in allowed]
+        if changed:
+            raise ValueError(f"cannot resume: training settings {changed} changed; only {sorted(allowed)} may change")
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        params = list(self.model.parameters())
+        if self.cfg.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=self.cfg.lr_peak, weight_decay=self.cfg.weight_decay)
+        return torch.optim.Adam(params, lr=self.cfg.lr_peak, amsgrad=True, weight_decay=0.0)
+
+    def _write_config(self) -> None:
+        import yaml
+
+        (self.out / "config.yaml").write_text(yaml.safe_dump(self.run.to_dict(), sort_keys=False))
+
+    # -- schedules ---------------------------------------------------------------------
+    def learning_rate(self, epoch: int) -> float:
+        c = self.cfg
+        r = c.lr_warm / c.lr_peak
+        warm = r + min(epoch / c.warmup_epochs, 1.0) * (1.0 - r) if c.warmup_epochs > 0 else 1.0
+        return c.lr_peak * self.state["plateau_scale"] * warm
+
+    def _after_epoch_schedules(self, epoch: int, lr: float, val_loss: float) -> None:
+        c, st = self.cfg, self.state
+        if val_loss < (1.0 - 1e-4) * st["best_val"]:
+            st["bad_epochs"] = 0
+        else:
+            st["bad_epochs"] += 1
+            if st["bad_epochs"] >= c.plateau_patience:
+                st["plateau_scale"] = max(st["plateau_scale"] * c.plateau_factor, c.lr_min / c.lr_peak)
+                st["bad_epochs"] = 0
+        if epoch > c.warmup_epochs:
+            frac = (lr - c.lr_min) / (c.lr_peak - c.lr_min)
+            st["force_weight"] = c.force_weight_final + min(max(frac, 0.0), 1.0) * (c.force_weight - c.force_weight_final)
+
+    def weights(self) -> LossWeights:
+        return LossWeights(self.cfg.energy_weight, self.state["force_weight"], self.cfg.stress_weight)
+
+    # -- one epoch ---------------------------------------------------------------------
+    def _batches(self, samples: list[Sample], order, size: int):
+        for start in range(0, len(order), size):
+            yield start // size, make_batch([samples[k] for k in order[start : start + size]]).to(self.device, self.dtype)
+
+    def _train_epoch(self, lr: float) -> float:
+        from tqdm.auto import tqdm
+
+        c, st = self.cfg, self.state
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if st["perm"] is None:
+            st["perm"] = torch.randperm(len(self.train_set), generator=self.generator).tolist()
+        order = st["perm"]
+        n_steps = math.ceil(len(order) / c.batch_size)
+        weights = self.weights()
+        want_stress = bool(weights.stress)
+        params = [p for p in self.model.parameters()]
+        ema_params = [p for p in self.ema.parameters()]
+        total, count = 0.0, 0
+        bar = tqdm(total=n_steps, initial=st["step_in_epoch"], desc=f"epoch {st['epoch']}", leave=False,
+                   disable=not self.progress, dynamic_ncols=True, mininterval=1.0)
+        for step, batch in self._batches(self.train_set, order[st["step_in_epoch"] * c.batch_size :], c.batch_size):
+            self.model.train()
+            out = energy_forces_stress(self.model, batch.graph, stress=want_stress, training=True)
+            loss = batch_loss(out, batch, weights)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            with torch.no_grad():
+                if c.optimizer == "amsgrad" and c.weight_decay:
+                    for p in params:
+                        p.grad.add_(p, alpha=c.weight_decay)
+                torch.nn.utils.clip_grad_norm_(params, c.clip_norm)
+            self.optimizer.step()
+            with torch.no_grad():
+                torch._foreach_mul_(ema_params, c.ema_decay)
+                torch._foreach_add_(ema_params, params, alpha=1.0 - c.ema_decay)
+            st["step_in_epoch"] += 1
+            total += loss.item() / len(batch.samples)
+            count += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{total / count:.4g}", lr=f"{lr:.2e}")
+            if self._stop_signal is not None:
+                bar.close()
+                self.save_checkpoint()
+                raise TrainingInterrupted(f"stopped by signal {self._stop_signal}; checkpoint written to "
+                                          f"{self.out / 'checkpoint.pt'}")
+        bar.close()
+        st["perm"], st["step_in_epoch"] = None, 0
+        return total / max(count, 1)
+
+    def validate(self, model: NEMP | None = None, samples: list[Sample] | None = None) -> tuple[float, dict]:
+        """Weighted validation loss sqrt(sum loss / n) and error statistics (EMA model)."""
+        model = model or self.ema
+        samples = samples if samples is not None else self.valid_set
+        weights = self.weights()
+        stats = ErrorStats()
+        total = 0.0
+        model.eval()
+        for _, batch in self._batches(samples, list(range(len(samples))), self.cfg.valid_batch_size):
+            out = energy_forces_stress(model, batch.graph, stress=bool(batch.has_stress.any()))
+            total += batch_loss(out, batch, weights).item()
+            stats.add(out, batch)
+        return math.sqrt(total / len(samples)), stats.summary()
+
+    # -- the loop ----------------------------------------------------------------------
+    def fit(self) -> list[dict]:
+        """Train until ``epochs``, ``max_time`` or ``lr <= lr_min``. Returns the metrics history."""
+        from tqdm.auto import tqdm
+
+        c, st = self.cfg, self.state
+        handlers = self._install_signal_handlers()
+        try:
+            while st["epoch"] < c.epochs:
+                epoch = st["epoch"]
+                lr = self.learning_rate(epoch)
+                if lr <= c.lr_min * (1 + 1e-9):
+                    tqdm.write(f"learning rate reached lr_min ({c.lr_min:g}); training finished")
+                    break
+                t0 = time.perf_counter()
+                train_loss = self._train_epoch(lr)
+                val_loss, stats = self.validate()
+                st["elapsed"] += time.perf_counter() - t0
+                if not math.isfinite(val_loss) or val_loss > 10.0 * st["best_val"]:
+                    self._restore_best(val_loss)
+                    st["epoch"] += 1
+                    continue
+                improved = val_loss < st["best_val"]
+                self._after_epoch_schedules(epoch, lr, val_loss)
+                if improved:
+                    st["best_val"], st["best_epoch"] = val_loss, epoch
+                    self._save_best(stats["all"], epoch)
+                row = self._record(epoch, lr, train_loss, val_loss, stats["all"])
+                tqdm.write(
+                    f"epoch {epoch:4d}  lr {lr:.2e}  w_F {row['force_weight']:.3g}  train {train_loss:.4g}  "
+                    f"val {val_loss:.4g}  E {1e3 * row['val_e_rmse_atom']:.3f} meV/atom  "
+                    f"F {1e3 * row['val_f_rmse']:.2f} meV/Å{'  *' if improved else ''}"
+                ) if self.progress else None
+                st["epoch"] += 1
+                if st["epoch"] % c.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if c.max_time is not None and st["elapsed"] >= c.max_time:
+                    tqdm.write(f"time budget of {c.max_time:.0f} s used; training stopped") if self.progress else None
+                    break
+            self.save_checkpoint()
+            self.plot_learning_curve()
+        finally:
+            self._restore_signal_handlers(handlers)
+        return st["history"]
+
+    # -- robustness ----------------------------------------------------------------------
+    def _snapshot(self) -> dict:
+        return {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                "ema": {k: v.detach().clone() for k, v in self.ema.state_dict().items()},
+                "optimizer": copy.deepcopy(self.optimizer.state_dict())}
+
+    def _restore_best(self, val_loss: float) -> None:
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"validation loss {val_loss:.4g} diverged (best {self.state['best_val']:.4g}); "
+                   "reloading the best parameters") if self.progress else None
+        if self._best_state is None:
+            raise RuntimeError("training diverged before any valid epoch; lower lr_warm / lr_peak")
+        self.model.load_state_dict(self._best_state["model"])
+        self.ema.load_state_dict(self._best_state["ema"])
+        self.optimizer.load_state_dict(self._best_state["optimizer"])
+
+    def _save_best(self, metrics: dict, epoch: int) -> None:
+        self._best_state = self._snapshot()
+        meta = {"epoch": epoch, "valid_e_rmse_per_atom_eV": metrics["e_rmse_atom"], "valid_f_rmse_eV_per_A": metrics["f_rmse"],
+                "train_data": os.path.basename(self.run.data.train), "num_train": len(self.train_set),
+                "num_valid": len(self.valid_set)}
+        save(self.ema, self.out / "best.pt", **meta)
+
+    # -- files ---------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        path = self.out / "checkpoint.pt"
+        _atomic_torch_save({
+            "version": CHECKPOINT_VERSION,
+            "run": self.run.to_dict(),
+            "model_config": self.model.config.to_dict(),
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "state": self.state,
+            "best_state": self._best_state,
+        }, path)
+        return path
+
+    def _record(self, epoch: int, lr: float, train_loss: float, val_loss: float, metrics: dict) -> dict:
+        row = {"epoch": epoch, "lr": lr, "force_weight": self.state["force_weight"], "train_loss": train_loss,
+               "val_loss": val_loss, "val_e_rmse_atom": metrics["e_rmse_atom"], "val_e_rmse": metrics["e_rmse"],
+               "val_f_rmse": metrics["f_rmse"], "val_f_mae": metrics["f_mae"], "elapsed_s": self.state["elapsed"]}
+        self.state["history"].append(row)
+        self._write_metrics()
+        return row
+
+    def _write_metrics(self) -> None:
+        """Rewrite metrics.csv from the history (a resumed run never duplicates rows)."""
+        history = self.state["history"]
+        if not history:
+            return
+        tmp = self.out / "metrics.csv.tmp"
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(history[0]))
+            writer.writeheader()
+            for row in history:
+                writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+        os.replace(tmp, self.out / "metrics.csv")
+
+    def plot_learning_curve(self) -> Path | None:
+        history = self.state["history"]
+        if not history:
+            return None
+        from .plots import learning_curve
+
+        return learning_curve(history, self.out / "learning_curve.png")
+
+    # -- signals -------------------------------------------------------------------------
+    def _install_signal_handlers(self):
+        def handler(signum, frame):
+            self._stop_signal = signum
+
+        old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread
+                pass
+        return old
+
+    def _restore_signal_handlers(self, old) -> None:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+        self._stop_signal = None
+
+
+def train(run: RunConfig, resume: bool = False, progress: bool = True) -> Trainer:
+    """Set up and run a training; returns the trainer (``trainer.out`` holds the files).
+
+    With ``data.test`` set, the best model is evaluated on it at the end: the table goes
+    to ``test_metrics.md`` and the numbers to ``test_metrics.json``.
+    """
+    trainer = Trainer(run, progress=progress)
+    trainer.setup(resume=resume)
+    trainer.fit()
+    if run.data.test and (trainer.out / "best.pt").exists():
+        import json
+
+        from .evaluate import format_table, predictions
+        from .plots import parity_plot
+
+        keys = LabelKeys(run.data.energy_key, run.data.forces_key, run.data.stress_key)
+        stats, pred, ref = predictions(trainer.out / "best.pt", run.data.test, keys, device=run.training.device)
+        summary = stats.summary()
+        (trainer.out / "test_metrics.json").write_text(json.dumps(summary, indent=1))
+        table = format_table(summary)
+        (trainer.out / "test_metrics.md").write_text(table + "\n")
+        parity_plot(pred, ref, trainer.out / "test_parity.png", title=os.path.basename(run.data.test))
+        if progress:
+            print(f"\ntest set {run.data.test}:\n{table}")
+    return trainer

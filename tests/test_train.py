@@ -1,0 +1,182 @@
+"""Training and evaluation on a tiny synthetic data set (EMT labels)."""
+
+import signal
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io import write
+
+from ase_nemp import load
+from ase_nemp.cli import main
+from ase_nemp.train import RunConfig, TrainingInterrupted, evaluate, fit_atomic_energies
+from ase_nemp.train.trainer import Trainer
+from ase_nemp.testing import evaluate as evaluate_model
+from ase_nemp.testing import random_molecule
+
+TINY_MODEL = dict(cutoff=3.5, num_channels=4, num_layers=2, pair_dim=8, pair_mlp=[1, 8], edge_mlp=[1, 8],
+                  coeff_mlp=[1, 8], readout_mlp=[1, 8])
+
+
+def labelled(n, seed):
+    frames = []
+    for k in range(n):
+        atoms = random_molecule(n=5, seed=seed + k, symbols="CO", min_dist=1.1)
+        atoms.calc = EMT()
+        atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces())
+        atoms.info["config_type"] = "even" if k % 2 == 0 else "odd"
+        frames.append(atoms)
+    return frames
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "train.extxyz"
+    write(path, labelled(12, seed=100))
+    return path
+
+
+def run_config(data_file, out, epochs=2, **training):
+    settings = dict(epochs=epochs, batch_size=3, valid_batch_size=4, dtype="float64", seed=1, lr_warm=2e-3,
+                    lr_peak=5e-3, warmup_epochs=2, ema_decay=0.5)
+    settings.update(training)
+    return RunConfig.from_dict({"data": {"train": str(data_file), "valid_fraction": 0.25},
+                                "model": TINY_MODEL, "training": settings, "output": {"dir": str(out)}})
+
+
+def trained(run, resume=False):
+    trainer = Trainer(run, progress=False)
+    trainer.setup(resume=resume)
+    trainer.fit()
+    return trainer
+
+
+def test_two_epochs_lower_the_loss_and_write_outputs(data_file, tmp_path):
+    trainer = trained(run_config(data_file, tmp_path / "run", epochs=4))
+    history = trainer.state["history"]
+    assert len(history) == 4
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+    for name in ("best.pt", "checkpoint.pt", "metrics.csv", "learning_curve.png", "config.yaml"):
+        assert (tmp_path / "run" / name).exists(), name
+    assert (tmp_path / "run" / "metrics.csv").read_text().count("\n") == 5
+    best = load(tmp_path / "run" / "best.pt")
+    assert best.metadata["num_train"] == 9 and best.metadata["num_valid"] == 3
+
+
+def state_of(trainer):
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()} | {
+        f"ema.{k}": v.clone() for k, v in trainer.ema.state_dict().items()}
+
+
+def test_resume_continues_exactly(data_file, tmp_path):
+    straight = trained(run_config(data_file, tmp_path / "straight", epochs=4))
+    first = trained(run_config(data_file, tmp_path / "split", epochs=2))
+    assert first.state["epoch"] == 2
+    resumed = trained(run_config(data_file, tmp_path / "split", epochs=4), resume=True)
+    a, b = state_of(straight), state_of(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["val_loss"] for r in straight.state["history"]] == [r["val_loss"] for r in resumed.state["history"]]
+
+
+def test_interrupt_writes_a_checkpoint_and_resumes_exactly(data_file, tmp_path, monkeypatch):
+    straight = trained(run_config(data_file, tmp_path / "straight", epochs=3))
+    run = run_config(data_file, tmp_path / "interrupted", epochs=3)
+    trainer = Trainer(run, progress=False)
+    trainer.setup()
+    calls = {"n": 0}
+    original = trainer.optimizer.step
+
+    def step_then_sigterm(*args, **kwargs):
+        calls["n"] += 1
+        result = original(*args, **kwargs)
+        if calls["n"] == 4:  # in the middle of the second epoch
+            signal.raise_signal(signal.SIGTERM)
+        return result
+
+    monkeypatch.setattr(trainer.optimizer, "step", step_then_sigterm)
+    with pytest.raises(TrainingInterrupted, match="checkpoint written"):
+        trainer.fit()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    ckpt = torch.load(tmp_path / "interrupted" / "checkpoint.pt", weights_only=True)
+    assert ckpt["state"]["epoch"] == 1 and ckpt["state"]["step_in_epoch"] == 1
+    resumed = trained(run, resume=True)
+    a, b = state_of(straight), state_of(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_existing_run_is_not_overwritten(data_file, tmp_path):
+    trained(run_config(data_file, tmp_path / "run", epochs=1))
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(run_config(data_file, tmp_path / "run", epochs=1), progress=False).setup()
+    changed = run_config(data_file, tmp_path / "run", epochs=1, lr_peak=1e-2)
+    with pytest.raises(ValueError, match="lr_peak"):
+        Trainer(changed, progress=False).setup(resume=True)
+
+
+def test_missing_forces_are_reported(tmp_path):
+    frames = labelled(4, seed=5)
+    frames[2] = Atoms(frames[2].symbols, positions=frames[2].positions, info={"energy": -1.0, "config_type": "x"})
+    path = tmp_path / "bad.extxyz"
+    write(path, frames)
+    run = run_config(path, tmp_path / "run")
+    with pytest.raises(ValueError, match=r"structure 2 .* no forces label .*'forces'.*it has: .*energy"):
+        Trainer(run, progress=False).setup()
+
+
+def test_fit_atomic_energies_recovers_constants():
+    rng = np.random.default_rng(0)
+    species = [1, 6, 8]
+    truth = np.array([-13.6, -1026.9, -2037.8])
+    numbers = [rng.choice(species, size=rng.integers(3, 12)) for _ in range(40)]
+    energies = [sum(truth[species.index(z)] for z in n) + rng.normal(0, 1e-6) for n in numbers]
+    np.testing.assert_allclose(fit_atomic_energies(numbers, energies, species), truth, atol=1e-5)
+
+
+def test_isolated_atoms_set_the_reference_energies(data_file, tmp_path):
+    iso = [Atoms(s, info={"energy": e}) for s, e in (("C", -7.5), ("O", -4.25))]
+    write(tmp_path / "iso.extxyz", iso)
+    raw = run_config(data_file, tmp_path / "run", epochs=1).to_dict()
+    raw["data"]["isolated_atoms"] = str(tmp_path / "iso.extxyz")
+    trainer = trained(RunConfig.from_dict(raw))
+    assert trainer.model.atomic_energies.tolist() == [-7.5, -4.25]
+
+
+def test_eval_matches_a_direct_calculation(data_file, tmp_path, capsys):
+    trained(run_config(data_file, tmp_path / "run", epochs=1))
+    model_path = tmp_path / "run" / "best.pt"
+    assert main(["eval", str(model_path), str(data_file), "--plot", str(tmp_path / "parity.png")]) == 0
+    printed = capsys.readouterr().out
+    from ase.io import read
+
+    frames = read(data_file, index=":")
+    model = load(model_path)
+    de, df = [], []
+    for atoms in frames:
+        out = evaluate_model(model, atoms)
+        de.append((out["energy"] - atoms.get_potential_energy()) / len(atoms))
+        df.append(out["forces"] - atoms.get_forces())
+    e_rmse = np.sqrt(np.mean(np.square(de)))
+    f_rmse = np.sqrt(np.mean(np.square(np.concatenate(df))))
+    row = next(line for line in printed.splitlines() if line.startswith("| all"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert int(cells[1]) == 12
+    assert float(cells[2]) == pytest.approx(1e3 * e_rmse, abs=1e-3)
+    assert float(cells[6]) == pytest.approx(1e3 * f_rmse, abs=1e-2)
+    assert "| even | 6 |" in printed and "| odd | 6 |" in printed
+    assert (tmp_path / "parity.png").stat().st_size > 1000
+    summary = evaluate(model_path, frames)
+    assert summary["all"]["f_rmse"] == pytest.approx(f_rmse, rel=1e-9)
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['lr'\] in section 'training'"):
+        RunConfig.from_dict({"data": {"train": "x.xyz"}, "training": {"lr": 0.1}})
+    with pytest.raises(ValueError, match="needs a 'data' section"):
+        RunConfig.from_dict({"model": {}})
+    (tmp_path / "c.yaml").write_text("data:\n  train: t.xyz\nmodel:\n  preset: emlp\n")
+    run = RunConfig.from_yaml(tmp_path / "c.yaml")
+    assert run.data.train == str((tmp_path / "t.xyz").resolve())
