@@ -45,6 +45,10 @@ class NEMPCalculator(Calculator):
         Verlet skin in Å. The neighbour list is built with ``cutoff + skin`` and reused
         while no atom has moved more than ``skin / 2`` and the cell, pbc and atoms are
         unchanged; results equal those of a fresh list to round-off. 0 rebuilds every call.
+    compile : bool
+        Compile the model with ``torch.compile`` (dynamic shapes). The first call then
+        takes about a minute; later calls are faster. Worth it for long MD runs; the
+        default eager mode is what the test suite checks in depth.
 
     Properties
     ----------
@@ -71,6 +75,7 @@ class NEMPCalculator(Calculator):
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype = "float64",
         skin: float = 0.5,
+        compile: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -87,6 +92,13 @@ class NEMPCalculator(Calculator):
             p.requires_grad_(False)
         self.model = model
         self.neighbour_list = NeighbourList(model.cutoff, skin=skin)
+        if compile:
+            self.compile()
+
+    def compile(self) -> "NEMPCalculator":
+        """Compile the model's energy function with ``torch.compile`` (dynamic shapes)."""
+        self.model.atomic_energies_of = torch.compile(self.model.atomic_energies_of, dynamic=True)
+        return self
 
     # -- constructors ----------------------------------------------------------------
     @classmethod

@@ -180,3 +180,33 @@ def test_config_errors_name_the_key(tmp_path):
     (tmp_path / "c.yaml").write_text("data:\n  train: t.xyz\nmodel:\n  preset: emlp\n")
     run = RunConfig.from_yaml(tmp_path / "c.yaml")
     assert run.data.train == str((tmp_path / "t.xyz").resolve())
+
+
+def test_learning_rate_and_force_weight_schedules(data_file, tmp_path):
+    run = run_config(data_file, tmp_path / "run", epochs=40, lr_warm=1e-3, lr_peak=1e-2, lr_min=1e-4,
+                     warmup_epochs=4, plateau_patience=3, plateau_factor=0.5, force_weight=10.0,
+                     force_weight_final=0.1)
+    trainer = Trainer(run, progress=False)
+    trainer.state = {"plateau_scale": 1.0, "best_val": float("inf"), "bad_epochs": 0, "force_weight": 10.0,
+                     "elapsed": 0.0}
+    assert [trainer.learning_rate(k) for k in (0, 2, 4, 9)] == pytest.approx([1e-3, 5.5e-3, 1e-2, 1e-2])
+    # plateau: improve once, then stall for `patience` epochs -> halve
+    losses = [1.0, 2.0, 2.0, 2.0]
+    for epoch, loss in enumerate(losses, start=10):
+        lr = trainer.learning_rate(epoch)
+        trainer._after_epoch_schedules(epoch, lr, loss)
+        trainer.state["best_val"] = min(trainer.state["best_val"], loss)
+    assert trainer.state["plateau_scale"] == 0.5
+    assert trainer.learning_rate(20) == pytest.approx(5e-3)
+    # the force weight follows the learning rate linearly between its end points
+    frac = (1e-2 - 1e-4) / (1e-2 - 1e-4)
+    assert trainer.state["force_weight"] == pytest.approx(0.1 + frac * 9.9)
+    trainer._after_epoch_schedules(21, 5e-3, 3.0)
+    assert trainer.state["force_weight"] == pytest.approx(0.1 + (5e-3 - 1e-4) / (1e-2 - 1e-4) * 9.9)
+
+    cosine = Trainer(run_config(data_file, tmp_path / "cos", epochs=24, lr_schedule="cosine", lr_peak=1e-2,
+                                lr_min=1e-4, warmup_epochs=4), progress=False)
+    cosine.state = {"plateau_scale": 1.0, "elapsed": 0.0}
+    lrs = [cosine.learning_rate(k) for k in range(4, 25)]
+    assert lrs[0] == pytest.approx(1e-2) and lrs[-1] == pytest.approx(1e-4)
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))

@@ -74,13 +74,20 @@ class TrainConfig:
         Learning rate at epoch 0, after the warm-up, and the floor that ends training.
     warmup_epochs : int
         Linear warm-up from ``lr_warm`` to ``lr_peak``.
+    lr_schedule : {"plateau", "cosine"}
+        ``plateau`` (the NEMP recipe): reduce on plateau until ``lr_min``. ``cosine``:
+        after the warm-up, anneal from ``lr_peak`` to ``lr_min`` along a cosine over the
+        budget (``max_time`` if set, else ``epochs``); suited to a fixed time budget.
     plateau_factor, plateau_patience : float, int
         Multiply the learning rate by ``factor`` after ``patience`` epochs without a
         relative improvement of 1e-4 of the validation loss.
     weight_decay, clip_norm : float
         L2 coefficient and global gradient-norm clip.
     ema_decay : float
-        Exponential moving average of the parameters, used for validation and the model file.
+        Exponential moving average of the parameters, used for validation and the model
+        file. After n optimiser steps the decay is ``min(ema_decay, (1 + n) / (10 + n))``
+        so that the average does not drag the random initial parameters along for
+        thousands of steps.
     energy_weight, force_weight, force_weight_final, stress_weight : float
         Loss weights. The force weight starts at ``force_weight`` and, after the warm-up,
         follows the learning rate linearly down to ``force_weight_final``.
@@ -103,6 +110,7 @@ class TrainConfig:
     lr_peak: float = 1e-2
     lr_min: float = 1e-5
     warmup_epochs: int = 10
+    lr_schedule: str = "plateau"
     plateau_factor: float = 0.5
     plateau_patience: int = 20
     weight_decay: float = 1e-6
@@ -120,6 +128,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         problems = []
+        if self.lr_schedule not in ("plateau", "cosine"):
+            problems.append(f"lr_schedule must be 'plateau' or 'cosine', not {self.lr_schedule!r}")
         if self.optimizer not in ("amsgrad", "adamw"):
             problems.append(f"optimizer must be 'amsgrad' or 'adamw', not {self.optimizer!r}")
         if not 0 < self.lr_min < self.lr_peak:

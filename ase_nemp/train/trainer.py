@@ -172,7 +172,7 @@ class Trainer:
         self.state = {
             "epoch": 0, "step_in_epoch": 0, "perm": None, "plateau_scale": 1.0, "best_val": math.inf,
             "bad_epochs": 0, "force_weight": self.cfg.force_weight, "elapsed": 0.0, "history": [],
-            "best_epoch": -1,
+            "best_epoch": -1, "steps": 0,
         }
         self._best_state: dict | None = None
         if ckpt:
@@ -215,7 +215,17 @@ class Trainer:
         c = self.cfg
         r = c.lr_warm / c.lr_peak
         warm = r + min(epoch / c.warmup_epochs, 1.0) * (1.0 - r) if c.warmup_epochs > 0 else 1.0
+        if c.lr_schedule == "cosine" and epoch >= c.warmup_epochs:
+            return c.lr_min + 0.5 * (c.lr_peak - c.lr_min) * (1.0 + math.cos(math.pi * self._progress(epoch)))
         return c.lr_peak * self.state["plateau_scale"] * warm
+
+    def _progress(self, epoch: int) -> float:
+        """Fraction of the budget used after the warm-up (time if ``max_time`` is set)."""
+        c = self.cfg
+        if c.max_time is not None:
+            warm_time = self.state.setdefault("warmup_time", self.state["elapsed"])
+            return min(max((self.state["elapsed"] - warm_time) / max(c.max_time - warm_time, 1e-9), 0.0), 1.0)
+        return min((epoch - c.warmup_epochs) / max(c.epochs - c.warmup_epochs, 1), 1.0)
 
     def _after_epoch_schedules(self, epoch: int, lr: float, val_loss: float) -> None:
         c, st = self.cfg, self.state
@@ -268,8 +278,11 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(params, c.clip_norm)
             self.optimizer.step()
             with torch.no_grad():
-                torch._foreach_mul_(ema_params, c.ema_decay)
-                torch._foreach_add_(ema_params, params, alpha=1.0 - c.ema_decay)
+                # the usual warm-up of the average: early steps forget the random start quickly
+                decay = min(c.ema_decay, (1.0 + st["steps"]) / (10.0 + st["steps"]))
+                torch._foreach_mul_(ema_params, decay)
+                torch._foreach_add_(ema_params, params, alpha=1.0 - decay)
+            st["steps"] += 1
             st["step_in_epoch"] += 1
             total += loss.item() / len(batch.samples)
             count += 1
@@ -309,7 +322,7 @@ class Trainer:
             while st["epoch"] < c.epochs:
                 epoch = st["epoch"]
                 lr = self.learning_rate(epoch)
-                if lr <= c.lr_min * (1 + 1e-9):
+                if lr <= c.lr_min * (1 + 1e-9) and c.lr_schedule == "plateau":
                     tqdm.write(f"learning rate reached lr_min ({c.lr_min:g}); training finished")
                     break
                 t0 = time.perf_counter()
