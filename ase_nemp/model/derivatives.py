@@ -37,7 +37,8 @@ def energy_forces_stress(
         meaningful for 3D-periodic structures.
     training : bool
         Keep the graph of the derivatives (``create_graph=True``) so a loss on forces
-        or stress can be back-propagated. Leave false for inference.
+        or stress can be back-propagated. Leave false for inference, which may then use
+        the fused CPU kernels (:mod:`ase_nemp.model.kernels`).
 
     Returns
     -------
@@ -57,7 +58,8 @@ def energy_forces_stress(
         cell = cell + torch.bmm(cell, sym)
     else:
         x = positions
-    out = model(graph._replace(positions=x, cell=cell))
+    # inference may use the fused kernels (first derivatives only); training must not
+    out = model(graph._replace(positions=x, cell=cell), fused=not training)
     if not inputs:
         return {k: v if training else v.detach() for k, v in out.items()}
 

@@ -41,6 +41,7 @@ from torch import nn
 from ..graph import AtomicGraph
 from .angular import coupling_paths, degrees, normalized_spherical_harmonics, real_clebsch_gordan
 from .config import NEMPConfig
+from .kernels import build_csr, edge_invariants, node_densities
 from .mlp import ScaledMLP
 from .radial import polynomial_envelope
 
@@ -249,8 +250,16 @@ class NEMP(nn.Module):
     # ------------------------------------------------------------------------------
     # forward
     # ------------------------------------------------------------------------------
-    def forward(self, graph: AtomicGraph) -> dict[str, torch.Tensor]:
+    def forward(self, graph: AtomicGraph, fused: bool = False) -> dict[str, torch.Tensor]:
         """Energies of a batch.
+
+        Parameters
+        ----------
+        graph : AtomicGraph
+        fused : bool
+            Use the fused CPU kernels (:mod:`ase_nemp.model.kernels`) where possible. Their
+            backward gives first derivatives only (forces, stress): leave this off when a
+            loss on forces is back-propagated.
 
         Returns
         -------
@@ -259,7 +268,7 @@ class NEMP(nn.Module):
         """
         species = self.species_index(graph.numbers)
         energies = self.atomic_energies_of(
-            graph.positions, species, graph.edge_index, graph.shifts, graph.cell, graph.batch
+            graph.positions, species, graph.edge_index, graph.shifts, graph.cell, graph.batch, fused=fused
         )
         energy = _scatter(energies, graph.batch, graph.num_graphs)
         return {"energy": energy, "energies": energies}
@@ -284,12 +293,14 @@ class NEMP(nn.Module):
         cell: torch.Tensor,
         batch: torch.Tensor,
         trace: dict[str, Any] | None = None,
+        fused: bool = False,
     ) -> torch.Tensor:
         """Per-atom energies (N,) from positions, species indices and the edge list.
 
         ``trace``, if a dict, receives intermediate arrays named as in the parity files
         (``n``, ``Yhat``, ``sigma``, ``k``, ``w``, ``V_in``, ``V_prenorm``,
-        ``readout_input``, ``readout_raw``) for debugging.
+        ``readout_input``, ``readout_raw``) for debugging. ``fused`` selects the fused CPU
+        kernels for the edge blocks (first derivatives only); see :meth:`forward`.
         """
         cfg = self.config
         N, E = positions.shape[0], edge_index.shape[1]
@@ -305,9 +316,9 @@ class NEMP(nn.Module):
         inside = (q > eps) & (u < 1.0)
         f = torch.where(inside, polynomial_envelope(u, cfg.envelope_p) ** 2, torch.zeros_like(u))  # (E,)
         Y = normalized_spherical_harmonics(r / d[:, None], L, eps)  # (E, n_L)
-        Yf = Y[:, :n_f, None]  # (E, n_l, 1)
         n = _scatter(f, i, N) + eps  # (N,)
         inv_n = (1.0 / n)[:, None]  # (N, 1)
+        csr = build_csr(edge_index, N, positions.dtype) if fused and trace is None else None
 
         # -- pair tables (3.2), computed on the S^2 ordered pairs and gathered per edge
         sigma = self.pair_mlp(self.pair_inputs)  # (S^2, P)
@@ -324,7 +335,7 @@ class NEMP(nn.Module):
         rho = [_scatter(G[:, lf + 1], i, N)]  # rho^(0): (N, C)
 
         # -- initial node-equivariant features (3.4)
-        A0 = _scatter(G[:, : lf + 1].index_select(1, self.l_of_f) * Yf, i, N)  # (N, n_l, C)
+        A0 = self._density(Y, G, lf + 1, i, N, csr)  # (N, n_l, C), rows 0..l of G
         V = torch.bmm(A0 * inv_n[:, :, None], self.w_sp.index_select(0, species)) * (1.0 / math.sqrt(C))
         Q = self.coeff_mlps[0](e_feat).view(E, 3, lf + 1, C)
         if trace is not None:
@@ -336,18 +347,12 @@ class NEMP(nn.Module):
                 trace["V_in"].append(V)
             om = self.omega[t].index_select(0, species)  # (N, 3, C, C)
             Vt = V * self.inv_sqrt_deg  # (N, n_l, C)
-            # a_{e,l} = sum_m Yhat_lm Vt_{i,lm}, b_{e,l} = sum_m Yhat_lm Vt_{j,lm}: (E, l+1, C)
-            a = self._contract_m(Yf * Vt.index_select(0, i))
-            b = self._contract_m(Yf * Vt.index_select(0, j))
-            eps_e = (Q[:, 0] * a + Q[:, 1] * b).sum(1) * (1.0 / math.sqrt(2.0))  # Eq. 7, (E, C)
-            # Eq. 8: sum_lm Vt_i,lm sum_e Q2_l Yhat_lm = sum_e sum_l Q2_l a_l
-            rho.append(_scatter((Q[:, 2] * a).sum(1), i, N))
+            eps_e, rho_t = self._edge_invariants(Y, Vt, Q, edge_index, N, csr)  # Eqs. 7, 8
+            rho.append(rho_t)
             e_feat = torch.cat([e_feat, eps_e], dim=1)  # (E, (3+t) C)
             B = self.layer_mlps[t](e_feat).view(E, lf + 1 + L + 1, C)
-            beta, alpha = B[:, : lf + 1], B[:, lf + 1 :]
             Z = torch.bmm(V, om[:, 0]) * (1.0 / math.sqrt(C))  # node level, species of j
-            U = _scatter(beta.index_select(1, self.l_of_f) * Z.index_select(0, j), i, N)  # Eq. 10, (N, n_l, C)
-            A = _scatter(alpha.index_select(1, self.l_of_L) * Y[:, :, None], i, N)  # Eq. 9, (N, n_L, C)
+            U, A = self._virtual_node_and_density(Y, Z, B, edge_index, N, csr)  # Eqs. 10, 9
             w_path = self.path_weights[t].transpose(0, 1).index_select(0, species)  # (N, paths, C)
             Pt = self._tensor_product(A, U, w_path) * (inv_n * inv_n)[:, :, None]  # Eq. 11
             V = (torch.bmm(V, om[:, 2]) + torch.bmm(Pt, om[:, 1])) * (1.0 / math.sqrt(2.0 * C))  # Eq. 12
@@ -359,8 +364,8 @@ class NEMP(nn.Module):
                 V = V / torch.sqrt(ms + eps)
 
         # -- readout (3.6): sum_lm V_lm / sqrt(3(2l+1)(l+1)) sum_e (Q0+Q1+Q2)_l Yhat_lm
-        a = self._contract_m(Yf * (V * self.inv_sqrt_deg).index_select(0, i))
-        rho.append(_scatter((Q.sum(1) * a).sum(1), i, N) * (1.0 / math.sqrt(3.0)))
+        _, rho_T = self._edge_invariants(Y, V * self.inv_sqrt_deg, Q.sum(1, keepdim=True), edge_index, N, csr)
+        rho.append(rho_T * (1.0 / math.sqrt(3.0)))
         x = torch.cat(rho, dim=1) * inv_n  # (N, (T+2) C)
         raw = self.readout(x).squeeze(-1)  # (N,)
         if trace is not None:
@@ -368,9 +373,51 @@ class NEMP(nn.Module):
         energies = self.force_rms * (self.scale.index_select(0, species) * raw + self.shift.index_select(0, species))
         return energies + self.atomic_energies.index_select(0, species)
 
+    # -- the edge blocks, each with its eager formula and the fused kernel ---------------
+    def _edge_invariants(self, Y, Vt, Q, edge_index, N, csr):
+        """Eq. 7 ``eps_e`` (E, C) and Eq. 8 ``rho`` (N, C) from ``Q`` (E, 3, l+1, C).
+
+        With a_{e,l} = sum_m Yhat_lm Vt_{i,lm} and b_{e,l} = sum_m Yhat_lm Vt_{j,lm}:
+        eps_e = sum_l (Q0 a + Q1 b) / sqrt(2) and rho_i = sum_{e->i} sum_l Q2 a. (Eq. 8
+        written as sum_lm Vt_i sum_e Q2 Yhat regroups to the same sum over edges.) With a
+        single slot ``Q`` (E, 1, l+1, C) only rho is computed, from that slot.
+        """
+        if csr is not None:
+            eps_e, rho = edge_invariants(Y, Vt, Q, csr)
+            return (eps_e if Q.shape[1] == 3 else None), rho
+        i, j = edge_index[0], edge_index[1]
+        Yf = Y[:, : Vt.shape[1], None]
+        a = self._contract_m(Yf * Vt.index_select(0, i))  # (E, l+1, C)
+        rho = _scatter((Q[:, -1] * a).sum(1), i, N)
+        if Q.shape[1] == 1:
+            return None, rho
+        b = self._contract_m(Yf * Vt.index_select(0, j))
+        eps_e = (Q[:, 0] * a + Q[:, 1] * b).sum(1) * (1.0 / math.sqrt(2.0))
+        return eps_e, rho
+
+    def _virtual_node_and_density(self, Y, Z, B, edge_index, N, csr):
+        """Eq. 10 ``U_i = sum_e beta_l Z_j`` (N, n_l, C) and Eq. 9 ``A_i = sum_e alpha_l Yhat``
+        (N, n_L, C), with ``B`` (E, l+1 + L+1, C) = [beta ; alpha]."""
+        lf1, L1 = self.config.feat_lmax + 1, self.config.sh_lmax + 1
+        if csr is not None:
+            return node_densities(Y, Z, B, lf1, lf1, L1, csr)
+        i, j = edge_index[0], edge_index[1]
+        beta, alpha = B[:, :lf1], B[:, lf1:]
+        U = _scatter(beta.index_select(1, self.l_of_f) * Z.index_select(0, j), i, N)
+        A = _scatter(alpha.index_select(1, self.l_of_L) * Y[:, :, None], i, N)
+        return U, A
+
+    def _density(self, Y, G, rows, i, N, csr):
+        """Eq. 5 density ``sum_e g_l Yhat_lm`` from the first ``rows`` = l+1 rows of ``G``."""
+        if csr is not None:
+            return node_densities(Y, None, G, 0, 0, rows, csr)
+        return _scatter(G[:, :rows].index_select(1, self.l_of_f) * Y[:, : rows * rows, None], i, N)
+
     def _contract_m(self, x: torch.Tensor) -> torch.Tensor:
         """Sum (E, n_l, C) over m within each degree l -> (E, l+1, C)."""
         lf = self.config.feat_lmax
+        if torch.compiler.is_compiling():  # static slices fuse into reductions
+            return torch.stack([x[:, l * l : (l + 1) ** 2].sum(1) for l in range(lf + 1)], dim=1)
         return x.new_zeros(x.shape[0], lf + 1, x.shape[2]).index_add_(1, self.l_of_f, x)
 
     def _tensor_product(self, A: torch.Tensor, U: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,273 @@
+"""Optional fused CPU kernels for the equivariant edge operations (``_kernels.c``).
+
+The eager PyTorch formulation spends most of its time on tensors whose innermost
+dimension is tiny (C = 4 channels, 2l+1 = 1..5 components): gathers, broadcasts and
+per-degree sums that each stream an E x n x C array through memory. The C kernels do
+the gather, product and contraction of Eqs. 7-8 and the densities of Eqs. 5, 9-10 in
+one pass per edge, with a hand-derived backward (first derivatives only: forces and
+stress). They are compiled with the system C compiler on first use (about a second)
+into ``~/.cache/ase-nemp`` (``$ASE_NEMP_CACHE`` overrides) and loaded with ctypes.
+
+Used automatically for inference on the CPU (``energy_forces_stress(training=False)``
+and the calculator). Training needs second derivatives and uses the eager code, which
+is also the reference the kernels are tested against. ``ASE_NEMP_KERNELS=0`` turns
+them off; without a working C compiler everything runs eagerly.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.autograd.function import once_differentiable
+
+__all__ = ["available", "build_csr", "edge_invariants", "node_densities", "EdgeCSR"]
+
+_SOURCE = Path(__file__).with_name("_kernels.c")
+_LIBS: dict[torch.dtype, ctypes.CDLL | None] = {}
+_LOCK = threading.Lock()
+_REAL = {torch.float32: "float", torch.float64: "double"}
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+_SIGNATURES = {
+    "nemp_set_threads": ([ctypes.c_int], ctypes.c_int),
+    "nemp_csr": ([_I, _I, _P, _P, _P], None),
+    "nemp_edge_inv_fwd": ([_I, _I, _I, _I, _P, _P, _P, _P, _P, _I, _P, _I, ctypes.c_int, _P, _P, _P, _P], None),
+    "nemp_edge_inv_bwd": ([_I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _I, _P, _I, _P, _P, _P, _P, _P, _P,
+                           _P, _I, _P, _I, _P], None),
+    "nemp_node_dens_fwd": ([_I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _I, _P, _I, _P, _P], None),
+    "nemp_node_dens_bwd": ([_I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _I, _P, _I, _P, _P, _P, _P, _I, _P,
+                            _I, _P], None),
+}
+
+
+def _cache_dir() -> Path:
+    if os.environ.get("ASE_NEMP_CACHE"):
+        return Path(os.environ["ASE_NEMP_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ase-nemp"
+
+
+def _cpu_tag() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            info = fh.read()
+        model = next((l for l in info.splitlines() if l.startswith("model name")), "")
+        flags = next((l for l in info.splitlines() if l.startswith("flags")), "")
+        return model + flags
+    except OSError:
+        return platform.processor() + platform.machine()
+
+
+def _compiler() -> str | None:
+    for cc in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if cc and shutil.which(cc.split()[0]):
+            return cc
+    return None
+
+
+def _build(real: str) -> Path | None:
+    cc = _compiler()
+    if cc is None:
+        return None
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(source + real.encode() + _cpu_tag().encode() + cc.encode() + sys.platform.encode())
+    out = _cache_dir() / f"nemp_kernels_{real}_{key.hexdigest()[:16]}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.stem}.{os.getpid()}.tmp.so")
+    base = [*cc.split(), "-O3", "-fPIC", "-shared", f"-DREAL={real}", str(_SOURCE), "-o", str(tmp), "-lm"]
+    for extra in (["-march=native", "-fopenmp"], ["-fopenmp"], []):
+        try:
+            subprocess.run(base[:2] + extra + base[2:], check=True, capture_output=True, timeout=300)
+        except (subprocess.SubprocessError, OSError):
+            continue
+        os.replace(tmp, out)
+        return out
+    return None
+
+
+def _library(dtype: torch.dtype) -> ctypes.CDLL | None:
+    if dtype not in _REAL or os.environ.get("ASE_NEMP_KERNELS", "1") == "0":
+        return None
+    with _LOCK:
+        if dtype not in _LIBS:
+            lib = None
+            try:
+                path = _build(_REAL[dtype])
+                if path is not None:
+                    lib = ctypes.CDLL(str(path))
+                    for name, (args, res) in _SIGNATURES.items():
+                        fn = getattr(lib, name)
+                        fn.argtypes, fn.restype = args, res
+            except OSError as err:  # pragma: no cover - broken toolchain
+                warnings.warn(f"ase-nemp fused kernels unavailable ({err}); using the eager code")
+                lib = None
+            _LIBS[dtype] = lib
+        return _LIBS[dtype]
+
+
+def available(dtype: torch.dtype = torch.float64) -> bool:
+    """Whether the fused kernels can be used for ``dtype`` (compiles them if needed)."""
+    return _library(dtype) is not None
+
+
+def _p(t: torch.Tensor | None):
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+@dataclass
+class EdgeCSR:
+    """Edge index in the two CSR orders the kernels need (edges sorted by centre i)."""
+
+    ptr: torch.Tensor  # (N+1,) rows of the i-sorted edge list
+    i: torch.Tensor  # (E,)
+    j: torch.Tensor  # (E,)
+    ptr_j: torch.Tensor  # (N+1,)
+    perm_j: torch.Tensor  # (E,) edges ordered by neighbour j
+    num_nodes: int
+    lib: ctypes.CDLL
+
+
+def build_csr(edge_index: torch.Tensor, num_nodes: int, dtype: torch.dtype) -> EdgeCSR | None:
+    """CSR views of ``edge_index`` for the kernels, or None if they cannot be used
+    (no kernels for this dtype, not on the CPU, or edges not sorted by centre)."""
+    if edge_index.device.type != "cpu":
+        return None
+    lib = _library(dtype)
+    if lib is None:
+        return None
+    i = edge_index[0].contiguous()
+    j = edge_index[1].contiguous()
+    E = i.shape[0]
+    if E > 1 and not bool((i[1:] >= i[:-1]).all()):
+        return None
+    ptr = torch.zeros(num_nodes + 1, dtype=torch.long)
+    if E:
+        ptr[1:] = torch.bincount(i, minlength=num_nodes).cumsum(0)
+    ptr_j = torch.empty(num_nodes + 1, dtype=torch.long)
+    perm_j = torch.empty(E, dtype=torch.long)
+    lib.nemp_csr(E, num_nodes, _p(j), _p(ptr_j), _p(perm_j))
+    lib.nemp_set_threads(torch.get_num_threads())
+    return EdgeCSR(ptr, i, j, ptr_j, perm_j, num_nodes, lib)
+
+
+def _check_rows(t: torch.Tensor, name: str) -> None:
+    # rows may be strided (views of MLP outputs) but each row must be contiguous
+    inner = 1
+    for size, stride in zip(reversed(t.shape[1:]), reversed(t.stride()[1:])):
+        if size > 1 and stride != inner:
+            raise ValueError(f"kernel input {name} needs contiguous rows, got strides {t.stride()}")
+        inner *= size
+
+
+class _EdgeInvariants(torch.autograd.Function):
+    """eps (E, C) and rho (N, C) of Eqs. 7-8 from coefficients Q (E, S, l+1, C).
+
+    S = 3: slots 0 and 1 give eps, slot 2 gives rho (a message-passing layer).
+    S = 1: the single slot gives rho and eps is not computed (the readout).
+    """
+
+    @staticmethod
+    def forward(ctx, Y, V, Q, csr: EdgeCSR):
+        V, Q = V.contiguous(), Q.contiguous()
+        _check_rows(Y, "Y")
+        E, (N, nf, C), (S, lf1) = Y.shape[0], V.shape, Q.shape[1:3]
+        lc = lf1 * C
+        eps = Y.new_empty(E, C)
+        rho = Y.new_empty(N, C)
+        a = Y.new_empty(E, lf1, C)
+        b = Y.new_empty(E, lf1, C)
+        qr = Q[:, S - 1]
+        csr.lib.nemp_edge_inv_fwd(N, C, lf1, Y.stride(0), _p(csr.ptr), _p(csr.j), _p(Y), _p(V), _p(Q), S * lc,
+                                  _p(qr), S * lc, int(S == 3), _p(eps), _p(rho), _p(a), _p(b))
+        ctx.save_for_backward(Y, V, Q, a, b)
+        ctx.csr = csr
+        return eps, rho
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_eps, g_rho):
+        Y, V, Q, a, b = ctx.saved_tensors
+        csr = ctx.csr
+        E, (N, nf, C), (S, lf1) = Y.shape[0], V.shape, Q.shape[1:3]
+        lc = lf1 * C
+        g_eps = None if (g_eps is None or S != 3) else g_eps.contiguous()
+        g_rho = torch.zeros(N, C, dtype=Y.dtype) if g_rho is None else g_rho.contiguous()
+        gY = torch.zeros_like(Y)
+        gV = torch.empty_like(V)
+        gQ = torch.zeros_like(Q) if g_eps is None and S == 3 else torch.empty_like(Q)
+        gb = Y.new_empty(E, lf1, C)
+        csr.lib.nemp_edge_inv_bwd(N, E, C, lf1, Y.stride(0), _p(csr.ptr), _p(csr.i), _p(csr.j), _p(csr.ptr_j),
+                                  _p(csr.perm_j), _p(Y), _p(V), _p(Q), S * lc, _p(Q[:, S - 1]), S * lc, _p(a), _p(b),
+                                  _p(g_eps), _p(g_rho), _p(gY), _p(gV), _p(gQ), S * lc, _p(gQ[:, S - 1]), S * lc, _p(gb))
+        return gY, gV, gQ, None
+
+
+class _NodeDensities(torch.autograd.Function):
+    """U (N, n_l, C) and A (N, LA^2, C) of Eqs. 9-10 from coefficients B (E, rows, C):
+    beta = rows [0, lf1) (only if Z is given), alpha = rows [a0, a0 + LA)."""
+
+    @staticmethod
+    def forward(ctx, Y, Z, B, lf1: int, a0: int, LA: int, csr: EdgeCSR):
+        B = B.contiguous()
+        _check_rows(Y, "Y")
+        N, C, rows = csr.num_nodes, B.shape[2], B.shape[1]
+        ld = rows * C
+        if Z is not None:
+            Z = Z.contiguous()
+            U = Y.new_empty(N, lf1 * lf1, C)
+        else:
+            U = None
+        A = Y.new_empty(N, LA * LA, C)
+        csr.lib.nemp_node_dens_fwd(N, C, lf1, LA, Y.stride(0), _p(csr.ptr), _p(csr.j), _p(Y), _p(Z), _p(B), ld,
+                                   _p(B[:, a0]), ld, _p(U), _p(A))
+        ctx.save_for_backward(Y, Z, B)
+        ctx.csr, ctx.lf1, ctx.a0, ctx.LA = csr, lf1, a0, LA
+        return (U, A) if Z is not None else A
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads):
+        Y, Z, B = ctx.saved_tensors
+        csr, lf1, a0, LA = ctx.csr, ctx.lf1, ctx.a0, ctx.LA
+        N, C, rows = csr.num_nodes, B.shape[2], B.shape[1]
+        ld = rows * C
+        if Z is not None:
+            gU, gA = grads
+            gU = torch.zeros(N, lf1 * lf1, C, dtype=Y.dtype) if gU is None else gU.contiguous()
+            gZ = torch.empty_like(Z)
+        else:
+            (gA,) = grads
+            gU, gZ = None, None
+        gA = torch.zeros(N, LA * LA, C, dtype=Y.dtype) if gA is None else gA.contiguous()
+        gY = torch.zeros_like(Y)
+        used = (lf1 if Z is not None else 0) + LA
+        gB = torch.empty_like(B) if used == rows else torch.zeros_like(B)
+        csr.lib.nemp_node_dens_bwd(N, C, lf1, LA, Y.stride(0), _p(csr.ptr), _p(csr.i), _p(csr.j), _p(csr.ptr_j),
+                                   _p(csr.perm_j), _p(Y), _p(Z), _p(B), ld, _p(B[:, a0]), ld, _p(gU), _p(gA), _p(gY),
+                                   _p(gB), ld, _p(gB[:, a0]), ld, _p(gZ))
+        return gY, gZ, gB, None, None, None, None
+
+
+def edge_invariants(Y, V, Q, csr: EdgeCSR):
+    """Fused Eqs. 7-8: ``eps`` (E, C) and ``rho`` (N, C) from the scaled features ``V``
+    and coefficients ``Q`` (E, 3, l+1, C); with ``Q`` (E, 1, l+1, C) only ``rho``."""
+    return _EdgeInvariants.apply(Y, V, Q, csr)
+
+
+def node_densities(Y, Z, B, lf1: int, a0: int, LA: int, csr: EdgeCSR):
+    """Fused Eqs. 9-10: ``U`` from rows [0, lf1) of ``B`` and ``Z``, ``A`` from rows
+    [a0, a0+LA) and the harmonics. With ``Z`` None only ``A`` (Eq. 5's density)."""
+    return _NodeDensities.apply(Y, Z, B, lf1, a0, LA, csr)

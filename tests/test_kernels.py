@@ -1,0 +1,100 @@
+"""The fused CPU kernels against the eager formulation and the reference vectors."""
+
+import numpy as np
+import pytest
+import torch
+
+from ase_nemp.model import energy_forces_stress, kernels
+from ase_nemp.nl import build_graph
+from ase_nemp.testing import evaluate, random_crystal, random_model, random_molecule, tiny_config
+
+from .test_parity import CASES, close, load_case
+
+pytestmark = pytest.mark.skipif(
+    not kernels.available(torch.float64), reason="fused kernels unavailable (no working C compiler)"
+)
+
+
+def random_edges(n_nodes, n_edges, seed):
+    gen = torch.Generator().manual_seed(seed)
+    i = torch.sort(torch.randint(0, n_nodes, (n_edges,), generator=gen)).values
+    j = torch.randint(0, n_nodes, (n_edges,), generator=gen)
+    return torch.stack([i, j])
+
+
+def test_edge_invariants_gradcheck():
+    N, E, C, lf1 = 5, 17, 3, 3
+    edges = random_edges(N, E, 0)
+    csr = kernels.build_csr(edges, N, torch.float64)
+    gen = torch.Generator().manual_seed(1)
+    Y = torch.randn(E, 16, dtype=torch.float64, generator=gen).requires_grad_()
+    V = torch.randn(N, lf1 * lf1, C, dtype=torch.float64, generator=gen).requires_grad_()
+    for slots in (3, 1):
+        Q = torch.randn(E, slots, lf1, C, dtype=torch.float64, generator=gen).requires_grad_()
+
+        def fn(Y, V, Q):
+            eps, rho = kernels.edge_invariants(Y, V, Q, csr)
+            return (eps, rho) if slots == 3 else rho
+
+        assert torch.autograd.gradcheck(fn, (Y, V, Q), eps=1e-6, atol=1e-8)
+
+
+def test_node_densities_gradcheck():
+    N, E, C, lf1, L1 = 5, 17, 3, 3, 4
+    edges = random_edges(N, E, 2)
+    csr = kernels.build_csr(edges, N, torch.float64)
+    gen = torch.Generator().manual_seed(3)
+    Y = torch.randn(E, 16, dtype=torch.float64, generator=gen).requires_grad_()
+    Z = torch.randn(N, lf1 * lf1, C, dtype=torch.float64, generator=gen).requires_grad_()
+    B = torch.randn(E, lf1 + L1, C, dtype=torch.float64, generator=gen).requires_grad_()
+    assert torch.autograd.gradcheck(lambda Y, Z, B: kernels.node_densities(Y, Z, B, lf1, lf1, L1, csr), (Y, Z, B),
+                                    eps=1e-6, atol=1e-8)
+    G = torch.randn(E, lf1 + 2, C, dtype=torch.float64, generator=gen).requires_grad_()
+    assert torch.autograd.gradcheck(lambda Y, G: kernels.node_densities(Y, None, G, 0, 0, lf1, csr), (Y, G),
+                                    eps=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_fused_path_matches_the_reference(name):
+    data, model, graph = load_case(name)
+    out = energy_forces_stress(model, graph, stress=bool(data["pbc"].any()))  # inference: fused
+    assert abs(out["energy"].item() - data["E_abs"][0]) <= 1e-10 * abs(data["E_abs"][0])
+    close(out["forces"].numpy(), data["F"])
+    if "stress" in data:
+        close(out["stress"].numpy(), data["stress"])
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+def test_fused_equals_eager(dtype, tol):
+    model = random_model(tiny_config(num_layers=3), seed=5, dtype=dtype)
+    for atoms in (random_crystal(n=8, seed=6), random_molecule(n=10, seed=7)):
+        graph = build_graph(atoms, model.cutoff, dtype=dtype)
+        fused = energy_forces_stress(model, graph, stress=True)
+        eager = {k: v.detach() for k, v in energy_forces_stress(model, graph, stress=True, training=True).items()}
+        scale = float(eager["forces"].abs().max())
+        assert abs(float(fused["energy"] - eager["energy"])) <= tol * abs(float(eager["energy"]))
+        assert float((fused["forces"] - eager["forces"]).abs().max()) <= tol * scale
+        assert float((fused["stress"] - eager["stress"]).abs().max()) <= tol * max(scale, 1.0)
+
+
+def test_unsorted_edges_fall_back_to_eager():
+    model = random_model(seed=8)
+    graph = build_graph(random_molecule(n=7, seed=9), model.cutoff)
+    assert kernels.build_csr(graph.edge_index, graph.num_atoms, torch.float64) is not None
+    order = torch.randperm(graph.num_edges, generator=torch.Generator().manual_seed(0))
+    shuffled = graph._replace(edge_index=graph.edge_index[:, order], shifts=graph.shifts[order])
+    assert kernels.build_csr(shuffled.edge_index, graph.num_atoms, torch.float64) is None
+    np.testing.assert_allclose(evaluate(model, shuffled)["forces"], evaluate(model, graph)["forces"], atol=1e-12)
+
+
+def test_training_keeps_second_derivatives():
+    model = random_model(seed=10)
+    graph = build_graph(random_molecule(n=6, seed=11), model.cutoff)
+    out = energy_forces_stress(model, graph, training=True)
+    (out["forces"] ** 2).sum().backward()  # would fail through a once-differentiable kernel
+    assert model.omega.grad is not None and model.omega.grad.abs().max() > 0
+
+
+def test_environment_switch_disables_kernels(monkeypatch):
+    monkeypatch.setenv("ASE_NEMP_KERNELS", "0")
+    assert kernels.build_csr(torch.zeros(2, 0, dtype=torch.long), 1, torch.float64) is None
