@@ -26,9 +26,9 @@ def counting(calc):
     calls = []
     original = calc.model.forward
 
-    def forward(graph):
+    def forward(graph, **kwargs):
         calls.append(graph.num_atoms)
-        return original(graph)
+        return original(graph, **kwargs)
 
     calc.model.forward = forward
     return calls
