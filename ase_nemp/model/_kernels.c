@@ -116,18 +116,27 @@ void nemp_edge_inv_bwd(i64 N, i64 E, i64 C, i64 lf1, i64 ldY, const i64 *ptr, co
                 const REAL *q = Qe + e * ldQe, *qr = Qr + e * ldQr;
                 const REAL *ae = a + e * lc, *be = b + e * lc;
                 REAL *gq = g_eps ? gQe + e * ldgQe : NULL, *gqr = gQr + e * ldgQr, *gb = gb_tmp + e * lc;
-                for (i64 l = 0; l < lf1; ++l) {
-                    for (i64 c = 0; c < C; ++c) {
-                        const i64 k = l * C + c;
-                        const REAL ge = g_eps ? g_eps[e * C + c] * isq2 : (REAL)0;
-                        const REAL grc = gr[c];
-                        ga[k] = g_eps ? ge * q[k] + grc * qr[k] : grc * qr[k];
-                        gb[k] = g_eps ? ge * q[lc + k] : (REAL)0;
-                        if (gq) {
+                if (g_eps) {
+                    const REAL *gee = g_eps + e * C;
+                    for (i64 l = 0; l < lf1; ++l) {
+                        for (i64 c = 0; c < C; ++c) {
+                            const i64 k = l * C + c;
+                            const REAL ge = gee[c] * isq2;
+                            ga[k] = ge * q[k] + gr[c] * qr[k];
+                            gb[k] = ge * q[lc + k];
                             gq[k] = ge * ae[k];
                             gq[lc + k] = ge * be[k];
+                            gqr[k] = gr[c] * ae[k];
                         }
-                        gqr[k] = grc * ae[k];
+                    }
+                } else {
+                    for (i64 l = 0; l < lf1; ++l) {
+                        for (i64 c = 0; c < C; ++c) {
+                            const i64 k = l * C + c;
+                            ga[k] = gr[c] * qr[k];
+                            gb[k] = 0;
+                            gqr[k] = gr[c] * ae[k];
+                        }
                     }
                 }
                 REAL *gYe = gY + e * ldY;
