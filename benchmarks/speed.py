@@ -70,6 +70,27 @@ def build_system(system: str, size: int):
     raise SystemExit(f"unknown system {system!r}")
 
 
+def mace_calculator(atoms, dtype: str):
+    """A random-weight MACE model of the small kind (hidden 32x0e, max_ell 3, correlation 3,
+    2 interactions, r_max 5 Å), for a side-by-side ratio (``pip install ase-nemp[bench]``)."""
+    import numpy as np
+    import torch
+    from e3nn import o3
+    from mace import modules
+    from mace.calculators import MACECalculator
+
+    torch.set_default_dtype(getattr(torch, dtype))  # MACE reads the global default; this is a worker process
+    z = sorted(set(atoms.numbers.tolist()))
+    block = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
+    model = modules.MACE(
+        r_max=5.0, num_bessel=8, num_polynomial_cutoff=5, max_ell=3, interaction_cls=block,
+        interaction_cls_first=block, num_interactions=2, num_elements=len(z), hidden_irreps=o3.Irreps("32x0e"),
+        MLP_irreps=o3.Irreps("16x0e"), atomic_energies=np.zeros(len(z)), avg_num_neighbors=40.0, atomic_numbers=z,
+        correlation=3, gate=torch.nn.functional.silu,
+    )
+    return MACECalculator(models=model, device="cpu", default_dtype=dtype)
+
+
 def worker(spec: dict) -> dict:
     import numpy as np
     import torch
@@ -83,7 +104,9 @@ def worker(spec: dict) -> dict:
     if spec.get("keep_memory"):
         keep_freed_memory()
     atoms = build_system(spec["system"], spec["size"])
-    if spec.get("model"):
+    if spec["preset"] == "mace-small":
+        calc = mace_calculator(atoms, spec["dtype"])
+    elif spec.get("model"):
         calc = NEMPCalculator(spec["model"], dtype=spec["dtype"], skin=spec["skin"])
     else:
         species = sorted(set(atoms.get_chemical_symbols()))
@@ -91,6 +114,8 @@ def worker(spec: dict) -> dict:
         calc = NEMPCalculator(model, dtype=spec["dtype"], skin=spec["skin"])
     if spec.get("compile"):
         calc.compile()
+    if spec.get("eager"):
+        os.environ["ASE_NEMP_KERNELS"] = "0"
     atoms.calc = calc
     rng = np.random.default_rng(0)
     momenta = np.sqrt(300 * units.kB * atoms.get_masses())[:, None] * rng.standard_normal((len(atoms), 3))
@@ -98,8 +123,8 @@ def worker(spec: dict) -> dict:
     dyn = VelocityVerlet(atoms, 0.5 * units.fs)
     base = _rss_bytes()  # model and structure in memory, no step taken yet
     dyn.run(2)  # warm-up: first neighbour list, allocator, compiled kernels
-    nl = calc.neighbour_list
-    nl_seconds0, builds0 = nl.seconds, nl.num_builds
+    nl = getattr(calc, "neighbour_list", None)
+    nl_seconds0, builds0 = (nl.seconds, nl.num_builds) if nl else (0.0, 0)
     r0 = os.times()
     times: list[float] = []
     while len(times) < spec["steps"] and (sum(times) < spec["max_seconds"] or len(times) < 3):
@@ -116,8 +141,8 @@ def worker(spec: dict) -> dict:
         "s_per_step": per_step,
         "s_per_step_min": min(times),
         "s_per_atom_step": per_step / len(atoms),
-        "nl_share": (nl.seconds - nl_seconds0) / elapsed,
-        "nl_builds": nl.num_builds - builds0,
+        "nl_share": (nl.seconds - nl_seconds0) / elapsed if nl else float("nan"),
+        "nl_builds": nl.num_builds - builds0 if nl else -1,
         "user_s_per_step": (r1.user - r0.user) / steps,
         "sys_s_per_step": (r1.system - r0.system) / steps,
         "peak_bytes_per_atom": max(0, _peak_rss_bytes() - base) / len(atoms),
@@ -150,11 +175,13 @@ def markdown_table(rows: list[dict]) -> str:
             "| user/sys per step (s) | peak kB/atom |")
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in rows:
-        model = r.get("model_name") or r["preset"]
+        model = (r.get("model_name") or r["preset"]) + (" (compiled)" if r.get("compile") else "")
+        model += " (eager)" if r.get("eager") else ""
+        nl = "–" if r["nl_share"] != r["nl_share"] else f"{100 * r['nl_share']:.0f} %"
         lines.append(
-            f"| {r['system']} | {model}{' (compiled)' if r.get('compile') else ''} | {r['atoms']:,} | {r['dtype']} "
+            f"| {r['system']} | {model} | {r['atoms']:,} | {r['dtype']} "
             f"| {r['threads']} | {r['skin']} | {r['s_per_step']:.3f} | {1e6 * r['s_per_atom_step']:.1f} "
-            f"| {100 * r['nl_share']:.0f} % | {r['user_s_per_step']:.3f} / {r['sys_s_per_step']:.3f} "
+            f"| {nl} | {r['user_s_per_step']:.3f} / {r['sys_s_per_step']:.3f} "
             f"| {r['peak_bytes_per_atom'] / 1e3:.0f} |"
         )
     return "\n".join(lines)
@@ -202,6 +229,9 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     parser.add_argument("--skins", nargs="+", type=float, default=[0.0, 1.0])
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd model")
+    parser.add_argument("--eager", action="store_true", help="also time without the fused kernels")
+    parser.add_argument("--compare", nargs="*", default=[], choices=["mace"],
+                        help="time other calculators too (mace: pip install ase-nemp[bench])")
     parser.add_argument("--keep-memory", choices=["on", "off", "both"], default="on",
                         help="glibc allocator tuning (ase_nemp.perf.keep_freed_memory)")
     parser.add_argument("--steps", type=int, default=10)
@@ -220,18 +250,22 @@ def main() -> None:
         args.presets, args.sizes, args.threads, args.dtypes = ["water-small"], [192, 1536], [1], ["float32"]
     keep = {"on": [True], "off": [False], "both": [False, True]}[args.keep_memory]
     compiled = [False, True] if args.compile else [False]
+    eager_modes = [False, True] if args.eager else [False]
     models = [(None, p) for p in args.presets] if not args.model else [(str(args.model), args.model.stem)]
+    models += [(None, "mace-small")] if "mace" in args.compare else []
     rows = []
     for model_file, name in models:
         for dtype in args.dtypes:
             for threads in args.threads:
                 for skin in args.skins:
                     for km in keep:
-                        for comp in compiled:
+                        for comp, eager in [(c, e) for c in compiled for e in eager_modes if not (c and e)]:
+                            if name == "mace-small" and (comp or eager or skin != args.skins[0]):
+                                continue
                             for size in args.sizes:
                                 spec = dict(system=args.system, preset=name, model=model_file, model_name=name,
                                             size=size, dtype=dtype, threads=threads, skin=skin, keep_memory=km,
-                                            compile=comp, steps=args.steps, max_seconds=args.max_seconds)
+                                            compile=comp, eager=eager, steps=args.steps, max_seconds=args.max_seconds)
                                 print(f"running {name} {size} atoms {dtype} {threads} thr skin {skin}"
                                       f"{' keep-memory' if km else ''}{' compiled' if comp else ''} ...",
                                       file=sys.stderr, flush=True)
