@@ -54,6 +54,34 @@ def test_node_densities_gradcheck():
                                     eps=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("width,bias", [(16, False), (24, True)])  # specialised and generic width
+def test_fused_mlp_matches_eager_and_gradcheck(width, bias):
+    from ase_nemp.model.config import MLPSpec
+    from ase_nemp.model.mlp import ScaledMLP
+
+    csr = kernels.build_csr(random_edges(3, 4, 0), 3, torch.float64)
+    torch.manual_seed(0)
+    module = ScaledMLP(7, 11, MLPSpec(blocks=2, width=width, layers=2), bias=bias).double()
+    if bias:  # non-zero biases so that they are exercised
+        with torch.no_grad():
+            for b in (module.b_in, module.b_hidden, module.b_out):
+                b.normal_()
+    x = (torch.randn(40, 7, dtype=torch.float64) * 3).requires_grad_()
+    x.data[0, 0] = 1e3  # the SiLU saturates on both sides (clamped exponential)
+    x.data[1, 0] = -1e3
+    y = kernels.mlp(module, x, csr)
+    assert "FusedMLP" in type(y.grad_fn).__name__  # the kernel ran, not the module
+    ref = module(x)
+    torch.testing.assert_close(y, ref, rtol=1e-13, atol=1e-13)
+    gy = torch.randn_like(y)
+    (gx,) = torch.autograd.grad(y, x, gy)
+    (gx_ref,) = torch.autograd.grad(ref, x, gy)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x: kernels.mlp(module, x, csr), (x[2:8].detach().requires_grad_(),))
+    x32, m32 = x.detach().float().requires_grad_(), module.float()
+    torch.testing.assert_close(kernels.mlp(m32, x32, csr), m32(x32), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", CASES)
 def test_fused_path_matches_the_reference(name):
     data, model, graph = load_case(name)

@@ -4,8 +4,9 @@ The eager PyTorch formulation spends most of its time on tensors whose innermost
 dimension is tiny (C = 4 channels, 2l+1 = 1..5 components): gathers, broadcasts and
 per-degree sums that each stream an E x n x C array through memory. The C kernels do
 the gather, product and contraction of Eqs. 7-8 and the densities of Eqs. 5, 9-10 in
-one pass per edge, with a hand-derived backward (first derivatives only: forces and
-stress). They are compiled with the system C compiler on first use (about a second)
+one pass per edge, and run the per-edge MLPs (widths 16-64) as one kernel each instead
+of a chain of matrix products and activations over E x F arrays; all with a
+hand-derived backward (first derivatives only: forces and stress). They are compiled with the system C compiler on first use (about a second)
 into ``~/.cache/ase-nemp`` (``$ASE_NEMP_CACHE`` overrides) and loaded with ctypes.
 
 Used automatically for inference on the CPU (``energy_forces_stress(training=False)``
@@ -31,7 +32,7 @@ from pathlib import Path
 import torch
 from torch.autograd.function import once_differentiable
 
-__all__ = ["available", "build_csr", "edge_invariants", "node_densities", "EdgeCSR"]
+__all__ = ["available", "build_csr", "edge_invariants", "node_densities", "mlp", "EdgeCSR"]
 
 _SOURCE = Path(__file__).with_name("_kernels.c")
 _LIBS: dict[torch.dtype, ctypes.CDLL | None] = {}
@@ -48,6 +49,8 @@ _SIGNATURES = {
     "nemp_node_dens_fwd": ([_I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _I, _P, _I, _P, _P], None),
     "nemp_node_dens_bwd": ([_I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _I, _P, _I, _P, _P, _P, _P, _I, _P,
                             _I, _P], None),
+    "nemp_mlp_fwd": ([_I, _I, _I, _I, _I, _I, _P, _I, _P, _P, _P, _P, _P, _P, _P, _P], ctypes.c_int),
+    "nemp_mlp_bwd": ([_I, _I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P], ctypes.c_int),
 }
 
 
@@ -271,3 +274,62 @@ def node_densities(Y, Z, B, lf1: int, a0: int, LA: int, csr: EdgeCSR):
     """Fused Eqs. 9-10: ``U`` from rows [0, lf1) of ``B`` and ``Z``, ``A`` from rows
     [a0, a0+LA) and the harmonics. With ``Z`` None only ``A`` (Eq. 5's density)."""
     return _NodeDensities.apply(Y, Z, B, lf1, a0, LA, csr)
+
+
+_MLP_MAX_WIDTH, _MLP_MAX_IO, _LANES = 256, 1024, 16  # MLP_MAX_WIDTH, MLP_MAX_IO, LANES in _kernels.c
+
+
+class _FusedMLP(torch.autograd.Function):
+    """A deep :class:`~ase_nemp.model.mlp.ScaledMLP` on the rows of ``x`` in one pass.
+
+    The weights enter as constants (scaled copies): the backward gives the gradient
+    with respect to the input only, which is all forces and stress need.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weights, lib):
+        win, bin_, wh, bh, wout, bout, nb, nl = weights
+        x = x.contiguous()
+        E, din = x.shape
+        F, dout = win.shape[1], wout.shape[1]
+        y = x.new_empty(E, dout)
+        D = x.new_empty(-(-E // _LANES), nb * nl + 1, F, _LANES) if x.requires_grad else None
+        lib.nemp_mlp_fwd(E, din, F, dout, nb, nl, _p(x), din, _p(win), _p(bin_), _p(wh), _p(bh), _p(wout), _p(bout),
+                         _p(y), _p(D))
+        ctx.save_for_backward(D)
+        ctx.weights, ctx.lib, ctx.din = weights, lib, din
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy):
+        (D,) = ctx.saved_tensors
+        win, _, wh, _, wout, _, nb, nl = ctx.weights
+        gy = gy.contiguous()
+        E, F, dout = gy.shape[0], win.shape[1], wout.shape[1]
+        gx = gy.new_empty(E, ctx.din)
+        ctx.lib.nemp_mlp_bwd(E, ctx.din, F, dout, nb, nl, _p(win), _p(wh), _p(wout), _p(D), _p(gy), _p(gx))
+        return gx, None, None
+
+
+def mlp(module, x: torch.Tensor, csr: EdgeCSR | None) -> torch.Tensor:
+    """``module(x)`` for a ScaledMLP, fused into one kernel per call when ``csr`` (the
+    kernels) is available, the MLP is of the deep form and x is a 2-D CPU tensor.
+
+    Parameter gradients do not flow through the fused call (inference only)."""
+    spec = module.spec
+    lib = None
+    if (csr is not None and not spec.linear and x.dim() == 2 and spec.width <= _MLP_MAX_WIDTH
+            and max(module.d_in, module.d_out) <= _MLP_MAX_IO):
+        lib = _library(x.dtype) if x.dtype == module.w_out.dtype else None
+    if lib is None:
+        return module(x)
+    with torch.no_grad():
+        opt = lambda b: None if b is None else b.detach().contiguous()  # noqa: E731
+        weights = (
+            (module.w_in * module.gain_in).contiguous(), opt(module.b_in),
+            (module.w_hidden * module.gain_hidden).contiguous(), opt(module.b_hidden),
+            (module.w_out * module.gain_out).contiguous(), opt(module.b_out),
+            spec.blocks, spec.layers,
+        )
+    return _FusedMLP.apply(x, weights, lib)

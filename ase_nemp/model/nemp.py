@@ -41,7 +41,7 @@ from torch import nn
 from ..graph import AtomicGraph
 from .angular import coupling_paths, degrees, normalized_spherical_harmonics, real_clebsch_gordan
 from .config import NEMPConfig
-from .kernels import build_csr, edge_invariants, node_densities
+from .kernels import build_csr, edge_invariants, mlp, node_densities
 from .mlp import ScaledMLP
 from .radial import polynomial_envelope
 
@@ -330,14 +330,14 @@ class NEMP(nn.Module):
         # -- radial basis and initial edge coefficients (3.3)
         fc = f[:, None]
         R = torch.sinc(k * u[:, None]) * fc  # (E, N_R)
-        G = self.edge_mlp(torch.cat([w[:, C:] * fc, R], dim=1)).view(E, lf + 3, C)
+        G = mlp(self.edge_mlp, torch.cat([w[:, C:] * fc, R], dim=1), csr).view(E, lf + 3, C)
         e_feat = torch.cat([w[:, :C] * fc, G[:, lf + 2]], dim=1)  # (E, 2C)
         rho = [_scatter(G[:, lf + 1], i, N)]  # rho^(0): (N, C)
 
         # -- initial node-equivariant features (3.4)
         A0 = self._density(Y, G, lf + 1, i, N, csr)  # (N, n_l, C), rows 0..l of G
         V = torch.bmm(A0 * inv_n[:, :, None], self.w_sp.index_select(0, species)) * (1.0 / math.sqrt(C))
-        Q = self.coeff_mlps[0](e_feat).view(E, 3, lf + 1, C)
+        Q = mlp(self.coeff_mlps[0], e_feat, csr).view(E, 3, lf + 1, C)
         if trace is not None:
             trace.update(n=n, Yhat=Y, sigma=sigma, k=k_tab, w=w_tab, V_in=[], V_prenorm=[])
 
@@ -350,13 +350,13 @@ class NEMP(nn.Module):
             eps_e, rho_t = self._edge_invariants(Y, Vt, Q, edge_index, N, csr)  # Eqs. 7, 8
             rho.append(rho_t)
             e_feat = torch.cat([e_feat, eps_e], dim=1)  # (E, (3+t) C)
-            B = self.layer_mlps[t](e_feat).view(E, lf + 1 + L + 1, C)
+            B = mlp(self.layer_mlps[t], e_feat, csr).view(E, lf + 1 + L + 1, C)
             Z = torch.bmm(V, om[:, 0]) * (1.0 / math.sqrt(C))  # node level, species of j
             U, A = self._virtual_node_and_density(Y, Z, B, edge_index, N, csr)  # Eqs. 10, 9
             w_path = self.path_weights[t].transpose(0, 1).index_select(0, species)  # (N, paths, C)
             Pt = self._tensor_product(A, U, w_path) * (inv_n * inv_n)[:, :, None]  # Eq. 11
             V = (torch.bmm(V, om[:, 2]) + torch.bmm(Pt, om[:, 1])) * (1.0 / math.sqrt(2.0 * C))  # Eq. 12
-            Q = self.coeff_mlps[t + 1](e_feat).view(E, 3, lf + 1, C)
+            Q = mlp(self.coeff_mlps[t + 1], e_feat, csr).view(E, 3, lf + 1, C)
             if trace is not None:
                 trace["V_prenorm"].append(V)
             if cfg.use_feature_norm:
@@ -367,7 +367,7 @@ class NEMP(nn.Module):
         _, rho_T = self._edge_invariants(Y, V * self.inv_sqrt_deg, Q.sum(1, keepdim=True), edge_index, N, csr)
         rho.append(rho_T * (1.0 / math.sqrt(3.0)))
         x = torch.cat(rho, dim=1) * inv_n  # (N, (T+2) C)
-        raw = self.readout(x).squeeze(-1)  # (N,)
+        raw = mlp(self.readout, x, csr).squeeze(-1)  # (N,)
         if trace is not None:
             trace.update(readout_input=x, readout_raw=raw)
         energies = self.force_rms * (self.scale.index_select(0, species) * raw + self.shift.index_select(0, species))
