@@ -422,34 +422,36 @@ ROW silu_block(const i64 F, REAL (*v)[LANES], REAL (*d)[LANES]) {
     }
 }
 
-/* out[o] (+)= sum_p W[p, o] in[p] over a block; W (n_in, n_out) row-major */
-ROW dense_block(const i64 n_in, const i64 n_out, const REAL *W, const REAL *bias, REAL (*in)[LANES],
-                REAL (*out)[LANES]) {
-    for (i64 o = 0; o < n_out; ++o) {
-        const REAL b = bias ? bias[o] : 0;
+/* out[o0:o0+nt] = bias + sum_p W[p, o] in[p] for a tile of nt <= TILE outputs: the
+ * nt accumulators stay in registers while the inputs stream past once. W (n_in, n_out)
+ * row-major when wt == 0; with wt != 0 W is read transposed, W[o, p] of (n_out, n_in). */
+#define TILE 8
+ROW dense_tile(const i64 n_in, const i64 n_out, i64 o0, const i64 nt, const int wt, const REAL *W, const REAL *bias,
+               REAL (*in)[LANES], REAL (*out)[LANES]) {
+    REAL acc[TILE][LANES];
+    for (i64 o = 0; o < nt; ++o) {
+        const REAL b = bias ? bias[o0 + o] : 0;
         #pragma omp simd
-        for (i64 q = 0; q < LANES; ++q) out[o][q] = b;
+        for (i64 q = 0; q < LANES; ++q) acc[o][q] = b;
     }
     for (i64 p = 0; p < n_in; ++p)
-        for (i64 o = 0; o < n_out; ++o) {
-            const REAL w = W[p * n_out + o];
+        for (i64 o = 0; o < nt; ++o) {
+            const REAL w = wt ? W[(o0 + o) * n_in + p] : W[p * n_out + o0 + o];
             #pragma omp simd
-            for (i64 q = 0; q < LANES; ++q) out[o][q] += w * in[p][q];
+            for (i64 q = 0; q < LANES; ++q) acc[o][q] += w * in[p][q];
         }
+    for (i64 o = 0; o < nt; ++o) {
+        #pragma omp simd
+        for (i64 q = 0; q < LANES; ++q) out[o0 + o][q] = acc[o][q];
+    }
 }
 
-/* out[p] = sum_o W[p, o] in[o] (the transposed product) over a block */
-ROW dense_t_block(const i64 n_in, const i64 n_out, const REAL *W, REAL (*in)[LANES], REAL (*out)[LANES]) {
-    for (i64 p = 0; p < n_in; ++p) {
-        #pragma omp simd
-        for (i64 q = 0; q < LANES; ++q) out[p][q] = 0;
-    }
-    for (i64 o = 0; o < n_out; ++o)
-        for (i64 p = 0; p < n_in; ++p) {
-            const REAL w = W[p * n_out + o];
-            #pragma omp simd
-            for (i64 q = 0; q < LANES; ++q) out[p][q] += w * in[o][q];
-        }
+/* out[o] = bias[o] + sum_p W[p, o] in[p] over a block of LANES rows (see dense_tile) */
+ROW dense_block(const i64 n_in, const i64 n_out, const int wt, const REAL *W, const REAL *bias, REAL (*in)[LANES],
+                REAL (*out)[LANES]) {
+    i64 o0 = 0;
+    for (; o0 + TILE <= n_out; o0 += TILE) dense_tile(n_in, n_out, o0, TILE, wt, W, bias, in, out);
+    for (; o0 < n_out; ++o0) dense_tile(n_in, n_out, o0, 1, wt, W, bias, in, out);
 }
 
 ROW mlp_fwd_block(i64 blk, const i64 F, i64 E, i64 din, i64 dout, i64 nb, i64 nl, const REAL *x, i64 ldx,
@@ -461,14 +463,14 @@ ROW mlp_fwd_block(i64 blk, const i64 F, i64 E, i64 din, i64 dout, i64 nb, i64 nl
     REAL(*Db)[LANES] = D ? (REAL(*)[LANES])(D + blk * (nh + 1) * F * LANES) : NULL;
     for (i64 q = 0; q < LANES; ++q)
         for (i64 k = 0; k < din; ++k) io[k][q] = q < n ? x[(e0 + q) * ldx + k] : 0;
-    dense_block(din, F, Win, bin, io, h);
+    dense_block(din, F, 0, Win, bin, io, h);
     i64 kk = 0;
     for (i64 b = 0; b < nb; ++b) {
         memcpy(r, h, (size_t)F * sizeof r[0]);
         for (i64 l = 0; l < nl; ++l, ++kk) {
             memcpy(s, h, (size_t)F * sizeof s[0]);
             silu_block(F, s, Db ? Db + kk * F : NULL);
-            dense_block(F, F, Wh + kk * F * F, bh ? bh + kk * F : NULL, s, h);
+            dense_block(F, F, 0, Wh + kk * F * F, bh ? bh + kk * F : NULL, s, h);
         }
         for (i64 o = 0; o < F; ++o) {
             #pragma omp simd
@@ -476,7 +478,7 @@ ROW mlp_fwd_block(i64 blk, const i64 F, i64 E, i64 din, i64 dout, i64 nb, i64 nl
         }
     }
     silu_block(F, h, Db ? Db + nh * F : NULL);
-    dense_block(F, dout, Wout, bout, h, io);
+    dense_block(F, dout, 0, Wout, bout, h, io);
     for (i64 q = 0; q < n; ++q)
         for (i64 o = 0; o < dout; ++o) y[(e0 + q) * dout + o] = io[o][q];
 }
@@ -489,7 +491,7 @@ ROW mlp_bwd_block(i64 blk, const i64 F, i64 E, i64 din, i64 dout, i64 nb, i64 nl
     const REAL(*Db)[LANES] = (const REAL(*)[LANES])(D + blk * (nh + 1) * F * LANES);
     for (i64 q = 0; q < LANES; ++q)
         for (i64 o = 0; o < dout; ++o) io[o][q] = q < n ? gy[(e0 + q) * dout + o] : 0;
-    dense_t_block(F, dout, Wout, io, g);
+    dense_block(dout, F, 1, Wout, NULL, io, g);
     for (i64 p = 0; p < F; ++p) {
         #pragma omp simd
         for (i64 q = 0; q < LANES; ++q) g[p][q] *= Db[nh * F + p][q];
@@ -502,7 +504,7 @@ ROW mlp_bwd_block(i64 blk, const i64 F, i64 E, i64 din, i64 dout, i64 nb, i64 nl
         }
         for (i64 l = nl - 1; l >= 0; --l) {
             --kk;
-            dense_t_block(F, F, Wh + kk * F * F, g, gs);
+            dense_block(F, F, 1, Wh + kk * F * F, NULL, g, gs);
             for (i64 p = 0; p < F; ++p) {
                 #pragma omp simd
                 for (i64 q = 0; q < LANES; ++q) g[p][q] = gs[p][q] * Db[kk * F + p][q];
@@ -513,7 +515,7 @@ ROW mlp_bwd_block(i64 blk, const i64 F, i64 E, i64 din, i64 dout, i64 nb, i64 nl
             for (i64 q = 0; q < LANES; ++q) g[p][q] += gr[p][q];
         }
     }
-    dense_t_block(din, F, Win, g, io);
+    dense_block(F, din, 1, Win, NULL, g, io);
     for (i64 q = 0; q < n; ++q)
         for (i64 k = 0; k < din; ++k) gx[(e0 + q) * din + k] = io[k][q];
 }
