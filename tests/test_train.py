@@ -210,3 +210,20 @@ def test_learning_rate_and_force_weight_schedules(data_file, tmp_path):
     lrs = [cosine.learning_rate(k) for k in range(4, 25)]
     assert lrs[0] == pytest.approx(1e-2) and lrs[-1] == pytest.approx(1e-4)
     assert all(a > b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_init_from_starts_at_the_file_parameters(data_file, tmp_path):
+    first = trained(run_config(data_file, tmp_path / "stage1", epochs=2))
+    best = first.out / "best.pt"
+    stage2 = {"data": {"train": str(data_file), "valid_fraction": 0.25}, "output": {"dir": str(tmp_path / "stage2")},
+              "training": dict(epochs=1, batch_size=3, dtype="float64", seed=1, init_from=str(best), energy_weight=50.0)}
+    trainer = Trainer(RunConfig.from_dict(stage2), progress=False)
+    trainer.setup()
+    reference = load(best, dtype="float64")
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(trainer.model.state_dict()[name], tensor), name
+    assert trainer.model.config == reference.config
+    trainer.fit()
+    assert not torch.equal(trainer.model.w_sp, reference.w_sp)  # it trained from there
+    with pytest.raises(ValueError, match="leave the 'model' section out"):
+        RunConfig.from_dict({**stage2, "model": TINY_MODEL})

@@ -99,6 +99,11 @@ class TrainConfig:
         torch CPU threads (None leaves torch's default).
     checkpoint_every : int
         Write the resumable checkpoint every this many epochs (and always on exit).
+    init_from : str or None
+        Start from the parameters of this model file (fine-tuning, e.g. a second stage
+        with a larger energy weight): its architecture, elements and reference energies
+        are kept, so the ``model`` section must be empty. A relative path is resolved
+        against the config file. The optimiser and schedules start afresh.
     """
 
     epochs: int = 1000
@@ -125,6 +130,7 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     checkpoint_every: int = 1
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -171,6 +177,12 @@ class RunConfig:
         for key in ("train", "valid", "test", "isolated_atoms"):
             if key in data:
                 data[key] = resolve(data[key])
+        training = dict(raw.get("training") or {})
+        if training.get("init_from") is not None:
+            training["init_from"] = resolve(training["init_from"])
+            if raw.get("model"):
+                raise ValueError("training.init_from takes the architecture from the model file: "
+                                 "leave the 'model' section out")
         output = dict(raw.get("output") or {})
         out_unknown = sorted(set(output) - {"dir"})
         if out_unknown:
@@ -178,7 +190,7 @@ class RunConfig:
         return cls(
             data=_strict(DataConfig, data, "data"),
             model=dict(raw.get("model") or {}),
-            training=_strict(TrainConfig, dict(raw.get("training") or {}), "training"),
+            training=_strict(TrainConfig, training, "training"),
             output_dir=resolve(output.get("dir", "runs/nemp")),
         )
 

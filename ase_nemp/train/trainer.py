@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..io import resolve_dtype, save
+from ..io import load, resolve_dtype, save
 from ..model import NEMP, NEMPConfig, energy_forces_stress
 from .config import RunConfig, TrainConfig
 from .data import (
@@ -155,12 +155,20 @@ class Trainer:
         elif ckpt_path.exists():
             raise FileExistsError(f"{self.out} already holds a run; use --resume to continue it or pick another output.dir")
 
-        species = tuple(ckpt["model_config"]["species"]) if ckpt else None
-        cutoff = ckpt["model_config"]["cutoff"] if ckpt else model_config(self.run.model, (1,)).cutoff
+        start = None
+        if ckpt:
+            species, cutoff = tuple(ckpt["model_config"]["species"]), ckpt["model_config"]["cutoff"]
+        elif self.cfg.init_from:
+            start = load(self.cfg.init_from, dtype=torch.float64)
+            species, cutoff = start.config.species, start.config.cutoff
+        else:
+            species, cutoff = None, model_config(self.run.model, (1,)).cutoff
         self.train_set, self.valid_set, species = prepare_data(self.run, cutoff, species, self.progress)
         if ckpt:
             model = NEMP(NEMPConfig.from_dict(ckpt["model_config"]), dtype=torch.float64)
             model.load_state_dict(ckpt["model"])
+        elif start is not None:
+            model = start
         else:
             model = build_model(self.run, self.train_set, self.valid_set, species)
         self.model = model.to(self.device, self.dtype)
