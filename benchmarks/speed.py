@@ -196,12 +196,13 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        key = (r.get("model_name") or r["preset"], r["dtype"], r["threads"], r["skin"], bool(r.get("compile")))
+        mode = "compiled" if r.get("compile") else "eager" if r.get("eager") else ""
+        key = (r["system"], r.get("model_name") or r["preset"], mode, r["dtype"], r["threads"], r["skin"])
         groups.setdefault(key, []).append(r)
-    for (name, dtype, threads, skin, comp), rs in sorted(groups.items()):
+    for (system, name, mode, dtype, threads, skin), rs in sorted(groups.items()):
         rs = sorted(rs, key=lambda r: r["atoms"])
         n = [r["atoms"] for r in rs]
-        label = f"{name}{' compiled' if comp else ''}, {dtype}, {threads} thr, skin {skin}"
+        label = f"{system}: {name}{' ' + mode if mode else ''}, {dtype}, {threads} thr, skin {skin}"
         ax_t.loglog(n, [r["s_per_step"] for r in rs], "o-", label=label)
         ax_m.loglog(n, [max(r["peak_bytes_per_atom"], 1) * r["atoms"] / 1e9 for r in rs], "o-", label=label)
     ax_t.set_xlabel("atoms")
@@ -222,14 +223,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--system", choices=["water", "pdcoo"], default="water")
-    parser.add_argument("--presets", nargs="+", default=["water-small", "water"])
+    parser.add_argument("--presets", nargs="*", default=["water-small", "water"])
     parser.add_argument("--model", type=Path, help="a model file instead of random-weight presets")
     parser.add_argument("--sizes", nargs="+", type=int, default=[192, 1536, 5184, 12288, 41472])
     parser.add_argument("--threads", nargs="+", type=int, default=[1, os.cpu_count() or 1])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     parser.add_argument("--skins", nargs="+", type=float, default=[0.0, 1.0])
-    parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd model")
-    parser.add_argument("--eager", action="store_true", help="also time without the fused kernels")
+    parser.add_argument("--compile", action="store_true", help="time the torch.compile'd model instead")
+    parser.add_argument("--eager", action="store_true", help="time the plain PyTorch path (no fused kernels)")
     parser.add_argument("--compare", nargs="*", default=[], choices=["mace"],
                         help="time other calculators too (mace: pip install ase-nemp[bench])")
     parser.add_argument("--keep-memory", choices=["on", "off", "both"], default="on",
@@ -239,6 +240,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--quick", action="store_true", help="192 and 1536 atoms, water-small, 1 thread, float32")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--name", help="file stem of the table, JSON and plot (default speed-<system>)")
+    parser.add_argument("--append", action="store_true", help="add the rows to those already in the JSON file")
     args = parser.parse_args()
 
     if args.worker:
@@ -249,8 +252,8 @@ def main() -> None:
     if args.quick:
         args.presets, args.sizes, args.threads, args.dtypes = ["water-small"], [192, 1536], [1], ["float32"]
     keep = {"on": [True], "off": [False], "both": [False, True]}[args.keep_memory]
-    compiled = [False, True] if args.compile else [False]
-    eager_modes = [False, True] if args.eager else [False]
+    compiled = [args.compile]
+    eager_modes = [args.eager]
     models = [(None, p) for p in args.presets] if not args.model else [(str(args.model), args.model.stem)]
     models += [(None, "mace-small")] if "mace" in args.compare else []
     rows = []
@@ -274,10 +277,12 @@ def main() -> None:
                                     break  # larger sizes will not fit either
                                 rows.append(row)
                                 print("  " + markdown_table([row]).splitlines()[-1], file=sys.stderr, flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.name or f"speed-{args.system}"
+    if args.append and (args.out / f"{stem}.json").exists():
+        rows = json.loads((args.out / f"{stem}.json").read_text()) + rows
     table = markdown_table(rows)
     print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"speed-{args.system}"
     (args.out / f"{stem}.md").write_text(table + "\n")
     (args.out / f"{stem}.json").write_text(json.dumps(rows, indent=1))
     plot(rows, args.out / f"{stem}.png")

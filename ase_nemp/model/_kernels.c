@@ -357,8 +357,10 @@ void nemp_node_dens_bwd(i64 N, i64 C, i64 lf1, i64 LA, i64 ldY, const i64 *ptr, 
 #define MLP_MAX_IO 1024
 #define LANES 16
 
-/* exp(x) with Cody-Waite reduction and a Taylor polynomial: only arithmetic, so loops
- * calling it vectorise; accurate to about 2 ulp in float and double (|x| clamped). */
+/* exp(x) with Cody-Waite reduction and a Taylor polynomial (degree 7 in float, 12 in
+ * double, truncation below one ulp on |r| <= ln2/2): only arithmetic, so loops calling
+ * it vectorise. |x| is clamped so that 2^n stays a normal number. The fused MLP built on
+ * it matches PyTorch's to 1e-13 in float64 (tests/test_kernels.py). */
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)
 #define REAL_IS_FLOAT_float 1
