@@ -67,8 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
 
-    demo = sub.add_parser("demo", help="run the built-in example")
-    demo.add_argument("--output", type=Path, default=Path("nemp-demo"), help="folder for the results")
+    demo = sub.add_parser("demo", help="CO oxidation barrier on Pd(111) with the shipped model (NEB)")
+    demo.add_argument("--output", type=Path, default=Path("nemp-demo"), help="folder for the plot and the band")
+    demo.add_argument("--images", type=int, default=7, help="images in the band, end points included")
+    demo.add_argument("--fmax", type=float, default=0.05, help="force tolerance in eV/Å")
+    demo.add_argument("--steps", type=int, default=500,
+                      help="at most this many BFGS steps per end-point relaxation and FIRE steps for the band")
+    demo.add_argument("--model", type=Path, help="a model file instead of the shipped pd-co-o model")
+    demo.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    demo.add_argument("--threads", type=int, help="torch CPU threads")
     demo.set_defaults(func=_demo)
 
     tr = sub.add_parser("train", help="train a model from a YAML config (see ase_nemp.train.config)")
