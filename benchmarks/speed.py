@@ -74,6 +74,10 @@ def mace_calculator(atoms, dtype: str):
     """A random-weight MACE model of the small kind (hidden 32x0e, max_ell 3, correlation 3,
     2 interactions, r_max 5 Å), for a side-by-side ratio (``pip install ase-nemp[bench]``)."""
     import numpy as np
+
+    # e3nn/MACE load their own bundled tensors with torch.load, which newer torch refuses under
+    # its weights-only default; this worker process only ever loads those files
+    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     import torch
     from e3nn import o3
     from mace import modules
