@@ -40,6 +40,18 @@ typedef int64_t i64;
     default: CALL(C); break;            \
     }
 
+/* out[lm, c] += coef[l, c] * Y[lm] for l < L1: a per-channel harmonic expansion */
+ROW add_expansion(const i64 C, i64 L1, const REAL *Y, const REAL *coef, REAL *out) {
+    for (i64 l = 0; l < L1; ++l) {
+        const REAL *cl = coef + l * C;
+        for (i64 m = l * l; m < (l + 1) * (l + 1); ++m) {
+            const REAL y = Y[m];
+            REAL *o = out + m * C;
+            for (i64 c = 0; c < C; ++c) o[c] += cl[c] * y;
+        }
+    }
+}
+
 int nemp_set_threads(int n) {
 #ifdef _OPENMP
     if (n > 0) omp_set_num_threads(n);
@@ -175,15 +187,7 @@ ROW edge_inv_bwd_nbr_row(i64 jn, const i64 C, i64 lf1, i64 ldY, const i64 *ptr_j
     REAL *gVj = gV + jn * nf * C;
     for (i64 k = ptr_j[jn]; k < ptr_j[jn + 1]; ++k) {
         const i64 e = perm_j[k];
-        const REAL *Ye = Y + e * ldY, *gb = gb_tmp + e * lc;
-        for (i64 l = 0; l < lf1; ++l) {
-            const REAL *gbl = gb + l * C;
-            for (i64 m = l * l; m < (l + 1) * (l + 1); ++m) {
-                const REAL y = Ye[m];
-                REAL *g = gVj + m * C;
-                for (i64 c = 0; c < C; ++c) g[c] += gbl[c] * y;
-            }
-        }
+        add_expansion(C, lf1, Y + e * ldY, gb_tmp + e * lc, gVj);
     }
 }
 
@@ -240,15 +244,7 @@ ROW node_dens_fwd_row(i64 i, const i64 C, i64 lf1, i64 LA, i64 ldY, const i64 *p
                 }
             }
         }
-        const REAL *ae = alpha + e * ldA;
-        for (i64 l = 0; l < LA; ++l) {
-            const REAL *al = ae + l * C;
-            for (i64 m = l * l; m < (l + 1) * (l + 1); ++m) {
-                const REAL y = Ye[m];
-                REAL *aa = Ai + m * C;
-                for (i64 c = 0; c < C; ++c) aa[c] += al[c] * y;
-            }
-        }
+        add_expansion(C, LA, Ye, alpha + e * ldA, Ai);
     }
 }
 
