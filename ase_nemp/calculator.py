@@ -39,8 +39,9 @@ class NEMPCalculator(Calculator):
     device : str or torch.device
         ``"cpu"`` or ``"cuda"`` (or ``"cuda:1"``...).
     dtype : "float64" or "float32"
-        Precision of the evaluation. float32 is about twice as fast; its forces agree with
-        float64 to ~1e-5 eV/Å for typical systems, which is ample for relaxations and MD.
+        Precision of the evaluation. float32 takes about two thirds of the time; its
+        forces agree with float64 to ~1e-5 eV/Å for typical systems, which is ample for
+        relaxations and MD.
     skin : float
         Verlet skin in Å. The neighbour list is built with ``cutoff + skin`` and reused
         while no atom has moved more than ``skin / 2`` and the cell, pbc and atoms are
