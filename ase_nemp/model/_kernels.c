@@ -52,6 +52,18 @@ ROW add_expansion(const i64 C, i64 L1, const REAL *Y, const REAL *coef, REAL *ou
     }
 }
 
+/* out[lm, c] += coef[l, c] * X[lm, c] for l < L1: a per-degree, per-channel scaling */
+ROW add_degree_scaled(const i64 C, i64 L1, const REAL *coef, const REAL *X, REAL *out) {
+    for (i64 l = 0; l < L1; ++l) {
+        const REAL *cl = coef + l * C;
+        for (i64 m = l * l; m < (l + 1) * (l + 1); ++m) {
+            const REAL *x = X + m * C;
+            REAL *o = out + m * C;
+            for (i64 c = 0; c < C; ++c) o[c] += cl[c] * x[c];
+        }
+    }
+}
+
 int nemp_set_threads(int n) {
 #ifdef _OPENMP
     if (n > 0) omp_set_num_threads(n);
@@ -233,17 +245,7 @@ ROW node_dens_fwd_row(i64 i, const i64 C, i64 lf1, i64 LA, i64 ldY, const i64 *p
     for (i64 k = 0; k < nA * C; ++k) Ai[k] = 0;
     for (i64 e = ptr[i]; e < ptr[i + 1]; ++e) {
         const REAL *Ye = Y + e * ldY;
-        if (Z) {
-            const REAL *Zj = Z + jdx[e] * nf * C, *be = beta + e * ldB;
-            for (i64 l = 0; l < lf1; ++l) {
-                const REAL *bl = be + l * C;
-                for (i64 m = l * l; m < (l + 1) * (l + 1); ++m) {
-                    const REAL *z = Zj + m * C;
-                    REAL *u = Ui + m * C;
-                    for (i64 c = 0; c < C; ++c) u[c] += bl[c] * z[c];
-                }
-            }
-        }
+        if (Z) add_degree_scaled(C, lf1, beta + e * ldB, Z + jdx[e] * nf * C, Ui);
         add_expansion(C, LA, Ye, alpha + e * ldA, Ai);
     }
 }
@@ -304,15 +306,7 @@ ROW node_dens_bwd_nbr_row(i64 jn, const i64 C, i64 lf1, const i64 *ptr_j, const 
     for (i64 k = 0; k < nf * C; ++k) gZj[k] = 0;
     for (i64 k = ptr_j[jn]; k < ptr_j[jn + 1]; ++k) {
         const i64 e = perm_j[k];
-        const REAL *gUi = gU + idx[e] * nf * C, *be = beta + e * ldB;
-        for (i64 l = 0; l < lf1; ++l) {
-            const REAL *bl = be + l * C;
-            for (i64 m = l * l; m < (l + 1) * (l + 1); ++m) {
-                const REAL *gu = gUi + m * C;
-                REAL *g = gZj + m * C;
-                for (i64 c = 0; c < C; ++c) g[c] += gu[c] * bl[c];
-            }
-        }
+        add_degree_scaled(C, lf1, beta + e * ldB, gU + idx[e] * nf * C, gZj);
     }
 }
 
