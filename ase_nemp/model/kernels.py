@@ -6,8 +6,9 @@ per-degree sums that each stream an E x n x C array through memory. The C kernel
 the gather, product and contraction of Eqs. 7-8 and the densities of Eqs. 5, 9-10 in
 one pass per edge, and run the per-edge MLPs (widths 16-64) as one kernel each instead
 of a chain of matrix products and activations over E x F arrays; all with a
-hand-derived backward (first derivatives only: forces and stress). They are compiled with the system C compiler on first use (about a second)
-into ``~/.cache/ase-nemp`` (``$ASE_NEMP_CACHE`` overrides) and loaded with ctypes.
+hand-derived backward (first derivatives only: forces and stress). They are compiled
+with the system C compiler on first use (about a second) into ``~/.cache/ase-nemp``
+(``$ASE_NEMP_CACHE`` overrides) and loaded with ctypes.
 
 Used automatically for inference on the CPU (``energy_forces_stress(training=False)``
 and the calculator). Training needs second derivatives and uses the eager code, which
@@ -294,8 +295,10 @@ class _FusedMLP(torch.autograd.Function):
         F, dout = win.shape[1], wout.shape[1]
         y = x.new_empty(E, dout)
         D = x.new_empty(-(-E // _LANES), nb * nl + 1, F, _LANES) if x.requires_grad else None
-        lib.nemp_mlp_fwd(E, din, F, dout, nb, nl, _p(x), din, _p(win), _p(bin_), _p(wh), _p(bh), _p(wout), _p(bout),
-                         _p(y), _p(D))
+        status = lib.nemp_mlp_fwd(E, din, F, dout, nb, nl, _p(x), din, _p(win), _p(bin_), _p(wh), _p(bh), _p(wout),
+                                  _p(bout), _p(y), _p(D))
+        if status != 0:  # mlp() checks the sizes first; this guards the kernel's own limits
+            raise RuntimeError(f"fused MLP kernel rejected sizes d_in={din}, width={F}, d_out={dout}")
         ctx.save_for_backward(D)
         ctx.weights, ctx.lib, ctx.din = weights, lib, din
         return y
@@ -308,7 +311,9 @@ class _FusedMLP(torch.autograd.Function):
         gy = gy.contiguous()
         E, F, dout = gy.shape[0], win.shape[1], wout.shape[1]
         gx = gy.new_empty(E, ctx.din)
-        ctx.lib.nemp_mlp_bwd(E, ctx.din, F, dout, nb, nl, _p(win), _p(wh), _p(wout), _p(D), _p(gy), _p(gx))
+        status = ctx.lib.nemp_mlp_bwd(E, ctx.din, F, dout, nb, nl, _p(win), _p(wh), _p(wout), _p(D), _p(gy), _p(gx))
+        if status != 0:
+            raise RuntimeError(f"fused MLP kernel rejected sizes d_in={ctx.din}, width={F}, d_out={dout}")
         return gx, None, None
 
 
