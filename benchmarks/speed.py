@@ -174,13 +174,17 @@ def run_config(spec: dict, timeout: float) -> dict | None:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _mode(r: dict) -> str:
+    """How the model ran: "compiled" (torch.compile), "eager" (no fused kernels) or ""."""
+    return "compiled" if r.get("compile") else "eager" if r.get("eager") else ""
+
+
 def markdown_table(rows: list[dict]) -> str:
     head = ("| system | model | atoms | dtype | threads | skin (Å) | s/step | µs/atom/step | NL share "
             "| user/sys per step (s) | peak kB/atom |")
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in rows:
-        model = (r.get("model_name") or r["preset"]) + (" (compiled)" if r.get("compile") else "")
-        model += " (eager)" if r.get("eager") else ""
+        model = (r.get("model_name") or r["preset"]) + (f" ({_mode(r)})" if _mode(r) else "")
         nl = "–" if r["nl_share"] != r["nl_share"] else f"{100 * r['nl_share']:.0f} %"
         lines.append(
             f"| {r['system']} | {model} | {r['atoms']:,} | {r['dtype']} "
@@ -200,8 +204,7 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        mode = "compiled" if r.get("compile") else "eager" if r.get("eager") else ""
-        key = (r["system"], r.get("model_name") or r["preset"], mode, r["dtype"], r["threads"], r["skin"])
+        key = (r["system"], r.get("model_name") or r["preset"], _mode(r), r["dtype"], r["threads"], r["skin"])
         groups.setdefault(key, []).append(r)
     for (system, name, mode, dtype, threads, skin), rs in sorted(groups.items()):
         rs = sorted(rs, key=lambda r: r["atoms"])
@@ -256,8 +259,8 @@ def main() -> None:
     if args.quick:
         args.presets, args.sizes, args.threads, args.dtypes = ["water-small"], [192, 1536], [1], ["float32"]
     keep = {"on": [True], "off": [False], "both": [False, True]}[args.keep_memory]
-    compiled = [args.compile]
-    eager_modes = [args.eager]
+    if args.compile and args.eager:
+        parser.error("--compile and --eager time different paths; pick one")
     models = [(None, p) for p in args.presets] if not args.model else [(str(args.model), args.model.stem)]
     models += [(None, "mace-small")] if "mace" in args.compare else []
     rows = []
@@ -266,21 +269,19 @@ def main() -> None:
             for threads in args.threads:
                 for skin in args.skins:
                     for km in keep:
-                        for comp, eager in [(c, e) for c in compiled for e in eager_modes if not (c and e)]:
-                            if name == "mace-small" and (comp or eager or skin != args.skins[0]):
-                                continue
-                            for size in args.sizes:
-                                spec = dict(system=args.system, preset=name, model=model_file, model_name=name,
-                                            size=size, dtype=dtype, threads=threads, skin=skin, keep_memory=km,
-                                            compile=comp, eager=eager, steps=args.steps, max_seconds=args.max_seconds)
-                                print(f"running {name} {size} atoms {dtype} {threads} thr skin {skin}"
-                                      f"{' keep-memory' if km else ''}{' compiled' if comp else ''} ...",
-                                      file=sys.stderr, flush=True)
-                                row = run_config(spec, args.timeout)
-                                if row is None:
-                                    break  # larger sizes will not fit either
-                                rows.append(row)
-                                print("  " + markdown_table([row]).splitlines()[-1], file=sys.stderr, flush=True)
+                        if name == "mace-small" and (args.compile or args.eager or skin != args.skins[0]):
+                            continue
+                        for size in args.sizes:
+                            spec = dict(system=args.system, preset=name, model=model_file, model_name=name, size=size,
+                                        dtype=dtype, threads=threads, skin=skin, keep_memory=km, compile=args.compile,
+                                        eager=args.eager, steps=args.steps, max_seconds=args.max_seconds)
+                            print(f"running {name} {size} atoms {dtype} {threads} thr skin {skin}"
+                                  f"{' keep-memory' if km else ''} {_mode(spec)} ...", file=sys.stderr, flush=True)
+                            row = run_config(spec, args.timeout)
+                            if row is None:
+                                break  # larger sizes will not fit either
+                            rows.append(row)
+                            print("  " + markdown_table([row]).splitlines()[-1], file=sys.stderr, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.name or f"speed-{args.system}"
     if args.append and (args.out / f"{stem}.json").exists():
