@@ -317,24 +317,31 @@ class _FusedMLP(torch.autograd.Function):
         return gx, None, None
 
 
-def mlp(module, x: torch.Tensor, csr: EdgeCSR | None) -> torch.Tensor:
+def mlp(module, x: torch.Tensor, csr: EdgeCSR | None, fold: int = 1) -> torch.Tensor:
     """``module(x)`` for a ScaledMLP, fused into one kernel per call when ``csr`` (the
     kernels) is available, the MLP is of the deep form and x is a 2-D CPU tensor.
 
-    Parameter gradients do not flow through the fused call (inference only)."""
+    ``fold`` > 1 returns ``module(x).view(rows, fold, -1).sum(1)``; the fused call sums
+    the output layer's weight blocks instead, so the output layer costs 1/fold and the
+    (rows, fold, d) array is never formed. Parameter gradients do not flow through the
+    fused call (inference only)."""
     spec = module.spec
     lib = None
     if (csr is not None and not spec.linear and x.dim() == 2 and spec.width <= _MLP_MAX_WIDTH
             and max(module.d_in, module.d_out) <= _MLP_MAX_IO):
         lib = _library(x.dtype) if x.dtype == module.w_out.dtype else None
     if lib is None:
-        return module(x)
+        y = module(x)
+        return y if fold == 1 else y.view(*y.shape[:-1], fold, -1).sum(-2)
     with torch.no_grad():
         opt = lambda b: None if b is None else b.detach().contiguous()  # noqa: E731
+        w_out, b_out = module.w_out * module.gain_out, opt(module.b_out)
+        if fold != 1:
+            w_out = w_out.view(w_out.shape[0], fold, -1).sum(1)
+            b_out = None if b_out is None else b_out.view(fold, -1).sum(0)
         weights = (
             (module.w_in * module.gain_in).contiguous(), opt(module.b_in),
             (module.w_hidden * module.gain_hidden).contiguous(), opt(module.b_hidden),
-            (module.w_out * module.gain_out).contiguous(), opt(module.b_out),
-            spec.blocks, spec.layers,
+            w_out.contiguous(), b_out, spec.blocks, spec.layers,
         )
     return _FusedMLP.apply(x, weights, lib)

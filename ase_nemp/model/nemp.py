@@ -356,7 +356,10 @@ class NEMP(nn.Module):
             w_path = self.path_weights[t].transpose(0, 1).index_select(0, species)  # (N, paths, C)
             Pt = self._tensor_product(A, U, w_path) * (inv_n * inv_n)[:, :, None]  # Eq. 11
             V = (torch.bmm(V, om[:, 2]) + torch.bmm(Pt, om[:, 1])) * (1.0 / math.sqrt(2.0 * C))  # Eq. 12
-            Q = mlp(self.coeff_mlps[t + 1], e_feat, csr).view(E, 3, lf + 1, C)
+            if t < T - 1:
+                Q = mlp(self.coeff_mlps[t + 1], e_feat, csr).view(E, 3, lf + 1, C)
+            else:  # the readout only needs Q0 + Q1 + Q2
+                Q = mlp(self.coeff_mlps[T], e_feat, csr, fold=3).view(E, 1, lf + 1, C)
             if trace is not None:
                 trace["V_prenorm"].append(V)
             if cfg.use_feature_norm:
@@ -364,7 +367,7 @@ class NEMP(nn.Module):
                 V = V / torch.sqrt(ms + eps)
 
         # -- readout (3.6): sum_lm V_lm / sqrt(3(2l+1)(l+1)) sum_e (Q0+Q1+Q2)_l Yhat_lm
-        _, rho_T = self._edge_invariants(Y, V * self.inv_sqrt_deg, Q.sum(1, keepdim=True), edge_index, N, csr)
+        _, rho_T = self._edge_invariants(Y, V * self.inv_sqrt_deg, Q, edge_index, N, csr)
         rho.append(rho_T * (1.0 / math.sqrt(3.0)))
         x = torch.cat(rho, dim=1) * inv_n  # (N, (T+2) C)
         raw = mlp(self.readout, x, csr).squeeze(-1)  # (N,)
