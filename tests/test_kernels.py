@@ -82,6 +82,41 @@ def test_fused_mlp_matches_eager_and_gradcheck(width, bias):
     torch.testing.assert_close(kernels.mlp(m32, x32, csr), m32(x32), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("sh_lmax", [1, 3, 5])
+def test_edge_geometry_matches_eager_and_gradcheck(sh_lmax):
+    """Fused harmonics, cutoff weight and radial inputs against the eager formulas, with
+    edges beyond the cutoff, a zero-length edge and a near-zero frequency (the series
+    branch of sinc); dL/dr against the eager backward and by finite differences."""
+    model = random_model(tiny_config(sh_lmax=sh_lmax, feat_lmax=min(sh_lmax, 2)), seed=3)
+    cfg = model.config
+    gen = torch.Generator().manual_seed(4)
+    r = torch.randn(60, 3, dtype=torch.float64, generator=gen) * 1.6
+    r[0] = 0.0  # zero-length edge: f = 0, finite gradient
+    r[1] = torch.tensor([cfg.cutoff * 1.01, 0.0, 0.0])  # just outside
+    r[2] = torch.tensor([0.0, 0.0, cfg.cutoff * 0.999])  # just inside
+    S = cfg.num_species
+    pair = torch.randint(0, S * S, (60,), generator=gen)
+    with torch.no_grad():
+        sigma = model.pair_mlp(model.pair_inputs)
+        k_tab, w_tab = model.freq_mlp(sigma), model.pw_mlp(sigma)
+        k_tab[pair[3], 0] = 1e-7
+    csr = kernels.build_csr(random_edges(3, 4, 0), 3, torch.float64)
+    r = r.requires_grad_()
+    fused = model._geometry(r, pair, k_tab, w_tab, csr)
+    eager = model._geometry(r, pair, k_tab, w_tab, None)
+    assert "EdgeGeometry" in type(fused[0].grad_fn).__name__
+    weights = [torch.randn(t.shape, dtype=t.dtype, generator=gen) for t in eager]
+    grads = []
+    for outs in (fused, eager):
+        for a, b in zip(outs, eager):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        grads.append(torch.autograd.grad(sum((w * o).sum() for w, o in zip(weights, outs)), r)[0])
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-10)
+    fn = lambda x: kernels.edge_geometry(x, pair[1:9], k_tab, w_tab, cfg.cutoff, cfg.envelope_p, cfg.eps,  # noqa: E731
+                                         cfg.sh_lmax, csr)
+    assert torch.autograd.gradcheck(fn, (r[1:9].detach().clone().requires_grad_(),))
+
+
 @pytest.mark.parametrize("bias", [False, True])
 def test_fused_mlp_fold_sums_output_blocks(bias):
     """fold=3 (the readout's Q0 + Q1 + Q2) equals summing the eager output's blocks, on

@@ -544,3 +544,223 @@ int nemp_mlp_bwd(i64 E, i64 din, i64 F, i64 dout, i64 nb, i64 nl, const REAL *Wi
 #undef CALL
     return 0;
 }
+
+/* ----------------------------------------------------------------------------------
+ * Edge geometry (spec 3.1-3.3) for inference with first derivatives.
+ *   d = sqrt(|r|^2 + eps), u = d / rc, f = phi_p(u)^2 inside (|r|^2 > eps, u < 1), else 0
+ *   Y = normalised harmonics of v = r / d: Yhat_lm = sqrt(2l+1) y_lm / sqrt(|y_l|^2 + eps)
+ *   X0 = [w_pair[C:] f, sinc(k_pair u) f] (E, 2 NR), the edge MLP's input
+ *   e0 = w_pair[:C] f (E, C), the first C edge features
+ * with w_pair, k_pair the rows of the pair tables (S^2, C + NR), (S^2, NR) for the
+ * edge's ordered species pair. The tables enter as constants (no gradient). The
+ * backward recomputes everything per edge and returns dL/dr (E, 3); the harmonics'
+ * derivatives are carried forward through the recursion (value and d/dv_x,y,z).
+ * ---------------------------------------------------------------------------------- */
+#define GEOM_MAX_L 8
+#define GEOM_MAX_NL ((GEOM_MAX_L + 1) * (GEOM_MAX_L + 1))
+#if CAT(REAL_IS_FLOAT_, REAL)
+#define RSQRT sqrtf
+#else
+#define RSQRT sqrt
+#endif
+
+/* sin(pi x) and cos(pi x): x = n + t with n the nearest integer, |t| <= 1/2, then
+ * Taylor polynomials in a = pi t (degrees 11/12 in float, 21/20 in double, below one
+ * ulp on |a| <= pi/2) and the sign (-1)^n. Arithmetic only, so loops vectorise. */
+static inline void sincospi(REAL x, REAL *s, REAL *c) {
+    const REAL n = (x + (REAL)ROUND_MAGIC) - (REAL)ROUND_MAGIC;
+    const REAL a = (x - n) * (REAL)3.14159265358979323846, a2 = a * a;
+#if CAT(REAL_IS_FLOAT_, REAL)
+    const int ns = 5, nc = 6;
+#else
+    const int ns = 10, nc = 10;
+#endif
+    REAL ps = 1, pc = 1;
+    for (int k = ns; k >= 1; --k) ps = (REAL)1 - ps * a2 * (REAL)(1.0 / ((2 * k) * (2 * k + 1)));
+    for (int k = nc; k >= 1; --k) pc = (REAL)1 - pc * a2 * (REAL)(1.0 / ((2 * k - 1) * (2 * k)));
+    const REAL sign = ((i64)n & 1) ? (REAL)-1 : (REAL)1;
+    *s = sign * a * ps;
+    *c = sign * pc;
+}
+
+/* torch.sinc(x) = sin(pi x) / (pi x) and its derivative (cos(pi x) - sinc(x)) / x,
+ * both by their series where the quotients lose precision */
+static inline REAL sinc_d(REAL x, REAL *dsinc) {
+    const REAL pi = (REAL)3.14159265358979323846;
+    if (fabs((double)x) < 1e-4) {
+        const REAL p2 = pi * pi;
+        *dsinc = -p2 * x / (REAL)3;
+        return (REAL)1 - p2 * x * x / (REAL)6;
+    }
+    REAL s, c;
+    sincospi(x, &s, &c);
+    const REAL v = s / (pi * x);
+    *dsinc = (c - v) / x;
+    return v;
+}
+
+typedef struct {
+    i64 L, nL, C, NR, p;
+    REAL eps, rc;
+    REAL a[GEOM_MAX_NL], b[GEOM_MAX_NL], c[GEOM_MAX_L + 1], norm[GEOM_MAX_L + 1];
+} geom_spec;
+
+/* Coefficients of the real solid-harmonic recursion (ase_nemp.model.angular) */
+static void geom_setup(geom_spec *g) {
+    for (i64 l = 2; l <= g->L; ++l) {
+        for (i64 m = -(l - 1); m <= l - 1; ++m) {
+            g->a[l * l + m + l] = (REAL)sqrt((4.0 * l * l - 1.0) / (double)(l * l - m * m));
+            const i64 am = m < 0 ? -m : m;
+            g->b[l * l + m + l] =
+                am <= l - 2 ? (REAL)(-sqrt(((l - 1.0) * (l - 1.0) - m * m) / (4.0 * (l - 1) * (l - 1) - 1.0))) : 0;
+        }
+        g->c[l] = (REAL)sqrt(1.0 + 1.0 / (2.0 * l));
+    }
+    for (i64 l = 0; l <= g->L; ++l) g->norm[l] = (REAL)sqrt(2.0 * l + 1.0);
+}
+
+/* Solid harmonics y of v (components l^2 + l + m) and, if dy != NULL, dy[a][k] = dy_k/dv_a */
+ROW solid_harmonics_d(const geom_spec *g, const REAL *v, REAL *y, REAL (*dy)[GEOM_MAX_NL]) {
+    const REAL x = v[0], yy = v[1], z = v[2], r2 = x * x + yy * yy + z * z;
+    y[0] = (REAL)(0.5 / sqrt(3.14159265358979323846));
+    if (dy) dy[0][0] = dy[1][0] = dy[2][0] = 0;
+    if (g->L >= 1) {
+        const REAL c1 = (REAL)sqrt(3.0 / (4.0 * 3.14159265358979323846));
+        y[1] = c1 * yy, y[2] = c1 * z, y[3] = c1 * x;
+        if (dy) {
+            for (int a = 0; a < 3; ++a) dy[a][1] = dy[a][2] = dy[a][3] = 0;
+            dy[1][1] = c1, dy[2][2] = c1, dy[0][3] = c1;
+        }
+    }
+    for (i64 l = 2; l <= g->L; ++l) {
+        const i64 o = l * l, o1 = (l - 1) * (l - 1), o2 = (l - 2) * (l - 2);
+        for (i64 m = -(l - 1); m <= l - 1; ++m) {
+            const i64 k = o + m + l, k1 = o1 + m + l - 1;
+            const REAL a = g->a[k], b = g->b[k];
+            REAL t = z * y[k1];
+            if (b != 0) t += b * r2 * y[o2 + m + l - 2];
+            y[k] = a * t;
+            if (dy) {
+                for (int q = 0; q < 3; ++q) {
+                    REAL dt = z * dy[q][k1] + (q == 2 ? y[k1] : 0);
+                    if (b != 0) {
+                        const i64 k2 = o2 + m + l - 2;
+                        dt += b * (r2 * dy[q][k2] + (REAL)2 * v[q] * y[k2]);
+                    }
+                    dy[q][k] = a * dt;
+                }
+            }
+        }
+        const REAL c = g->c[l];
+        const i64 hi = o1 + 2 * l - 2, lo = o1; /* Y_{l-1, l-1} and Y_{l-1, -(l-1)} */
+        y[o + 2 * l] = c * (x * y[hi] - yy * y[lo]);
+        y[o] = c * (x * y[lo] + yy * y[hi]);
+        if (dy) {
+            for (int q = 0; q < 3; ++q) {
+                dy[q][o + 2 * l] = c * (x * dy[q][hi] - yy * dy[q][lo] + (q == 0 ? y[hi] : 0) - (q == 1 ? y[lo] : 0));
+                dy[q][o] = c * (x * dy[q][lo] + yy * dy[q][hi] + (q == 0 ? y[lo] : 0) + (q == 1 ? y[hi] : 0));
+            }
+        }
+    }
+}
+
+/* phi_p(u) and dphi/du */
+static inline REAL envelope_d(i64 p, REAL u, REAL *dphi) {
+    REAL up1 = 1; /* u^(p-1) */
+    for (i64 k = 1; k < p; ++k) up1 *= u;
+    const REAL up = up1 * u;
+    const REAL A = (REAL)(0.5 * (p + 1) * (p + 2)), B = (REAL)(p * (p + 2)), Cc = (REAL)(0.5 * p * (p + 1));
+    *dphi = -A * (REAL)p * up1 + B * (REAL)(p + 1) * up - Cc * (REAL)(p + 2) * up * u;
+    return (REAL)1 - A * up + B * up * u - Cc * up * u * u;
+}
+
+void nemp_geom_fwd(i64 E, i64 L, i64 C, i64 NR, i64 p, double eps, double rc, const REAL *r, const i64 *pair,
+                   const REAL *ktab, const REAL *wtab, REAL *Y, REAL *f, REAL *X0, REAL *e0) {
+    geom_spec g = {.L = L, .nL = (L + 1) * (L + 1), .C = C, .NR = NR, .p = p, .eps = (REAL)eps, .rc = (REAL)rc};
+    geom_setup(&g);
+#pragma omp parallel for schedule(static)
+    for (i64 e = 0; e < E; ++e) {
+        const REAL *re = r + 3 * e;
+        const REAL q = re[0] * re[0] + re[1] * re[1] + re[2] * re[2];
+        const REAL d = RSQRT(q + g.eps), u = d / g.rc;
+        REAL dphi;
+        const REAL phi = envelope_d(p, u, &dphi);
+        const REAL fe = (q > g.eps && u < (REAL)1) ? phi * phi : (REAL)0;
+        const REAL v[3] = {re[0] / d, re[1] / d, re[2] / d};
+        REAL y[GEOM_MAX_NL];
+        solid_harmonics_d(&g, v, y, NULL);
+        REAL *Ye = Y + e * g.nL;
+        for (i64 l = 0; l <= L; ++l) {
+            REAL s = 0;
+            for (i64 k = l * l; k < (l + 1) * (l + 1); ++k) s += y[k] * y[k];
+            const REAL scale = g.norm[l] / RSQRT(s + g.eps);
+            for (i64 k = l * l; k < (l + 1) * (l + 1); ++k) Ye[k] = y[k] * scale;
+        }
+        const REAL *kt = ktab + pair[e] * NR, *wt = wtab + pair[e] * (C + NR);
+        REAL *x0 = X0 + e * 2 * NR;
+        for (i64 k = 0; k < NR; ++k) {
+            REAL ds;
+            x0[k] = wt[C + k] * fe;
+            x0[NR + k] = sinc_d(kt[k] * u, &ds) * fe;
+        }
+        for (i64 c = 0; c < C; ++c) e0[e * C + c] = wt[c] * fe;
+        f[e] = fe;
+    }
+}
+
+/* gr (E, 3) from the gradients of Y, f, X0, e0 (any may be NULL: zero) */
+void nemp_geom_bwd(i64 E, i64 L, i64 C, i64 NR, i64 p, double eps, double rc, const REAL *r, const i64 *pair,
+                   const REAL *ktab, const REAL *wtab, const REAL *gY, const REAL *gf, const REAL *gX0,
+                   const REAL *ge0, REAL *gr) {
+    geom_spec g = {.L = L, .nL = (L + 1) * (L + 1), .C = C, .NR = NR, .p = p, .eps = (REAL)eps, .rc = (REAL)rc};
+    geom_setup(&g);
+#pragma omp parallel for schedule(static)
+    for (i64 e = 0; e < E; ++e) {
+        const REAL *re = r + 3 * e;
+        const REAL q = re[0] * re[0] + re[1] * re[1] + re[2] * re[2];
+        const REAL d = RSQRT(q + g.eps), u = d / g.rc;
+        REAL dphi;
+        const REAL phi = envelope_d(p, u, &dphi);
+        const int inside = q > g.eps && u < (REAL)1;
+        const REAL fe = inside ? phi * phi : (REAL)0;
+        const REAL dfe = inside ? (REAL)2 * phi * dphi / g.rc : (REAL)0; /* df/dd */
+        const REAL v[3] = {re[0] / d, re[1] / d, re[2] / d};
+        /* radial part: dL/dd */
+        REAL gd = gf ? gf[e] * dfe : (REAL)0;
+        const REAL *kt = ktab + pair[e] * NR, *wt = wtab + pair[e] * (C + NR);
+        if (ge0) {
+            REAL s = 0;
+            for (i64 c = 0; c < C; ++c) s += ge0[e * C + c] * wt[c];
+            gd += s * dfe;
+        }
+        if (gX0) {
+            const REAL *gx = gX0 + e * 2 * NR;
+            REAL s = 0;
+            for (i64 k = 0; k < NR; ++k) {
+                REAL ds;
+                const REAL sn = sinc_d(kt[k] * u, &ds);
+                s += gx[k] * wt[C + k] * dfe + gx[NR + k] * (sn * dfe + fe * ds * kt[k] / g.rc);
+            }
+            gd += s;
+        }
+        REAL gv[3] = {0, 0, 0};
+        if (gY) {
+            REAL y[GEOM_MAX_NL], dy[3][GEOM_MAX_NL];
+            solid_harmonics_d(&g, v, y, dy);
+            const REAL *G = gY + e * g.nL;
+            for (i64 l = 0; l <= L; ++l) {
+                const i64 k0 = l * l, k1 = (l + 1) * (l + 1);
+                REAL s = 0, t = 0;
+                for (i64 k = k0; k < k1; ++k) s += y[k] * y[k], t += G[k] * y[k];
+                const REAL inv = (REAL)1 / RSQRT(s + g.eps), inv3 = inv * inv * inv;
+                for (i64 k = k0; k < k1; ++k) {
+                    const REAL gyk = g.norm[l] * (G[k] * inv - y[k] * t * inv3);
+                    gv[0] += gyk * dy[0][k], gv[1] += gyk * dy[1][k], gv[2] += gyk * dy[2][k];
+                }
+            }
+        }
+        /* v = r / d: dL/dr = (gv - v (v . gv)) / d + gd v */
+        const REAL vg = v[0] * gv[0] + v[1] * gv[1] + v[2] * gv[2];
+        for (int a = 0; a < 3; ++a) gr[3 * e + a] = (gv[a] - v[a] * vg) / d + gd * v[a];
+    }
+}

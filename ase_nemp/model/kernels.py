@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch.autograd.function import once_differentiable
 
-__all__ = ["available", "build_csr", "edge_invariants", "node_densities", "mlp", "EdgeCSR"]
+__all__ = ["available", "build_csr", "edge_geometry", "edge_invariants", "node_densities", "mlp", "EdgeCSR"]
 
 _SOURCE = Path(__file__).with_name("_kernels.c")
 _LIBS: dict[torch.dtype, ctypes.CDLL | None] = {}
@@ -52,6 +52,9 @@ _SIGNATURES = {
                             _I, _P], None),
     "nemp_mlp_fwd": ([_I, _I, _I, _I, _I, _I, _P, _I, _P, _P, _P, _P, _P, _P, _P, _P], ctypes.c_int),
     "nemp_mlp_bwd": ([_I, _I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P], ctypes.c_int),
+    "nemp_geom_fwd": ([_I, _I, _I, _I, _I, ctypes.c_double, ctypes.c_double, _P, _P, _P, _P, _P, _P, _P, _P], None),
+    "nemp_geom_bwd": ([_I, _I, _I, _I, _I, ctypes.c_double, ctypes.c_double, _P, _P, _P, _P, _P, _P, _P, _P, _P],
+                      None),
 }
 
 
@@ -275,6 +278,57 @@ def node_densities(Y, Z, B, lf1: int, a0: int, LA: int, csr: EdgeCSR):
     """Fused Eqs. 9-10: ``U`` from rows [0, lf1) of ``B`` and ``Z``, ``A`` from rows
     [a0, a0+LA) and the harmonics. With ``Z`` None only ``A`` (Eq. 5's density)."""
     return _NodeDensities.apply(Y, Z, B, lf1, a0, LA, csr)
+
+
+GEOM_MAX_L = 8  # GEOM_MAX_L in _kernels.c
+
+
+class _EdgeGeometry(torch.autograd.Function):
+    """Harmonics, cutoff weight and the radial inputs of every edge from its vector r.
+
+    Returns ``Y`` (E, (L+1)^2), ``f`` (E,), ``X0`` (E, 2 N_R) = [w[C:] f, sinc(k u) f]
+    and ``e0`` (E, C) = w[:C] f, with ``k``, ``w`` the rows of the pair tables picked
+    by ``pair``. The tables are constants here; the backward gives dL/dr only.
+    """
+
+    @staticmethod
+    def forward(ctx, r, pair, k_tab, w_tab, sizes, lib):
+        L, C, NR, p, eps, cutoff = sizes
+        r = r.contiguous()
+        E = r.shape[0]
+        Y, f = r.new_empty(E, (L + 1) ** 2), r.new_empty(E)
+        X0, e0 = r.new_empty(E, 2 * NR), r.new_empty(E, C)
+        lib.nemp_geom_fwd(E, L, C, NR, p, eps, cutoff, _p(r), _p(pair), _p(k_tab), _p(w_tab), _p(Y), _p(f), _p(X0),
+                          _p(e0))
+        ctx.save_for_backward(r, pair, k_tab, w_tab)
+        ctx.sizes, ctx.lib = sizes, lib
+        return Y, f, X0, e0
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gY, gf, gX0, ge0):
+        r, pair, k_tab, w_tab = ctx.saved_tensors
+        L, C, NR, p, eps, cutoff = ctx.sizes
+        opt = lambda g: None if g is None else g.contiguous()  # noqa: E731
+        gY, gf, gX0, ge0 = opt(gY), opt(gf), opt(gX0), opt(ge0)
+        gr = torch.empty_like(r)
+        ctx.lib.nemp_geom_bwd(r.shape[0], L, C, NR, p, eps, cutoff, _p(r), _p(pair), _p(k_tab), _p(w_tab), _p(gY),
+                              _p(gf), _p(gX0), _p(ge0), _p(gr))
+        return gr, None, None, None, None, None
+
+
+def edge_geometry(r, pair, k_tab, w_tab, cutoff: float, envelope_p: int, eps: float, sh_lmax: int, csr: EdgeCSR):
+    """Fused spec 3.1-3.3 on the edge vectors ``r`` (E, 3): normalised harmonics ``Y``,
+    cutoff weight ``f``, the edge MLP's input ``X0`` and the first edge features ``e0``.
+    ``pair`` (E,) indexes the rows of the pair tables ``k_tab`` (S^2, N_R) and ``w_tab``
+    (S^2, C + N_R), which enter without gradient (inference only)."""
+    if sh_lmax > GEOM_MAX_L:
+        raise ValueError(f"fused geometry supports sh_lmax <= {GEOM_MAX_L}, not {sh_lmax}")
+    NR = k_tab.shape[1]
+    sizes = (sh_lmax, w_tab.shape[1] - NR, NR, envelope_p, float(eps), float(cutoff))
+    with torch.no_grad():
+        k_tab, w_tab = k_tab.detach().contiguous(), w_tab.detach().contiguous()
+    return _EdgeGeometry.apply(r, pair.to(torch.int64).contiguous(), k_tab, w_tab, sizes, csr.lib)
 
 
 _MLP_MAX_WIDTH, _MLP_MAX_IO, _LANES = 256, 1024, 16  # MLP_MAX_WIDTH, MLP_MAX_IO, LANES in _kernels.c

@@ -41,7 +41,7 @@ from torch import nn
 from ..graph import AtomicGraph
 from .angular import coupling_paths, degrees, normalized_spherical_harmonics, real_clebsch_gordan
 from .config import NEMPConfig
-from .kernels import build_csr, edge_invariants, mlp, node_densities
+from .kernels import build_csr, edge_geometry, edge_invariants, mlp, node_densities
 from .mlp import ScaledMLP
 from .radial import polynomial_envelope
 
@@ -308,30 +308,19 @@ class NEMP(nn.Module):
         n_f = (lf + 1) ** 2
         i, j = edge_index[0], edge_index[1]
 
-        # -- geometry (3.1): lengths, cutoff weight f, harmonics, smooth coordination n
+        # -- geometry (3.1) and pair tables (3.2), computed on the S^2 ordered pairs
         r = self.edge_vectors(positions, edge_index, shifts, cell, batch)  # (E, 3)
-        q = (r * r).sum(-1)
-        d = torch.sqrt(q + eps)  # never sqrt(q): keeps the backward finite at q = 0
-        u = d / cfg.cutoff
-        inside = (q > eps) & (u < 1.0)
-        f = torch.where(inside, polynomial_envelope(u, cfg.envelope_p) ** 2, torch.zeros_like(u))  # (E,)
-        Y = normalized_spherical_harmonics(r / d[:, None], L, eps)  # (E, n_L)
-        n = _scatter(f, i, N) + eps  # (N,)
-        inv_n = (1.0 / n)[:, None]  # (N, 1)
         csr = build_csr(edge_index, N, positions.dtype) if fused and trace is None else None
-
-        # -- pair tables (3.2), computed on the S^2 ordered pairs and gathered per edge
         sigma = self.pair_mlp(self.pair_inputs)  # (S^2, P)
         k_tab, w_tab = self.freq_mlp(sigma), self.pw_mlp(sigma)  # (S^2, N_R), (S^2, C+N_R)
-        s_i, s_j = species.index_select(0, i), species.index_select(0, j)
-        pair = s_i * S + s_j
-        k, w = k_tab.index_select(0, pair), w_tab.index_select(0, pair)
+        pair = species.index_select(0, i) * S + species.index_select(0, j)
+        Y, f, X0, e0 = self._geometry(r, pair, k_tab, w_tab, csr)
+        n = _scatter(f, i, N) + eps  # (N,) smooth coordination
+        inv_n = (1.0 / n)[:, None]  # (N, 1)
 
-        # -- radial basis and initial edge coefficients (3.3)
-        fc = f[:, None]
-        R = torch.sinc(k * u[:, None]) * fc  # (E, N_R)
-        G = mlp(self.edge_mlp, torch.cat([w[:, C:] * fc, R], dim=1), csr).view(E, lf + 3, C)
-        e_feat = torch.cat([w[:, :C] * fc, G[:, lf + 2]], dim=1)  # (E, 2C)
+        # -- initial edge coefficients (3.3)
+        G = mlp(self.edge_mlp, X0, csr).view(E, lf + 3, C)
+        e_feat = torch.cat([e0, G[:, lf + 2]], dim=1)  # (E, 2C)
         rho = [_scatter(G[:, lf + 1], i, N)]  # rho^(0): (N, C)
 
         # -- initial node-equivariant features (3.4)
@@ -377,6 +366,29 @@ class NEMP(nn.Module):
         return energies + self.atomic_energies.index_select(0, species)
 
     # -- the edge blocks, each with its eager formula and the fused kernel ---------------
+    def _geometry(self, r, pair, k_tab, w_tab, csr):
+        """Per-edge inputs from the edge vectors ``r`` (E, 3) and the pair tables.
+
+        Returns ``Y`` (E, n_L) harmonics of r/d, ``f`` (E,) the cutoff weight
+        phi_p(d/r_c)^2 (zero outside), ``X0`` = [w_{C:} f, sinc(k d/r_c) f] (E, 2 N_R), the
+        edge MLP's input, and ``e0`` = w_{:C} f (E, C), with d = sqrt(|r|^2 + eps) and k, w
+        the table rows of the edge's species pair ``pair`` (E,).
+        """
+        cfg = self.config
+        eps, C = cfg.eps, cfg.num_channels
+        if csr is not None:
+            return edge_geometry(r, pair, k_tab, w_tab, cfg.cutoff, cfg.envelope_p, eps, cfg.sh_lmax, csr)
+        q = (r * r).sum(-1)
+        d = torch.sqrt(q + eps)  # never sqrt(q): keeps the backward finite at q = 0
+        u = d / cfg.cutoff
+        inside = (q > eps) & (u < 1.0)
+        f = torch.where(inside, polynomial_envelope(u, cfg.envelope_p) ** 2, torch.zeros_like(u))
+        Y = normalized_spherical_harmonics(r / d[:, None], cfg.sh_lmax, eps)
+        k, w = k_tab.index_select(0, pair), w_tab.index_select(0, pair)
+        fc = f[:, None]
+        X0 = torch.cat([w[:, C:] * fc, torch.sinc(k * u[:, None]) * fc], dim=1)
+        return Y, f, X0, w[:, :C] * fc
+
     def _edge_invariants(self, Y, Vt, Q, edge_index, N, csr):
         """Eq. 7 ``eps_e`` (E, C) and Eq. 8 ``rho`` (N, C) from ``Q`` (E, 3, l+1, C).
 
