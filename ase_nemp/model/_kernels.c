@@ -446,6 +446,70 @@ ROW dense_block(const i64 n_in, const i64 n_out, const int wt, const REAL *W, co
     for (; o0 < n_out; ++o0) dense_tile(n_in, n_out, o0, 1, wt, W, bias, in, out);
 }
 
+/* Row-major (rows, ld) <-> block layout [k][LANES]: io[k][q] = x[(e0 + q) * ld + k] for the
+ * n <= LANES rows of a block (rows past n read as 0). With AVX-512 in float, 16 x 16
+ * tiles are transposed in registers; otherwise element by element. */
+#if defined(__AVX512F__) && CAT(REAL_IS_FLOAT_, REAL)
+#include <immintrin.h>
+#define HAVE_TILE_TRANSPOSE 1
+static inline void transpose16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int h = 0; h < 16; h += 8)
+        for (int i = 0; i < 4; ++i) {
+            t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
+            t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xDD);
+        }
+    for (int i = 0; i < 8; ++i) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+    }
+}
+#endif
+
+ROW rows_to_block(const REAL *x, i64 ld, i64 e0, i64 n, i64 width, REAL (*io)[LANES]) {
+#ifdef HAVE_TILE_TRANSPOSE
+    for (i64 k0 = 0; k0 < width; k0 += 16) {
+        const i64 nk = width - k0 < 16 ? width - k0 : 16;
+        const __mmask16 mk = (__mmask16)((1u << nk) - 1u);
+        __m512 r[16];
+        for (i64 q = 0; q < 16; ++q)
+            r[q] = q < n ? _mm512_maskz_loadu_ps(mk, x + (e0 + q) * ld + k0) : _mm512_setzero_ps();
+        transpose16(r);
+        for (i64 k = 0; k < nk; ++k) _mm512_storeu_ps(io[k0 + k], r[k]);
+    }
+#else
+    for (i64 q = 0; q < LANES; ++q)
+        for (i64 k = 0; k < width; ++k) io[k][q] = q < n ? x[(e0 + q) * ld + k] : 0;
+#endif
+}
+
+/* the inverse: y[(e0 + q) * ld + k] = io[k][q] for q < n, k < width */
+ROW block_to_rows(REAL (*io)[LANES], i64 width, i64 e0, i64 n, REAL *y, i64 ld) {
+#ifdef HAVE_TILE_TRANSPOSE
+    for (i64 k0 = 0; k0 < width; k0 += 16) {
+        const i64 nk = width - k0 < 16 ? width - k0 : 16;
+        const __mmask16 mk = (__mmask16)((1u << nk) - 1u);
+        __m512 r[16];
+        for (i64 k = 0; k < 16; ++k) r[k] = k < nk ? _mm512_loadu_ps(io[k0 + k]) : _mm512_setzero_ps();
+        transpose16(r);
+        for (i64 q = 0; q < n; ++q) _mm512_mask_storeu_ps(y + (e0 + q) * ld + k0, mk, r[q]);
+    }
+#else
+    for (i64 q = 0; q < n; ++q)
+        for (i64 k = 0; k < width; ++k) y[(e0 + q) * ld + k] = io[k][q];
+#endif
+}
+
 ROW mlp_fwd_block(i64 blk, const i64 F, i64 E, i64 din, i64 dout, i64 nb, i64 nl, const REAL *x, i64 ldx,
                   const REAL *Win, const REAL *bin, const REAL *Wh, const REAL *bh, const REAL *Wout,
                   const REAL *bout, REAL *y, REAL *D) {
@@ -453,8 +517,7 @@ ROW mlp_fwd_block(i64 blk, const i64 F, i64 E, i64 din, i64 dout, i64 nb, i64 nl
     const REAL isq2 = (REAL)0.70710678118654752440;
     const i64 nh = nb * nl, e0 = blk * LANES, n = E - e0 < LANES ? E - e0 : LANES;
     REAL(*Db)[LANES] = D ? (REAL(*)[LANES])(D + blk * (nh + 1) * F * LANES) : NULL;
-    for (i64 q = 0; q < LANES; ++q)
-        for (i64 k = 0; k < din; ++k) io[k][q] = q < n ? x[(e0 + q) * ldx + k] : 0;
+    rows_to_block(x, ldx, e0, n, din, io);
     dense_block(din, F, 0, Win, bin, io, h);
     i64 kk = 0;
     for (i64 b = 0; b < nb; ++b) {
@@ -471,8 +534,7 @@ ROW mlp_fwd_block(i64 blk, const i64 F, i64 E, i64 din, i64 dout, i64 nb, i64 nl
     }
     silu_block(F, h, Db ? Db + nh * F : NULL);
     dense_block(F, dout, 0, Wout, bout, h, io);
-    for (i64 q = 0; q < n; ++q)
-        for (i64 o = 0; o < dout; ++o) y[(e0 + q) * dout + o] = io[o][q];
+    block_to_rows(io, dout, e0, n, y, dout);
 }
 
 ROW mlp_bwd_block(i64 blk, const i64 F, i64 E, i64 din, i64 dout, i64 nb, i64 nl, const REAL *Win,
@@ -481,8 +543,7 @@ ROW mlp_bwd_block(i64 blk, const i64 F, i64 E, i64 din, i64 dout, i64 nb, i64 nl
     const REAL isq2 = (REAL)0.70710678118654752440;
     const i64 nh = nb * nl, e0 = blk * LANES, n = E - e0 < LANES ? E - e0 : LANES;
     const REAL(*Db)[LANES] = (const REAL(*)[LANES])(D + blk * (nh + 1) * F * LANES);
-    for (i64 q = 0; q < LANES; ++q)
-        for (i64 o = 0; o < dout; ++o) io[o][q] = q < n ? gy[(e0 + q) * dout + o] : 0;
+    rows_to_block(gy, dout, e0, n, dout, io);
     dense_block(dout, F, 1, Wout, NULL, io, g);
     for (i64 p = 0; p < F; ++p) {
         #pragma omp simd
@@ -508,8 +569,7 @@ ROW mlp_bwd_block(i64 blk, const i64 F, i64 E, i64 din, i64 dout, i64 nb, i64 nl
         }
     }
     dense_block(F, din, 1, Win, NULL, g, io);
-    for (i64 q = 0; q < n; ++q)
-        for (i64 k = 0; k < din; ++k) gx[(e0 + q) * din + k] = io[k][q];
+    block_to_rows(io, din, e0, n, gx, din);
 }
 
 #define BY_WIDTH(F, CALL)     \
