@@ -164,6 +164,29 @@ def test_fused_equals_eager(dtype, tol):
         assert float((fused["stress"] - eager["stress"]).abs().max()) <= tol * max(scale, 1.0)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_matches_eager_on_any_thread_count(threads):
+    """One thread takes the single-pass backward (scatters onto the neighbour directly),
+    several take the two-pass one: both match the eager forces, and each other bitwise."""
+    model = random_model(tiny_config(num_layers=2), seed=11)
+    graph = build_graph(random_crystal(n=12, seed=12), model.cutoff)
+    eager = {k: v.detach() for k, v in energy_forces_stress(model, graph, stress=True, training=True).items()}
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for n in (threads, 3 - threads):
+            torch.set_num_threads(n)
+            results.append(energy_forces_stress(model, graph, stress=True))
+    finally:
+        torch.set_num_threads(before)
+    fused = results[0]
+    scale = float(eager["forces"].abs().max())
+    assert float((fused["forces"] - eager["forces"]).abs().max()) <= 1e-12 * scale
+    assert float((fused["stress"] - eager["stress"]).abs().max()) <= 1e-12 * max(scale, 1.0)
+    assert torch.equal(results[0]["forces"], results[1]["forces"])
+    assert torch.equal(results[0]["stress"], results[1]["stress"])
+
+
 def test_unsorted_edges_fall_back_to_eager():
     model = random_model(seed=8)
     graph = build_graph(random_molecule(n=7, seed=9), model.cutoff)

@@ -74,6 +74,16 @@ int nemp_set_threads(int n) {
 #endif
 }
 
+/* 1 when the kernels run on one thread: the backward passes then scatter onto the
+ * neighbour j directly, in the same order as the j-sorted pass they replace */
+static int single_thread(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads() == 1;
+#else
+    return 1;
+#endif
+}
+
 /* Stable counting sort of E keys in [0, n): ptr (n+1), perm (E). */
 void nemp_csr(i64 E, i64 n, const i64 *key, i64 *ptr, i64 *perm) {
     memset(ptr, 0, (size_t)(n + 1) * sizeof(i64));
@@ -140,7 +150,7 @@ void nemp_edge_inv_fwd(i64 N, i64 C, i64 lf1, i64 ldY, const i64 *ptr, const i64
 ROW edge_inv_bwd_row(i64 i, const i64 C, i64 lf1, i64 ldY, const i64 *ptr, const i64 *jdx, const REAL *Y,
                      const REAL *V, const REAL *Qe, i64 ldQe, const REAL *Qr, i64 ldQr, const REAL *a, const REAL *b,
                      const REAL *g_eps, const REAL *g_rho, REAL *gY, REAL *gV, REAL *gQe, i64 ldgQe, REAL *gQr,
-                     i64 ldgQr, REAL *gb_tmp, REAL *ga) {
+                     i64 ldgQr, REAL *gb_tmp, REAL *ga, REAL *gb_one, REAL *gVn) {
     const i64 nf = lf1 * lf1, lc = lf1 * C;
     const REAL isq2 = (REAL)0.70710678118654752440;
     const REAL *Vi = V + i * nf * C;
@@ -151,7 +161,7 @@ ROW edge_inv_bwd_row(i64 i, const i64 C, i64 lf1, i64 ldY, const i64 *ptr, const
         const REAL *Ye = Y + e * ldY, *Vj = V + jdx[e] * nf * C;
         const REAL *q = Qe + e * ldQe, *qr = Qr + e * ldQr;
         const REAL *ae = a + e * lc, *be = b + e * lc;
-        REAL *gqr = gQr + e * ldgQr, *gb = gb_tmp + e * lc;
+        REAL *gqr = gQr + e * ldgQr, *gb = gVn ? gb_one : gb_tmp + e * lc;
         if (g_eps) {
             const REAL *gee = g_eps + e * C;
             REAL *gq = gQe + e * ldgQe;
@@ -189,44 +199,64 @@ ROW edge_inv_bwd_row(i64 i, const i64 C, i64 lf1, i64 ldY, const i64 *ptr, const
                 gYe[m] = s;
             }
         }
+        if (gVn && g_eps) add_expansion(C, lf1, Ye, gb, gVn + jdx[e] * nf * C);
     }
 }
 
-/* Neighbour side: gV[j] += sum_{e: j(e) = j} gb[e] Y[e], over the j-sorted CSR. */
+/* Neighbour side: gV[j] += sum_{e: j(e) = j} gb[e] Y[e], over the j-sorted CSR; the sum
+ * is formed in acc (scratch, nf*C) first, as the single-thread pass does in gVn. */
 ROW edge_inv_bwd_nbr_row(i64 jn, const i64 C, i64 lf1, i64 ldY, const i64 *ptr_j, const i64 *perm_j,
-                         const REAL *Y, const REAL *gb_tmp, REAL *gV) {
+                         const REAL *Y, const REAL *gb_tmp, REAL *gV, REAL *acc) {
     const i64 nf = lf1 * lf1, lc = lf1 * C;
     REAL *gVj = gV + jn * nf * C;
+    for (i64 k = 0; k < nf * C; ++k) acc[k] = 0;
     for (i64 k = ptr_j[jn]; k < ptr_j[jn + 1]; ++k) {
         const i64 e = perm_j[k];
-        add_expansion(C, lf1, Y + e * ldY, gb_tmp + e * lc, gVj);
+        add_expansion(C, lf1, Y + e * ldY, gb_tmp + e * lc, acc);
     }
+    for (i64 k = 0; k < nf * C; ++k) gVj[k] += acc[k];
 }
 
 /* Backward of nemp_edge_inv_fwd. Writes gY[:, :nf] (other columns untouched), gV (all),
  * gQe slots 0/1 (row stride ldgQe; skipped if g_eps is NULL) and gQr (row stride ldgQr).
- * gb_tmp: scratch (E, lf1, C). */
+ * Scratch: gb_tmp (E, lf1, C) on several threads, gVn (N, nf, C) on one. Either way
+ * gV[x] = (centre-side sum) + (neighbour-side sum in edge order): the result does not
+ * depend on the number of threads. */
 void nemp_edge_inv_bwd(i64 N, i64 E, i64 C, i64 lf1, i64 ldY, const i64 *ptr, const i64 *idx, const i64 *jdx,
                        const i64 *ptr_j, const i64 *perm_j, const REAL *Y, const REAL *V, const REAL *Qe, i64 ldQe,
                        const REAL *Qr, i64 ldQr, const REAL *a, const REAL *b, const REAL *g_eps, const REAL *g_rho,
-                       REAL *gY, REAL *gV, REAL *gQe, i64 ldgQe, REAL *gQr, i64 ldgQr, REAL *gb_tmp) {
+                       REAL *gY, REAL *gV, REAL *gQe, i64 ldgQe, REAL *gQr, i64 ldgQr, REAL *gb_tmp, REAL *gVn) {
     (void)E;
     (void)idx;
+    const i64 nfc = lf1 * lf1 * C;
+    if (single_thread()) {
+        REAL *ga = (REAL *)malloc((size_t)(2 * lf1 * C) * sizeof(REAL)), *gb = ga + lf1 * C;
+        REAL *nb = g_eps ? gVn : NULL;
+        if (nb) memset(nb, 0, (size_t)(N * nfc) * sizeof(REAL));
+#define CALL(CC) edge_inv_bwd_row(i, CC, lf1, ldY, ptr, jdx, Y, V, Qe, ldQe, Qr, ldQr, a, b, g_eps, g_rho, gY, gV, \
+                                  gQe, ldgQe, gQr, ldgQr, gb_tmp, ga, gb, nb)
+        for (i64 i = 0; i < N; ++i) BY_CHANNELS(C, CALL)
+#undef CALL
+        if (nb)
+            for (i64 k = 0; k < N * nfc; ++k) gV[k] += nb[k];
+        free(ga);
+        return;
+    }
 #pragma omp parallel
     {
-        REAL *ga = (REAL *)malloc((size_t)(lf1 * C) * sizeof(REAL));
+        REAL *ga = (REAL *)malloc((size_t)(lf1 * C + nfc) * sizeof(REAL)), *acc = ga + lf1 * C;
 #define CALL(CC) edge_inv_bwd_row(i, CC, lf1, ldY, ptr, jdx, Y, V, Qe, ldQe, Qr, ldQr, a, b, g_eps, g_rho, gY, gV, \
-                                  gQe, ldgQe, gQr, ldgQr, gb_tmp, ga)
+                                  gQe, ldgQe, gQr, ldgQr, gb_tmp, ga, NULL, NULL)
 #pragma omp for schedule(static)
         for (i64 i = 0; i < N; ++i) BY_CHANNELS(C, CALL)
 #undef CALL
-        free(ga);
         if (g_eps) {
-#define CALL(CC) edge_inv_bwd_nbr_row(jn, CC, lf1, ldY, ptr_j, perm_j, Y, gb_tmp, gV)
+#define CALL(CC) edge_inv_bwd_nbr_row(jn, CC, lf1, ldY, ptr_j, perm_j, Y, gb_tmp, gV, acc)
 #pragma omp for schedule(static)
             for (i64 jn = 0; jn < N; ++jn) BY_CHANNELS(C, CALL)
 #undef CALL
         }
+        free(ga);
     }
 }
 
@@ -260,8 +290,8 @@ void nemp_node_dens_fwd(i64 N, i64 C, i64 lf1, i64 LA, i64 ldY, const i64 *ptr, 
 
 /* Backward of nemp_node_dens_fwd, centre side: gY[e, :nA], galpha[e] and gbeta[e]. */
 ROW node_dens_bwd_row(i64 i, const i64 C, i64 lf1, i64 LA, i64 ldY, const i64 *ptr, const i64 *jdx, const REAL *Y,
-                      const REAL *Z, const REAL *alpha, i64 ldA, const REAL *gU, const REAL *gA, REAL *gY,
-                      REAL *gbeta, i64 ldgB, REAL *galpha, i64 ldgA) {
+                      const REAL *Z, const REAL *beta, i64 ldB, const REAL *alpha, i64 ldA, const REAL *gU,
+                      const REAL *gA, REAL *gY, REAL *gbeta, i64 ldgB, REAL *galpha, i64 ldgA, REAL *gZ) {
     const i64 nf = lf1 * lf1, nA = LA * LA;
     const REAL *gAi = gA + i * nA * C;
     const REAL *gUi = Z ? gU + i * nf * C : NULL;
@@ -294,6 +324,7 @@ ROW node_dens_bwd_row(i64 i, const i64 C, i64 lf1, i64 LA, i64 ldY, const i64 *p
                     for (i64 c = 0; c < C; ++c) gbl[c] += gu[c] * z[c];
                 }
             }
+            if (gZ) add_degree_scaled(C, lf1, beta + e * ldB, gUi, gZ + jdx[e] * nf * C);
         }
     }
 }
@@ -317,9 +348,18 @@ void nemp_node_dens_bwd(i64 N, i64 C, i64 lf1, i64 LA, i64 ldY, const i64 *ptr, 
                         const i64 *ptr_j, const i64 *perm_j, const REAL *Y, const REAL *Z, const REAL *beta, i64 ldB,
                         const REAL *alpha, i64 ldA, const REAL *gU, const REAL *gA, REAL *gY, REAL *gbeta,
                         i64 ldgB, REAL *galpha, i64 ldgA, REAL *gZ) {
+    if (single_thread()) { /* gZ[j] accumulates in edge order, as in the j-sorted pass */
+        if (Z) memset(gZ, 0, (size_t)(N * lf1 * lf1 * C) * sizeof(REAL));
+#define CALL(CC) node_dens_bwd_row(i, CC, lf1, LA, ldY, ptr, jdx, Y, Z, beta, ldB, alpha, ldA, gU, gA, gY, gbeta, ldgB, \
+                                   galpha, ldgA, Z ? gZ : NULL)
+        for (i64 i = 0; i < N; ++i) BY_CHANNELS(C, CALL)
+#undef CALL
+        return;
+    }
 #pragma omp parallel
     {
-#define CALL(CC) node_dens_bwd_row(i, CC, lf1, LA, ldY, ptr, jdx, Y, Z, alpha, ldA, gU, gA, gY, gbeta, ldgB, galpha, ldgA)
+#define CALL(CC) node_dens_bwd_row(i, CC, lf1, LA, ldY, ptr, jdx, Y, Z, beta, ldB, alpha, ldA, gU, gA, gY, gbeta, ldgB, \
+                                   galpha, ldgA, NULL)
 #pragma omp for schedule(static)
         for (i64 i = 0; i < N; ++i) BY_CHANNELS(C, CALL)
 #undef CALL

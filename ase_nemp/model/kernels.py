@@ -46,7 +46,7 @@ _SIGNATURES = {
     "nemp_csr": ([_I, _I, _P, _P, _P], None),
     "nemp_edge_inv_fwd": ([_I, _I, _I, _I, _P, _P, _P, _P, _P, _I, _P, _I, ctypes.c_int, _P, _P, _P, _P], None),
     "nemp_edge_inv_bwd": ([_I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _I, _P, _I, _P, _P, _P, _P, _P, _P,
-                           _P, _I, _P, _I, _P], None),
+                           _P, _I, _P, _I, _P, _P], None),
     "nemp_node_dens_fwd": ([_I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _I, _P, _I, _P, _P], None),
     "nemp_node_dens_bwd": ([_I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _I, _P, _I, _P, _P, _P, _P, _I, _P,
                             _I, _P], None),
@@ -215,10 +215,11 @@ class _EdgeInvariants(torch.autograd.Function):
         gY = torch.zeros_like(Y)
         gV = torch.empty_like(V)
         gQ = torch.zeros_like(Q) if g_eps is None and S == 3 else torch.empty_like(Q)
-        gb = Y.new_empty(E, lf1, C)
+        gb, gVn = Y.new_empty(E, lf1, C), torch.empty_like(V)  # scratch for several threads / for one
         csr.lib.nemp_edge_inv_bwd(N, E, C, lf1, Y.stride(0), _p(csr.ptr), _p(csr.i), _p(csr.j), _p(csr.ptr_j),
                                   _p(csr.perm_j), _p(Y), _p(V), _p(Q), S * lc, _p(Q[:, S - 1]), S * lc, _p(a), _p(b),
-                                  _p(g_eps), _p(g_rho), _p(gY), _p(gV), _p(gQ), S * lc, _p(gQ[:, S - 1]), S * lc, _p(gb))
+                                  _p(g_eps), _p(g_rho), _p(gY), _p(gV), _p(gQ), S * lc, _p(gQ[:, S - 1]), S * lc, _p(gb),
+                                  _p(gVn))
         return gY, gV, gQ, None
 
 
