@@ -117,6 +117,23 @@ def test_edge_geometry_matches_eager_and_gradcheck(sh_lmax):
     assert torch.autograd.gradcheck(fn, (r[1:9].detach().clone().requires_grad_(),))
 
 
+def test_tensor_product_matches_eager_and_gradcheck():
+    model = random_model(tiny_config(), seed=13)
+    gen = torch.Generator().manual_seed(14)
+    N, C, cfg = 5, model.config.num_channels, model.config
+    A = torch.randn(N, (cfg.sh_lmax + 1) ** 2, C, dtype=torch.float64, generator=gen, requires_grad=True)
+    U = torch.randn(N, (cfg.feat_lmax + 1) ** 2, C, dtype=torch.float64, generator=gen, requires_grad=True)
+    w = model.path_weights[0].transpose(0, 1).index_select(0, torch.tensor([0, 1, 2, 1, 0])).detach()
+    csr = kernels.build_csr(random_edges(3, 4, 0), 3, torch.float64)
+    fused, eager = model._tensor_product(A, U, w, csr), model._tensor_product(A, U, w)
+    assert "TensorProduct" in type(fused.grad_fn).__name__
+    torch.testing.assert_close(fused, eager, rtol=1e-13, atol=1e-13)
+    g = torch.randn(fused.shape, dtype=torch.float64, generator=gen)
+    for a, b in zip(torch.autograd.grad(fused, (A, U), g), torch.autograd.grad(eager, (A, U), g)):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+    assert torch.autograd.gradcheck(lambda a, u: model._tensor_product(a, u, w, csr), (A, U))
+
+
 @pytest.mark.parametrize("bias", [False, True])
 def test_fused_mlp_fold_sums_output_blocks(bias):
     """fold=3 (the readout's Q0 + Q1 + Q2) equals summing the eager output's blocks, on

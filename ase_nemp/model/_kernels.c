@@ -864,3 +864,60 @@ void nemp_geom_bwd(i64 E, i64 L, i64 C, i64 NR, i64 p, double eps, double rc, co
         for (int a = 0; a < 3; ++a) gr[3 * e + a] = (gv[a] - v[a] * vg) / d + gd * v[a];
     }
 }
+
+/* ----------------------------------------------------------------------------------
+ * Channel-wise tensor product on nodes (Eq. 11) over the K non-zero CG entries k:
+ *   P[i, out_k, c] = sum_k coef_k w[i, path_k, c] A[i, in1_k, c] U[i, in2_k, c]
+ * A (N, nA, C), U (N, nU, C), w (N, npath, C), P (N, nP, C). The path weights enter as
+ * constants: the backward gives gA and gU only.
+ * ---------------------------------------------------------------------------------- */
+ROW tp_fwd_row(i64 i, const i64 C, i64 K, i64 nA, i64 nU, i64 nP, i64 npath, const i64 *in1, const i64 *in2,
+               const i64 *out, const i64 *path, const REAL *coef, const REAL *A, const REAL *U, const REAL *w,
+               REAL *P) {
+    const REAL *Ai = A + i * nA * C, *Ui = U + i * nU * C, *wi = w + i * npath * C;
+    REAL *Pi = P + i * nP * C;
+    for (i64 k = 0; k < nP * C; ++k) Pi[k] = 0;
+    for (i64 k = 0; k < K; ++k) {
+        const REAL *a = Ai + in1[k] * C, *u = Ui + in2[k] * C, *wk = wi + path[k] * C;
+        const REAL ck = coef[k];
+        REAL *p = Pi + out[k] * C;
+        for (i64 c = 0; c < C; ++c) p[c] += (a[c] * u[c]) * (wk[c] * ck);
+    }
+}
+
+void nemp_tp_fwd(i64 N, i64 C, i64 K, i64 nA, i64 nU, i64 nP, i64 npath, const i64 *in1, const i64 *in2,
+                 const i64 *out, const i64 *path, const REAL *coef, const REAL *A, const REAL *U, const REAL *w,
+                 REAL *P) {
+#define CALL(CC) tp_fwd_row(i, CC, K, nA, nU, nP, npath, in1, in2, out, path, coef, A, U, w, P)
+#pragma omp parallel for schedule(static)
+    for (i64 i = 0; i < N; ++i) BY_CHANNELS(C, CALL)
+#undef CALL
+}
+
+ROW tp_bwd_row(i64 i, const i64 C, i64 K, i64 nA, i64 nU, i64 nP, i64 npath, const i64 *in1, const i64 *in2,
+               const i64 *out, const i64 *path, const REAL *coef, const REAL *A, const REAL *U, const REAL *w,
+               const REAL *gP, REAL *gA, REAL *gU) {
+    const REAL *Ai = A + i * nA * C, *Ui = U + i * nU * C, *wi = w + i * npath * C, *gPi = gP + i * nP * C;
+    REAL *gAi = gA + i * nA * C, *gUi = gU + i * nU * C;
+    for (i64 k = 0; k < nA * C; ++k) gAi[k] = 0;
+    for (i64 k = 0; k < nU * C; ++k) gUi[k] = 0;
+    for (i64 k = 0; k < K; ++k) {
+        const REAL *a = Ai + in1[k] * C, *u = Ui + in2[k] * C, *wk = wi + path[k] * C, *g = gPi + out[k] * C;
+        const REAL ck = coef[k];
+        REAL *ga = gAi + in1[k] * C, *gu = gUi + in2[k] * C;
+        for (i64 c = 0; c < C; ++c) {
+            const REAL gw = g[c] * (wk[c] * ck);
+            ga[c] += gw * u[c];
+            gu[c] += gw * a[c];
+        }
+    }
+}
+
+void nemp_tp_bwd(i64 N, i64 C, i64 K, i64 nA, i64 nU, i64 nP, i64 npath, const i64 *in1, const i64 *in2,
+                 const i64 *out, const i64 *path, const REAL *coef, const REAL *A, const REAL *U, const REAL *w,
+                 const REAL *gP, REAL *gA, REAL *gU) {
+#define CALL(CC) tp_bwd_row(i, CC, K, nA, nU, nP, npath, in1, in2, out, path, coef, A, U, w, gP, gA, gU)
+#pragma omp parallel for schedule(static)
+    for (i64 i = 0; i < N; ++i) BY_CHANNELS(C, CALL)
+#undef CALL
+}

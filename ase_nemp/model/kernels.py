@@ -33,7 +33,8 @@ from pathlib import Path
 import torch
 from torch.autograd.function import once_differentiable
 
-__all__ = ["available", "build_csr", "edge_geometry", "edge_invariants", "node_densities", "mlp", "EdgeCSR"]
+__all__ = ["available", "build_csr", "edge_geometry", "edge_invariants", "node_densities", "tensor_product", "mlp",
+           "EdgeCSR"]
 
 _SOURCE = Path(__file__).with_name("_kernels.c")
 _LIBS: dict[torch.dtype, ctypes.CDLL | None] = {}
@@ -52,6 +53,8 @@ _SIGNATURES = {
                             _I, _P], None),
     "nemp_mlp_fwd": ([_I, _I, _I, _I, _I, _I, _P, _I, _P, _P, _P, _P, _P, _P, _P, _P], ctypes.c_int),
     "nemp_mlp_bwd": ([_I, _I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P], ctypes.c_int),
+    "nemp_tp_fwd": ([_I] * 7 + [_P] * 9, None),
+    "nemp_tp_bwd": ([_I] * 7 + [_P] * 11, None),
     "nemp_geom_fwd": ([_I, _I, _I, _I, _I, ctypes.c_double, ctypes.c_double, _P, _P, _P, _P, _P, _P, _P, _P], None),
     "nemp_geom_bwd": ([_I, _I, _I, _I, _I, ctypes.c_double, ctypes.c_double, _P, _P, _P, _P, _P, _P, _P, _P, _P],
                       None),
@@ -279,6 +282,47 @@ def node_densities(Y, Z, B, lf1: int, a0: int, LA: int, csr: EdgeCSR):
     """Fused Eqs. 9-10: ``U`` from rows [0, lf1) of ``B`` and ``Z``, ``A`` from rows
     [a0, a0+LA) and the harmonics. With ``Z`` None only ``A`` (Eq. 5's density)."""
     return _NodeDensities.apply(Y, Z, B, lf1, a0, LA, csr)
+
+
+class _TensorProduct(torch.autograd.Function):
+    """Eq. 11 on nodes: ``P[:, out_k] += coef_k w[:, path_k] A[:, in1_k] U[:, in2_k]``
+    over the K non-zero CG entries. The path weights ``w`` are constants here."""
+
+    @staticmethod
+    def forward(ctx, A, U, w, table, n_out, lib):
+        A, U = A.contiguous(), U.contiguous()
+        in1, in2, out, path, coef = table
+        (N, nA, C), nU, npath = A.shape, U.shape[1], w.shape[1]
+        P = A.new_empty(N, n_out, C)
+        lib.nemp_tp_fwd(N, C, in1.numel(), nA, nU, n_out, npath, _p(in1), _p(in2), _p(out), _p(path), _p(coef),
+                        _p(A), _p(U), _p(w), _p(P))
+        ctx.save_for_backward(A, U, w)
+        ctx.table, ctx.lib = table, lib
+        return P
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gP):
+        A, U, w = ctx.saved_tensors
+        in1, in2, out, path, coef = ctx.table
+        (N, nA, C), nU, npath = A.shape, U.shape[1], w.shape[1]
+        gP = gP.contiguous()
+        gA, gU = torch.empty_like(A), torch.empty_like(U)
+        ctx.lib.nemp_tp_bwd(N, C, in1.numel(), nA, nU, gP.shape[1], npath, _p(in1), _p(in2), _p(out), _p(path),
+                            _p(coef), _p(A), _p(U), _p(w), _p(gP), _p(gA), _p(gU))
+        return gA, gU, None, None, None, None
+
+
+def tensor_product(A, U, w, in1, in2, out, path, coef, csr: EdgeCSR):
+    """Fused channel-wise CG product on nodes: ``A`` (N, nA, C), ``U`` (N, nU, C) and
+    path weights ``w`` (N, paths, C) -> (N, nU, C), summed over the K entries given by
+    the index tensors ``in1``, ``in2``, ``out``, ``path`` and values ``coef`` (K,).
+    ``w`` enters without gradient (inference only)."""
+    with torch.no_grad():
+        table = (in1.contiguous(), in2.contiguous(), out.contiguous(), path.contiguous(),
+                 coef.detach().reshape(-1).to(A.dtype).contiguous())
+        w = w.detach().contiguous()
+    return _TensorProduct.apply(A, U, w, table, U.shape[1], csr.lib)
 
 
 GEOM_MAX_L = 8  # GEOM_MAX_L in _kernels.c

@@ -41,7 +41,7 @@ from torch import nn
 from ..graph import AtomicGraph
 from .angular import coupling_paths, degrees, normalized_spherical_harmonics, real_clebsch_gordan
 from .config import NEMPConfig
-from .kernels import build_csr, edge_geometry, edge_invariants, mlp, node_densities
+from .kernels import build_csr, edge_geometry, edge_invariants, mlp, node_densities, tensor_product
 from .mlp import ScaledMLP
 from .radial import polynomial_envelope
 
@@ -343,7 +343,7 @@ class NEMP(nn.Module):
             Z = torch.bmm(V, om[:, 0]) * (1.0 / math.sqrt(C))  # node level, species of j
             U, A = self._virtual_node_and_density(Y, Z, B, edge_index, N, csr)  # Eqs. 10, 9
             w_path = self.path_weights[t].transpose(0, 1).index_select(0, species)  # (N, paths, C)
-            Pt = self._tensor_product(A, U, w_path) * (inv_n * inv_n)[:, :, None]  # Eq. 11
+            Pt = self._tensor_product(A, U, w_path, csr) * (inv_n * inv_n)[:, :, None]  # Eq. 11
             V = (torch.bmm(V, om[:, 2]) + torch.bmm(Pt, om[:, 1])) * (1.0 / math.sqrt(2.0 * C))  # Eq. 12
             if t < T - 1:
                 Q = mlp(self.coeff_mlps[t + 1], e_feat, csr).view(E, 3, lf + 1, C)
@@ -435,13 +435,16 @@ class NEMP(nn.Module):
             return torch.stack([x[:, l * l : (l + 1) ** 2].sum(1) for l in range(lf + 1)], dim=1)
         return x.new_zeros(x.shape[0], lf + 1, x.shape[2]).index_add_(1, self.l_of_f, x)
 
-    def _tensor_product(self, A: torch.Tensor, U: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def _tensor_product(self, A: torch.Tensor, U: torch.Tensor, w: torch.Tensor, csr=None) -> torch.Tensor:
         """Channel-wise CG product on nodes.
 
         ``A`` (N, n_L, C), ``U`` (N, n_l, C), path weights ``w`` (N, |paths|, C) ->
         (N, n_l, C): ``sum_paths w * sum_{m1 m2} C[m1, m2, mf] A[m1] U[m2] / sqrt(N_lf)``.
-        Cost O(N K C) with K the number of non-zero CG entries.
+        Cost O(N K C) with K the number of non-zero CG entries. With ``csr`` (the fused
+        kernels) one pass per node; the path weights then carry no gradient.
         """
+        if csr is not None:
+            return tensor_product(A, U, w, self.tp_in1, self.tp_in2, self.tp_out, self.tp_path, self.tp_coef, csr)
         terms = A.index_select(1, self.tp_in1) * U.index_select(1, self.tp_in2)  # (N, K, C)
         terms = terms * (w.index_select(1, self.tp_path) * self.tp_coef)
         return terms.new_zeros(A.shape[0], U.shape[1], A.shape[2]).index_add_(1, self.tp_out, terms)
