@@ -117,6 +117,21 @@ def test_edge_geometry_matches_eager_and_gradcheck(sh_lmax):
     assert torch.autograd.gradcheck(fn, (r[1:9].detach().clone().requires_grad_(),))
 
 
+def test_species_matmul_matches_eager_and_gradcheck():
+    model = random_model(tiny_config(), seed=15)
+    gen = torch.Generator().manual_seed(16)
+    species = torch.tensor([2, 0, 1, 1, 0, 2])
+    X = torch.randn(6, 9, model.config.num_channels, dtype=torch.float64, generator=gen, requires_grad=True)
+    W = model.omega[1][:, 2]  # (S, C, C), a strided view as in the model
+    csr = kernels.build_csr(random_edges(3, 4, 0), 3, torch.float64)
+    fused, eager = model._mix(X, W, species, 0.7, csr), model._mix(X, W, species, 0.7, None)
+    assert "SpeciesMatmul" in type(fused.grad_fn).__name__
+    torch.testing.assert_close(fused, eager, rtol=1e-13, atol=1e-13)
+    g = torch.randn(fused.shape, dtype=torch.float64, generator=gen)
+    torch.testing.assert_close(torch.autograd.grad(fused, X, g)[0], torch.autograd.grad(eager, X, g)[0])
+    assert torch.autograd.gradcheck(lambda x: model._mix(x, W, species, 0.7, csr), (X,))
+
+
 def test_tensor_product_matches_eager_and_gradcheck():
     model = random_model(tiny_config(), seed=13)
     gen = torch.Generator().manual_seed(14)

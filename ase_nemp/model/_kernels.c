@@ -921,3 +921,30 @@ void nemp_tp_bwd(i64 N, i64 C, i64 K, i64 nA, i64 nU, i64 nP, i64 npath, const i
     for (i64 i = 0; i < N; ++i) BY_CHANNELS(C, CALL)
 #undef CALL
 }
+
+/* ----------------------------------------------------------------------------------
+ * Per-species channel mixing on nodes: out[i] = scale * X[i] @ W[s_i] with X (N, M, C),
+ * W[s] (C, C) at W + s * ldW (row-major), out (N, M, C). With transpose != 0 it is
+ * X[i] @ W[s_i]^T, the backward with respect to X.
+ * ---------------------------------------------------------------------------------- */
+ROW species_mm_row(i64 i, const i64 C, i64 M, const i64 *species, const REAL *X, const REAL *W, i64 ldW,
+                   int transpose, REAL scale, REAL *out) {
+    const REAL *Ws = W + species[i] * ldW, *Xi = X + i * M * C;
+    REAL *oi = out + i * M * C;
+    for (i64 m = 0; m < M; ++m) {
+        const REAL *x = Xi + m * C;
+        REAL acc[C];
+        for (i64 d = 0; d < C; ++d) acc[d] = 0;
+        for (i64 c = 0; c < C; ++c)
+            for (i64 d = 0; d < C; ++d) acc[d] += x[c] * (transpose ? Ws[d * C + c] : Ws[c * C + d]);
+        for (i64 d = 0; d < C; ++d) oi[m * C + d] = scale * acc[d];
+    }
+}
+
+void nemp_species_mm(i64 N, i64 M, i64 C, const i64 *species, const REAL *X, const REAL *W, i64 ldW, int transpose,
+                     double scale, REAL *out) {
+#define CALL(CC) species_mm_row(i, CC, M, species, X, W, ldW, transpose, (REAL)scale, out)
+#pragma omp parallel for schedule(static)
+    for (i64 i = 0; i < N; ++i) BY_CHANNELS(C, CALL)
+#undef CALL
+}

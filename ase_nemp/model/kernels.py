@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 from torch.autograd.function import once_differentiable
 
-__all__ = ["available", "build_csr", "edge_geometry", "edge_invariants", "node_densities", "tensor_product", "mlp",
-           "EdgeCSR"]
+__all__ = ["available", "build_csr", "edge_geometry", "edge_invariants", "node_densities", "tensor_product",
+           "species_matmul", "mlp", "EdgeCSR"]
 
 _SOURCE = Path(__file__).with_name("_kernels.c")
 _LIBS: dict[torch.dtype, ctypes.CDLL | None] = {}
@@ -53,6 +53,7 @@ _SIGNATURES = {
                             _I, _P], None),
     "nemp_mlp_fwd": ([_I, _I, _I, _I, _I, _I, _P, _I, _P, _P, _P, _P, _P, _P, _P, _P], ctypes.c_int),
     "nemp_mlp_bwd": ([_I, _I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P], ctypes.c_int),
+    "nemp_species_mm": ([_I, _I, _I, _P, _P, _P, _I, ctypes.c_int, ctypes.c_double, _P], None),
     "nemp_tp_fwd": ([_I] * 7 + [_P] * 9, None),
     "nemp_tp_bwd": ([_I] * 7 + [_P] * 11, None),
     "nemp_geom_fwd": ([_I, _I, _I, _I, _I, ctypes.c_double, ctypes.c_double, _P, _P, _P, _P, _P, _P, _P, _P], None),
@@ -282,6 +283,41 @@ def node_densities(Y, Z, B, lf1: int, a0: int, LA: int, csr: EdgeCSR):
     """Fused Eqs. 9-10: ``U`` from rows [0, lf1) of ``B`` and ``Z``, ``A`` from rows
     [a0, a0+LA) and the harmonics. With ``Z`` None only ``A`` (Eq. 5's density)."""
     return _NodeDensities.apply(Y, Z, B, lf1, a0, LA, csr)
+
+
+class _SpeciesMatmul(torch.autograd.Function):
+    """``scale * X[i] @ W[species[i]]`` per node; ``W`` (S, C, C) is a constant here."""
+
+    @staticmethod
+    def forward(ctx, X, W, species, scale, lib):
+        X = X.contiguous()
+        N, M, C = X.shape
+        out = X.new_empty(N, M, C)
+        lib.nemp_species_mm(N, M, C, _p(species), _p(X), _p(W), W.stride(0), 0, scale, _p(out))
+        ctx.save_for_backward(W, species)
+        ctx.scale, ctx.lib = scale, lib
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        W, species = ctx.saved_tensors
+        g = g.contiguous()
+        N, M, C = g.shape
+        gX = torch.empty_like(g)
+        ctx.lib.nemp_species_mm(N, M, C, _p(species), _p(g), _p(W), W.stride(0), 1, ctx.scale, _p(gX))
+        return gX, None, None, None, None
+
+
+def species_matmul(X, W, species, scale: float, csr: EdgeCSR):
+    """Fused ``scale * torch.bmm(X, W[species])`` for ``X`` (N, M, C) and per-species
+    matrices ``W`` (S, C, C), without forming the (N, C, C) gather. ``W`` enters without
+    gradient (inference only)."""
+    with torch.no_grad():
+        W = W.detach()
+        if W.stride(2) != 1 or W.stride(1) != W.shape[2]:
+            W = W.contiguous()
+    return _SpeciesMatmul.apply(X, W, species.to(torch.int64).contiguous(), float(scale), csr.lib)
 
 
 class _TensorProduct(torch.autograd.Function):

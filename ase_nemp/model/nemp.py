@@ -41,7 +41,7 @@ from torch import nn
 from ..graph import AtomicGraph
 from .angular import coupling_paths, degrees, normalized_spherical_harmonics, real_clebsch_gordan
 from .config import NEMPConfig
-from .kernels import build_csr, edge_geometry, edge_invariants, mlp, node_densities, tensor_product
+from .kernels import build_csr, edge_geometry, edge_invariants, mlp, node_densities, species_matmul, tensor_product
 from .mlp import ScaledMLP
 from .radial import polynomial_envelope
 
@@ -325,7 +325,7 @@ class NEMP(nn.Module):
 
         # -- initial node-equivariant features (3.4)
         A0 = self._density(Y, G, lf + 1, i, N, csr)  # (N, n_l, C), rows 0..l of G
-        V = torch.bmm(A0 * inv_n[:, :, None], self.w_sp.index_select(0, species)) * (1.0 / math.sqrt(C))
+        V = self._mix(A0 * inv_n[:, :, None], self.w_sp, species, 1.0 / math.sqrt(C), csr)
         Q = mlp(self.coeff_mlps[0], e_feat, csr).view(E, 3, lf + 1, C)
         if trace is not None:
             trace.update(n=n, Yhat=Y, sigma=sigma, k=k_tab, w=w_tab, V_in=[], V_prenorm=[])
@@ -334,17 +334,18 @@ class NEMP(nn.Module):
         for t in range(T):
             if trace is not None:
                 trace["V_in"].append(V)
-            om = self.omega[t].index_select(0, species)  # (N, 3, C, C)
+            om = self.omega[t]  # (S, 3, C, C), picked by the species of each node
             Vt = V * self.inv_sqrt_deg  # (N, n_l, C)
             eps_e, rho_t = self._edge_invariants(Y, Vt, Q, edge_index, N, csr)  # Eqs. 7, 8
             rho.append(rho_t)
             e_feat = torch.cat([e_feat, eps_e], dim=1)  # (E, (3+t) C)
             B = mlp(self.layer_mlps[t], e_feat, csr).view(E, lf + 1 + L + 1, C)
-            Z = torch.bmm(V, om[:, 0]) * (1.0 / math.sqrt(C))  # node level, species of j
+            Z = self._mix(V, om[:, 0], species, 1.0 / math.sqrt(C), csr)  # node level, species of j
             U, A = self._virtual_node_and_density(Y, Z, B, edge_index, N, csr)  # Eqs. 10, 9
             w_path = self.path_weights[t].transpose(0, 1).index_select(0, species)  # (N, paths, C)
             Pt = self._tensor_product(A, U, w_path, csr) * (inv_n * inv_n)[:, :, None]  # Eq. 11
-            V = (torch.bmm(V, om[:, 2]) + torch.bmm(Pt, om[:, 1])) * (1.0 / math.sqrt(2.0 * C))  # Eq. 12
+            V = self._mix(V, om[:, 2], species, 1.0, csr) + self._mix(Pt, om[:, 1], species, 1.0, csr)
+            V = V * (1.0 / math.sqrt(2.0 * C))  # Eq. 12
             if t < T - 1:
                 Q = mlp(self.coeff_mlps[t + 1], e_feat, csr).view(E, 3, lf + 1, C)
             else:  # the readout only needs Q0 + Q1 + Q2
@@ -427,6 +428,14 @@ class NEMP(nn.Module):
         if csr is not None:
             return node_densities(Y, None, G, 0, 0, rows, csr)
         return _scatter(G[:, :rows].index_select(1, self.l_of_f) * Y[:, : rows * rows, None], i, N)
+
+    @staticmethod
+    def _mix(X: torch.Tensor, W: torch.Tensor, species: torch.Tensor, scale: float, csr) -> torch.Tensor:
+        """``scale * X[i] @ W[species[i]]`` on nodes: X (N, M, C), W (S, C, C)."""
+        if csr is not None:
+            return species_matmul(X, W, species, scale, csr)
+        out = torch.bmm(X, W.index_select(0, species))
+        return out if scale == 1.0 else out * scale
 
     def _contract_m(self, x: torch.Tensor) -> torch.Tensor:
         """Sum (E, n_l, C) over m within each degree l -> (E, l+1, C)."""
