@@ -37,6 +37,9 @@ __all__ = ["available", "build_csr", "edge_geometry", "edge_invariants", "node_d
            "species_matmul", "mlp", "EdgeCSR"]
 
 _SOURCE = Path(__file__).with_name("_kernels.c")
+# Read once, with this module: the library is always built from the source that matches
+# the ctypes signatures below, even if the file changes while a process runs.
+_SOURCE_TEXT = _SOURCE.read_bytes()
 _LIBS: dict[torch.dtype, ctypes.CDLL | None] = {}
 _LOCK = threading.Lock()
 _REAL = {torch.float32: "float", torch.float64: "double"}
@@ -91,22 +94,28 @@ def _build(real: str) -> Path | None:
     cc = _compiler()
     if cc is None:
         return None
-    source = _SOURCE.read_bytes()
+    source = _SOURCE_TEXT
     key = hashlib.sha256(source + real.encode() + _cpu_tag().encode() + cc.encode() + sys.platform.encode())
     out = _cache_dir() / f"nemp_kernels_{real}_{key.hexdigest()[:16]}.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f"{out.stem}.{os.getpid()}.tmp.so")
-    base = [*cc.split(), "-O3", "-fPIC", "-shared", f"-DREAL={real}", str(_SOURCE), "-o", str(tmp), "-lm"]
-    for extra in (["-march=native", "-fopenmp"], ["-fopenmp"], []):
-        try:
-            subprocess.run(base[:2] + extra + base[2:], check=True, capture_output=True, timeout=300)
-        except (subprocess.SubprocessError, OSError):
-            continue
-        os.replace(tmp, out)
-        return out
-    return None
+    src = out.with_name(f"{out.stem}.{os.getpid()}.c")
+    src.write_bytes(source)
+    base = [*cc.split(), "-O3", "-fPIC", "-shared", f"-DREAL={real}", str(src), "-o", str(tmp), "-lm"]
+    try:
+        for extra in (["-march=native", "-fopenmp"], ["-fopenmp"], []):
+            try:
+                subprocess.run(base[:2] + extra + base[2:], check=True, capture_output=True, timeout=300)
+            except (subprocess.SubprocessError, OSError):
+                continue
+            os.replace(tmp, out)
+            return out
+        return None
+    finally:
+        src.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
 
 
 def _library(dtype: torch.dtype) -> ctypes.CDLL | None:
