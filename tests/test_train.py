@@ -82,6 +82,21 @@ def test_resume_continues_exactly(data_file, tmp_path):
     assert [r["val_loss"] for r in straight.state["history"]] == [r["val_loss"] for r in resumed.state["history"]]
 
 
+def test_sharded_batches_give_the_same_training(data_file, tmp_path):
+    """workers=2 computes each batch as two concurrent shards: same steps up to rounding,
+    and bitwise reproducible from run to run."""
+    whole = trained(run_config(data_file, tmp_path / "one", epochs=3))
+    before = torch.get_num_threads()
+    try:
+        shard = [trained(run_config(data_file, tmp_path / f"two{k}", epochs=3, workers=2, threads=1)) for k in range(2)]
+    finally:
+        torch.set_num_threads(before)
+    for p, q, r in zip(whole.model.parameters(), shard[0].model.parameters(), shard[1].model.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-9, atol=1e-11)
+        assert torch.equal(q, r)
+    assert abs(shard[0].state["history"][-1]["val_loss"] - whole.state["history"][-1]["val_loss"]) < 1e-9
+
+
 def test_interrupt_writes_a_checkpoint_and_resumes_exactly(data_file, tmp_path, monkeypatch):
     straight = trained(run_config(data_file, tmp_path / "straight", epochs=3))
     run = run_config(data_file, tmp_path / "interrupted", epochs=3)

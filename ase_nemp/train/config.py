@@ -97,6 +97,13 @@ class TrainConfig:
         Seeds the data split, the shuffling and the initial parameters.
     threads : int or None
         torch CPU threads (None leaves torch's default).
+    workers : int
+        Split every batch into this many shards whose losses and gradients are computed
+        concurrently, one per thread, then summed in a fixed order: the same step as one
+        pass over the whole batch (up to float rounding), computed in parallel. The
+        per-op work of these small graphs does not spread well over intra-op threads,
+        so on a CPU ``workers: 2, threads: 1`` is about twice as fast as ``threads: 2``;
+        keep ``workers * threads`` at most the number of cores.
     checkpoint_every : int
         Write the resumable checkpoint every this many epochs (and always on exit).
     init_from : str or None
@@ -129,6 +136,7 @@ class TrainConfig:
     device: str = "cpu"
     seed: int = 0
     threads: int | None = None
+    workers: int = 1
     checkpoint_every: int = 1
     init_from: str | None = None
 
@@ -142,6 +150,8 @@ class TrainConfig:
             problems.append("need 0 < lr_min < lr_peak")
         if self.batch_size < 1 or self.valid_batch_size < 1:
             problems.append("batch sizes must be >= 1")
+        if not 1 <= self.workers <= self.batch_size:
+            problems.append("workers must be between 1 and batch_size")
         if not 0.0 <= self.ema_decay < 1.0:
             problems.append("ema_decay must be in [0, 1)")
         if not 0.0 < self.plateau_factor < 1.0:

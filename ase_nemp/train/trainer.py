@@ -19,6 +19,7 @@ import math
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,7 @@ class Trainer:
         self.device = torch.device(self.cfg.device)
         self.dtype = resolve_dtype(self.cfg.dtype)
         self._stop_signal: int | None = None
+        self._pool: ThreadPoolExecutor | None = None  # shard workers, made on first use
 
     # -- set-up ------------------------------------------------------------------------
     def setup(self, resume: bool = False) -> None:
@@ -202,7 +204,7 @@ class Trainer:
             if old[section] != new[section]:
                 raise ValueError(f"cannot resume: the '{section}' section changed since the checkpoint was written "
                                  f"(was {old[section]}, now {new[section]})")
-        allowed = {"epochs", "max_time", "checkpoint_every", "threads"}
+        allowed = {"epochs", "max_time", "checkpoint_every", "threads", "workers"}
         changed = [k for k in new["training"] if old["training"].get(k) != new["training"][k] and k not in allowed]
         if changed:
             raise ValueError(f"cannot resume: training settings {changed} changed; only {sorted(allowed)} may change")
@@ -256,6 +258,31 @@ class Trainer:
         for start in range(0, len(order), size):
             yield start // size, make_batch([samples[k] for k in order[start : start + size]]).to(self.device, self.dtype)
 
+    def _loss_and_grads(self, samples: list[Sample], weights: LossWeights, params: list[torch.Tensor]):
+        """Loss of a set of structures and its gradient with respect to ``params``."""
+        batch = make_batch(samples).to(self.device, self.dtype)
+        out = energy_forces_stress(self.model, batch.graph, stress=bool(weights.stress), training=True)
+        loss = batch_loss(out, batch, weights)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        return loss.detach(), [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+
+    def _step_gradients(self, samples: list[Sample], weights: LossWeights, params: list[torch.Tensor]):
+        """Loss and gradient of one batch: in ``workers`` shards computed concurrently and
+        summed in shard order (deterministic), or in one pass."""
+        k = self.cfg.workers
+        if k == 1 or len(samples) == 1:
+            return self._loss_and_grads(samples, weights, params)
+        bounds = [round(n * len(samples) / k) for n in range(k + 1)]
+        shards = [samples[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=k, thread_name_prefix="nemp-shard")
+        parts = [f.result() for f in [self._pool.submit(self._loss_and_grads, s, weights, params) for s in shards]]
+        loss, grads = parts[0]
+        for part_loss, part_grads in parts[1:]:
+            loss = loss + part_loss
+            grads = [g + h for g, h in zip(grads, part_grads)]
+        return loss, grads
+
     def _train_epoch(self, lr: float) -> float:
         from tqdm.auto import tqdm
 
@@ -267,24 +294,24 @@ class Trainer:
         order = st["perm"]
         n_steps = math.ceil(len(order) / c.batch_size)
         weights = self.weights()
-        want_stress = bool(weights.stress)
         params = [p for p in self.model.parameters()]
         ema_params = [p for p in self.ema.parameters()]
         total, count = 0.0, 0
         bar = tqdm(total=n_steps, initial=st["step_in_epoch"], desc=f"epoch {st['epoch']}", leave=False,
                    disable=not self.progress, dynamic_ncols=True, mininterval=1.0)
-        for step, batch in self._batches(self.train_set, order[st["step_in_epoch"] * c.batch_size :], c.batch_size):
-            self.model.train()
-            out = energy_forces_stress(self.model, batch.graph, stress=want_stress, training=True)
-            loss = batch_loss(out, batch, weights)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+        self.model.train()
+        for start in range(st["step_in_epoch"] * c.batch_size, len(order), c.batch_size):
+            samples = [self.train_set[k] for k in order[start : start + c.batch_size]]
+            loss, grads = self._step_gradients(samples, weights, params)
             with torch.no_grad():
+                for p, g in zip(params, grads):
+                    p.grad = g
                 if c.optimizer == "amsgrad" and c.weight_decay:
                     for p in params:
                         p.grad.add_(p, alpha=c.weight_decay)
                 torch.nn.utils.clip_grad_norm_(params, c.clip_norm)
             self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
             with torch.no_grad():
                 # the usual warm-up of the average: early steps forget the random start quickly
                 decay = min(c.ema_decay, (1.0 + st["steps"]) / (10.0 + st["steps"]))
@@ -292,7 +319,7 @@ class Trainer:
                 torch._foreach_add_(ema_params, params, alpha=1.0 - decay)
             st["steps"] += 1
             st["step_in_epoch"] += 1
-            total += loss.item() / len(batch.samples)
+            total += loss.item() / len(samples)
             count += 1
             bar.update(1)
             bar.set_postfix(loss=f"{total / count:.4g}", lr=f"{lr:.2e}")
@@ -362,6 +389,9 @@ class Trainer:
             self.plot_learning_curve()
         finally:
             self._restore_signal_handlers(handlers)
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
         return st["history"]
 
     # -- robustness ----------------------------------------------------------------------
