@@ -683,20 +683,17 @@ static inline void sincospi(REAL x, REAL *s, REAL *c) {
     *c = sign * pc;
 }
 
-/* torch.sinc(x) = sin(pi x) / (pi x) and its derivative (cos(pi x) - sinc(x)) / x,
- * both by their series where the quotients lose precision */
+/* torch.sinc(x) = sin(pi x) / (pi x) and its derivative (cos(pi x) - sinc(x)) / x, by
+ * their series where the quotients lose precision; branch-free, so loops vectorise */
 static inline REAL sinc_d(REAL x, REAL *dsinc) {
-    const REAL pi = (REAL)3.14159265358979323846;
-    if (fabs((double)x) < 1e-4) {
-        const REAL p2 = pi * pi;
-        *dsinc = -p2 * x / (REAL)3;
-        return (REAL)1 - p2 * x * x / (REAL)6;
-    }
+    const REAL pi = (REAL)3.14159265358979323846, p2 = pi * pi;
+    const int small = x < (REAL)1e-4 && x > (REAL)-1e-4;
+    const REAL xs = small ? (REAL)1 : x; /* a safe divisor in both branches */
     REAL s, c;
-    sincospi(x, &s, &c);
-    const REAL v = s / (pi * x);
-    *dsinc = (c - v) / x;
-    return v;
+    sincospi(xs, &s, &c);
+    const REAL v = s / (pi * xs);
+    *dsinc = small ? -p2 * x / (REAL)3 : (c - v) / xs;
+    return small ? (REAL)1 - p2 * x * x / (REAL)6 : v;
 }
 
 typedef struct {
@@ -774,37 +771,59 @@ static inline REAL envelope_d(i64 p, REAL u, REAL *dphi) {
     return (REAL)1 - A * up + B * up * u - Cc * up * u * u;
 }
 
+/* Per-edge scalars shared by the forward and backward: d, u, f, df/dd and v = r / d */
+ROW geom_edge(const geom_spec *g, const REAL *re, REAL *d, REAL *u, REAL *fe, REAL *dfe, REAL *v) {
+    const REAL q = re[0] * re[0] + re[1] * re[1] + re[2] * re[2];
+    *d = RSQRT(q + g->eps);
+    *u = *d / g->rc;
+    REAL dphi;
+    const REAL phi = envelope_d(g->p, *u, &dphi);
+    const int inside = q > g->eps && *u < (REAL)1;
+    *fe = inside ? phi * phi : (REAL)0;
+    *dfe = inside ? (REAL)2 * phi * dphi / g->rc : (REAL)0; /* df/dd */
+    for (int a = 0; a < 3; ++a) v[a] = re[a] / *d;
+}
+
+/* Edges are taken in blocks of LANES: the per-edge part (harmonics, envelope) runs edge
+ * by edge, the radial basis (N_R sinc per edge) across the block's edges in vector lanes,
+ * with its rows moved in and out of the block layout as in the fused MLP. */
 void nemp_geom_fwd(i64 E, i64 L, i64 C, i64 NR, i64 p, double eps, double rc, const REAL *r, const i64 *pair,
                    const REAL *ktab, const REAL *wtab, REAL *Y, REAL *f, REAL *X0, REAL *e0) {
     geom_spec g = {.L = L, .nL = (L + 1) * (L + 1), .C = C, .NR = NR, .p = p, .eps = (REAL)eps, .rc = (REAL)rc};
     geom_setup(&g);
+    const i64 nblk = (E + LANES - 1) / LANES;
 #pragma omp parallel for schedule(static)
-    for (i64 e = 0; e < E; ++e) {
-        const REAL *re = r + 3 * e;
-        const REAL q = re[0] * re[0] + re[1] * re[1] + re[2] * re[2];
-        const REAL d = RSQRT(q + g.eps), u = d / g.rc;
-        REAL dphi;
-        const REAL phi = envelope_d(p, u, &dphi);
-        const REAL fe = (q > g.eps && u < (REAL)1) ? phi * phi : (REAL)0;
-        const REAL v[3] = {re[0] / d, re[1] / d, re[2] / d};
-        REAL y[GEOM_MAX_NL];
-        solid_harmonics_d(&g, v, y, NULL);
-        REAL *Ye = Y + e * g.nL;
-        for (i64 l = 0; l <= L; ++l) {
-            REAL s = 0;
-            for (i64 k = l * l; k < (l + 1) * (l + 1); ++k) s += y[k] * y[k];
-            const REAL scale = g.norm[l] / RSQRT(s + g.eps);
-            for (i64 k = l * l; k < (l + 1) * (l + 1); ++k) Ye[k] = y[k] * scale;
+    for (i64 blk = 0; blk < nblk; ++blk) {
+        const i64 b0 = blk * LANES, n = E - b0 < LANES ? E - b0 : LANES;
+        REAL uu[LANES], ff[LANES];
+        i64 pp[LANES];
+        for (i64 q = 0; q < LANES; ++q) {
+            if (q >= n) { uu[q] = (REAL)0.5, ff[q] = 0, pp[q] = pair[b0]; continue; }
+            const i64 e = b0 + q;
+            REAL d, u, fe, dfe, v[3], y[GEOM_MAX_NL];
+            geom_edge(&g, r + 3 * e, &d, &u, &fe, &dfe, v);
+            solid_harmonics_d(&g, v, y, NULL);
+            REAL *Ye = Y + e * g.nL;
+            for (i64 l = 0; l <= L; ++l) {
+                REAL s = 0;
+                for (i64 k = l * l; k < (l + 1) * (l + 1); ++k) s += y[k] * y[k];
+                const REAL scale = g.norm[l] / RSQRT(s + g.eps);
+                for (i64 k = l * l; k < (l + 1) * (l + 1); ++k) Ye[k] = y[k] * scale;
+            }
+            const REAL *wt = wtab + pair[e] * (C + NR);
+            for (i64 c = 0; c < C; ++c) e0[e * C + c] = wt[c] * fe;
+            f[e] = fe, uu[q] = u, ff[q] = fe, pp[q] = pair[e];
         }
-        const REAL *kt = ktab + pair[e] * NR, *wt = wtab + pair[e] * (C + NR);
-        REAL *x0 = X0 + e * 2 * NR;
+        REAL xb[2 * NR][LANES];
         for (i64 k = 0; k < NR; ++k) {
-            REAL ds;
-            x0[k] = wt[C + k] * fe;
-            x0[NR + k] = sinc_d(kt[k] * u, &ds) * fe;
+            #pragma omp simd
+            for (i64 q = 0; q < LANES; ++q) {
+                REAL ds;
+                xb[k][q] = wtab[pp[q] * (C + NR) + C + k] * ff[q];
+                xb[NR + k][q] = sinc_d(ktab[pp[q] * NR + k] * uu[q], &ds) * ff[q];
+            }
         }
-        for (i64 c = 0; c < C; ++c) e0[e * C + c] = wt[c] * fe;
-        f[e] = fe;
+        block_to_rows(xb, 2 * NR, b0, n, X0, 2 * NR);
     }
 }
 
@@ -814,54 +833,61 @@ void nemp_geom_bwd(i64 E, i64 L, i64 C, i64 NR, i64 p, double eps, double rc, co
                    const REAL *ge0, REAL *gr) {
     geom_spec g = {.L = L, .nL = (L + 1) * (L + 1), .C = C, .NR = NR, .p = p, .eps = (REAL)eps, .rc = (REAL)rc};
     geom_setup(&g);
+    const i64 nblk = (E + LANES - 1) / LANES;
 #pragma omp parallel for schedule(static)
-    for (i64 e = 0; e < E; ++e) {
-        const REAL *re = r + 3 * e;
-        const REAL q = re[0] * re[0] + re[1] * re[1] + re[2] * re[2];
-        const REAL d = RSQRT(q + g.eps), u = d / g.rc;
-        REAL dphi;
-        const REAL phi = envelope_d(p, u, &dphi);
-        const int inside = q > g.eps && u < (REAL)1;
-        const REAL fe = inside ? phi * phi : (REAL)0;
-        const REAL dfe = inside ? (REAL)2 * phi * dphi / g.rc : (REAL)0; /* df/dd */
-        const REAL v[3] = {re[0] / d, re[1] / d, re[2] / d};
-        /* radial part: dL/dd */
-        REAL gd = gf ? gf[e] * dfe : (REAL)0;
-        const REAL *kt = ktab + pair[e] * NR, *wt = wtab + pair[e] * (C + NR);
-        if (ge0) {
-            REAL s = 0;
-            for (i64 c = 0; c < C; ++c) s += ge0[e * C + c] * wt[c];
-            gd += s * dfe;
-        }
-        if (gX0) {
-            const REAL *gx = gX0 + e * 2 * NR;
-            REAL s = 0;
-            for (i64 k = 0; k < NR; ++k) {
-                REAL ds;
-                const REAL sn = sinc_d(kt[k] * u, &ds);
-                s += gx[k] * wt[C + k] * dfe + gx[NR + k] * (sn * dfe + fe * ds * kt[k] / g.rc);
+    for (i64 blk = 0; blk < nblk; ++blk) {
+        const i64 b0 = blk * LANES, n = E - b0 < LANES ? E - b0 : LANES;
+        REAL dd[LANES], uu[LANES], ff[LANES], df[LANES], vv[LANES][3], gd[LANES];
+        i64 pp[LANES];
+        for (i64 q = 0; q < LANES; ++q) {
+            if (q >= n) { dd[q] = 1, uu[q] = (REAL)0.5, ff[q] = df[q] = 0, pp[q] = pair[b0], gd[q] = 0; continue; }
+            const i64 e = b0 + q;
+            geom_edge(&g, r + 3 * e, dd + q, uu + q, ff + q, df + q, vv[q]);
+            pp[q] = pair[e];
+            REAL s = gf ? gf[e] : (REAL)0; /* dL/df */
+            if (ge0) {
+                const REAL *wt = wtab + pair[e] * (C + NR);
+                for (i64 c = 0; c < C; ++c) s += ge0[e * C + c] * wt[c];
             }
-            gd += s;
+            gd[q] = s * df[q];
         }
-        REAL gv[3] = {0, 0, 0};
-        if (gY) {
-            REAL y[GEOM_MAX_NL], dy[3][GEOM_MAX_NL];
-            solid_harmonics_d(&g, v, y, dy);
-            const REAL *G = gY + e * g.nL;
-            for (i64 l = 0; l <= L; ++l) {
-                const i64 k0 = l * l, k1 = (l + 1) * (l + 1);
-                REAL s = 0, t = 0;
-                for (i64 k = k0; k < k1; ++k) s += y[k] * y[k], t += G[k] * y[k];
-                const REAL inv = (REAL)1 / RSQRT(s + g.eps), inv3 = inv * inv * inv;
-                for (i64 k = k0; k < k1; ++k) {
-                    const REAL gyk = g.norm[l] * (G[k] * inv - y[k] * t * inv3);
-                    gv[0] += gyk * dy[0][k], gv[1] += gyk * dy[1][k], gv[2] += gyk * dy[2][k];
+        if (gX0) { /* radial basis, across the block's edges */
+            REAL gx[2 * NR][LANES];
+            rows_to_block(gX0, 2 * NR, b0, n, 2 * NR, gx);
+            for (i64 k = 0; k < NR; ++k) {
+                #pragma omp simd
+                for (i64 q = 0; q < LANES; ++q) {
+                    REAL ds;
+                    const REAL kk = ktab[pp[q] * NR + k];
+                    const REAL sn = sinc_d(kk * uu[q], &ds);
+                    gd[q] += gx[k][q] * wtab[pp[q] * (C + NR) + C + k] * df[q] +
+                             gx[NR + k][q] * (sn * df[q] + ff[q] * ds * kk / g.rc);
                 }
             }
         }
-        /* v = r / d: dL/dr = (gv - v (v . gv)) / d + gd v */
-        const REAL vg = v[0] * gv[0] + v[1] * gv[1] + v[2] * gv[2];
-        for (int a = 0; a < 3; ++a) gr[3 * e + a] = (gv[a] - v[a] * vg) / d + gd * v[a];
+        for (i64 q = 0; q < n; ++q) {
+            const i64 e = b0 + q;
+            const REAL *v = vv[q];
+            REAL gv[3] = {0, 0, 0};
+            if (gY) {
+                REAL y[GEOM_MAX_NL], dy[3][GEOM_MAX_NL];
+                solid_harmonics_d(&g, v, y, dy);
+                const REAL *G = gY + e * g.nL;
+                for (i64 l = 0; l <= L; ++l) {
+                    const i64 k0 = l * l, k1 = (l + 1) * (l + 1);
+                    REAL s = 0, t = 0;
+                    for (i64 k = k0; k < k1; ++k) s += y[k] * y[k], t += G[k] * y[k];
+                    const REAL inv = (REAL)1 / RSQRT(s + g.eps), inv3 = inv * inv * inv;
+                    for (i64 k = k0; k < k1; ++k) {
+                        const REAL gyk = g.norm[l] * (G[k] * inv - y[k] * t * inv3);
+                        gv[0] += gyk * dy[0][k], gv[1] += gyk * dy[1][k], gv[2] += gyk * dy[2][k];
+                    }
+                }
+            }
+            /* v = r / d: dL/dr = (gv - v (v . gv)) / d + (dL/dd) v */
+            const REAL vg = v[0] * gv[0] + v[1] * gv[1] + v[2] * gv[2];
+            for (int a = 0; a < 3; ++a) gr[3 * e + a] = (gv[a] - v[a] * vg) / dd[q] + gd[q] * v[a];
+        }
     }
 }
 
