@@ -3,10 +3,18 @@
 The eager PyTorch formulation spends most of its time on tensors whose innermost
 dimension is tiny (C = 4 channels, 2l+1 = 1..5 components): gathers, broadcasts and
 per-degree sums that each stream an E x n x C array through memory. The C kernels do
-the gather, product and contraction of Eqs. 7-8 and the densities of Eqs. 5, 9-10 in
-one pass per edge, and run the per-edge MLPs (widths 16-64) as one kernel each instead
-of a chain of matrix products and activations over E x F arrays; all with a
-hand-derived backward (first derivatives only: forces and stress). They are compiled
+one pass each, with a hand-derived backward (first derivatives only: forces and stress):
+
+* ``edge_geometry``: harmonics, cutoff weight and radial basis of every edge (3.1-3.3);
+* ``edge_invariants``, ``node_densities``: the gather, product and contraction of
+  Eqs. 7-8 and the densities of Eqs. 5, 9-10, per edge;
+* ``mlp``: a per-edge MLP (widths 16-64) instead of a chain of matrix products and
+  activations over E x F arrays;
+* ``tensor_product``, ``species_matmul``: the node-level CG product (Eq. 11) and the
+  per-species channel mixing, without gathered (N, K, C) or (N, C, C) copies.
+
+On one thread the backward passes scatter onto neighbours directly; on several they
+take a second, neighbour-sorted pass; both sum in the same order. They are compiled
 with the system C compiler on first use (about a second) into ``~/.cache/ase-nemp``
 (``$ASE_NEMP_CACHE`` overrides) and loaded with ctypes.
 
