@@ -702,18 +702,21 @@ typedef struct {
     REAL a[GEOM_MAX_NL], b[GEOM_MAX_NL], c[GEOM_MAX_L + 1], norm[GEOM_MAX_L + 1];
 } geom_spec;
 
-/* Coefficients of the real solid-harmonic recursion (ase_nemp.model.angular) */
-static void geom_setup(geom_spec *g) {
-    for (i64 l = 2; l <= g->L; ++l) {
+/* The sizes and constants of a geometry call, with the coefficients of the real
+ * solid-harmonic recursion (ase_nemp.model.angular) */
+static geom_spec geom_make(i64 L, i64 C, i64 NR, i64 p, double eps, double rc) {
+    geom_spec g = {.L = L, .nL = (L + 1) * (L + 1), .C = C, .NR = NR, .p = p, .eps = (REAL)eps, .rc = (REAL)rc};
+    for (i64 l = 2; l <= L; ++l) {
         for (i64 m = -(l - 1); m <= l - 1; ++m) {
-            g->a[l * l + m + l] = (REAL)sqrt((4.0 * l * l - 1.0) / (double)(l * l - m * m));
+            g.a[l * l + m + l] = (REAL)sqrt((4.0 * l * l - 1.0) / (double)(l * l - m * m));
             const i64 am = m < 0 ? -m : m;
-            g->b[l * l + m + l] =
+            g.b[l * l + m + l] =
                 am <= l - 2 ? (REAL)(-sqrt(((l - 1.0) * (l - 1.0) - m * m) / (4.0 * (l - 1) * (l - 1) - 1.0))) : 0;
         }
-        g->c[l] = (REAL)sqrt(1.0 + 1.0 / (2.0 * l));
+        g.c[l] = (REAL)sqrt(1.0 + 1.0 / (2.0 * l));
     }
-    for (i64 l = 0; l <= g->L; ++l) g->norm[l] = (REAL)sqrt(2.0 * l + 1.0);
+    for (i64 l = 0; l <= L; ++l) g.norm[l] = (REAL)sqrt(2.0 * l + 1.0);
+    return g;
 }
 
 /* Solid harmonics y of v (components l^2 + l + m) and, if dy != NULL, dy[a][k] = dy_k/dv_a */
@@ -789,8 +792,7 @@ ROW geom_edge(const geom_spec *g, const REAL *re, REAL *d, REAL *u, REAL *fe, RE
  * with its rows moved in and out of the block layout as in the fused MLP. */
 void nemp_geom_fwd(i64 E, i64 L, i64 C, i64 NR, i64 p, double eps, double rc, const REAL *r, const i64 *pair,
                    const REAL *ktab, const REAL *wtab, REAL *Y, REAL *f, REAL *X0, REAL *e0) {
-    geom_spec g = {.L = L, .nL = (L + 1) * (L + 1), .C = C, .NR = NR, .p = p, .eps = (REAL)eps, .rc = (REAL)rc};
-    geom_setup(&g);
+    const geom_spec g = geom_make(L, C, NR, p, eps, rc);
     const i64 nblk = (E + LANES - 1) / LANES;
 #pragma omp parallel for schedule(static)
     for (i64 blk = 0; blk < nblk; ++blk) {
@@ -831,8 +833,7 @@ void nemp_geom_fwd(i64 E, i64 L, i64 C, i64 NR, i64 p, double eps, double rc, co
 void nemp_geom_bwd(i64 E, i64 L, i64 C, i64 NR, i64 p, double eps, double rc, const REAL *r, const i64 *pair,
                    const REAL *ktab, const REAL *wtab, const REAL *gY, const REAL *gf, const REAL *gX0,
                    const REAL *ge0, REAL *gr) {
-    geom_spec g = {.L = L, .nL = (L + 1) * (L + 1), .C = C, .NR = NR, .p = p, .eps = (REAL)eps, .rc = (REAL)rc};
-    geom_setup(&g);
+    const geom_spec g = geom_make(L, C, NR, p, eps, rc);
     const i64 nblk = (E + LANES - 1) / LANES;
 #pragma omp parallel for schedule(static)
     for (i64 blk = 0; blk < nblk; ++blk) {
