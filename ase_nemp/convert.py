@@ -32,7 +32,9 @@ def config_from_reference(hyperparameters: Mapping[str, Any] | str) -> NEMPConfi
     missing = [k for k in ("species_z",) + _CONFIG_KEYS if k not in hp]
     if missing:
         raise ValueError(f"reference hyperparameters lack {missing}")
-    return NEMPConfig(species=tuple(int(z) for z in hp["species_z"]), **{k: hp[k] for k in _CONFIG_KEYS})
+    # the reference model has no isolated-atom switch and no ZBL term
+    return NEMPConfig(species=tuple(int(z) for z in hp["species_z"]), isolated_atom_switch=None, zbl=False,
+                      **{k: hp[k] for k in _CONFIG_KEYS})
 
 
 def _load_mlp(mlp: ScaledMLP, arrays: Mapping[str, np.ndarray], prefix: str, used: set[str]) -> None:

@@ -211,7 +211,8 @@ def test_energy_and_forces_continuous_as_an_edge_crosses_the_cutoff(model):
         atoms = base + Atoms("O", positions=[base.positions[0] + r * direction])
         results.append(evaluate(model, atoms))
     (inner, outer) = results
-    fmax = max(np.abs(inner["forces"]).max(), 1e-3)
+    # only the probe moves (by 2 delta): |dE| <= 2 delta |F_probe| up to second order
+    fmax = max(np.linalg.norm(inner["forces"], axis=1).max(), 1e-3)
     assert abs(inner["energy"] - outer["energy"]) <= 2 * delta * fmax + 1e-10
     # dF/dr is bounded by a few eV/Å^2 here, so the forces must agree to well below 1e-3
     np.testing.assert_allclose(inner["forces"], outer["forces"], atol=1e-4)
@@ -275,9 +276,18 @@ def test_isolated_atom(model):
     for symbol in "HCO":
         out = evaluate(model, Atoms(symbol))
         s = model.config.species.index(Atoms(symbol).numbers[0])
+        assert out["energy"] == float(model.atomic_energies[s])  # exactly E0 (limits.py)
+        assert np.all(out["forces"] == 0.0)
+
+
+def test_isolated_atom_without_the_switch_keeps_the_readout_shift():
+    model = random_model(tiny_config(isolated_atom_switch=None), seed=3)
+    for symbol in "HCO":
+        out = evaluate(model, Atoms(symbol))
+        s = model.config.species.index(Atoms(symbol).numbers[0])
         expected = (model.force_rms * model.shift[s] + model.atomic_energies[s]).detach()
         assert out["energy"] == pytest.approx(float(expected), abs=1e-12)
-        assert np.all(out["forces"] == 0.0)
+        assert abs(out["energy"] - float(model.atomic_energies[s])) > 1e-3
 
 
 def test_zero_length_edges_contribute_nothing(model):

@@ -179,6 +179,15 @@ class NEMPConfig:
         Input of the pair embedding: one-hot(a) + one-hot(b), or (Z_a, Z_b) as floats.
     eps : float
         The regulariser epsilon_0 used everywhere (lengths, harmonics, coordination).
+    isolated_atom_switch : float or None
+        n_s of the isolated-atom limit (:mod:`ase_nemp.model.limits`): the network part of
+        an atom's energy is multiplied by a smooth switch of its coordination that is 0
+        without neighbours and 1 from ``n_s`` on, so an atom alone has exactly its
+        reference energy. ``None`` turns it off (the NEMP authors' model; model files
+        written before this option load that way).
+    zbl : bool
+        Add the ZBL screened nuclear repulsion for pairs closer than the sum of their
+        covalent radii (:mod:`ase_nemp.model.limits`).
     """
 
     species: tuple[int, ...] = field(default=(1, 8))
@@ -198,6 +207,8 @@ class NEMPConfig:
     readout_bias: bool = False
     pair_input: str = "one_hot"
     eps: float = 1e-6
+    isolated_atom_switch: float | None = 0.5
+    zbl: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -224,6 +235,12 @@ class NEMPConfig:
             problems.append(f"pair_input must be one of {_PAIR_INPUTS} (got {self.pair_input!r})")
         if not self.eps > 0:
             problems.append("eps must be positive")
+        if self.isolated_atom_switch is not None:
+            set_(self, "isolated_atom_switch", float(self.isolated_atom_switch))
+            if not self.isolated_atom_switch > 0:
+                problems.append(f"isolated_atom_switch must be positive or None (got {self.isolated_atom_switch})")
+        if not isinstance(self.zbl, bool):
+            problems.append(f"zbl must be true or false (got {self.zbl!r})")
         if problems:
             raise ValueError("invalid NEMPConfig: " + "; ".join(problems))
 

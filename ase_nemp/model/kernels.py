@@ -484,7 +484,7 @@ def mlp(module, x: torch.Tensor, csr: EdgeCSR | None, fold: int = 1) -> torch.Te
         lib = _library(x.dtype) if x.dtype == module.w_out.dtype else None
     if lib is None:
         y = module(x)
-        return y if fold == 1 else y.view(*y.shape[:-1], fold, -1).sum(-2)
+        return y if fold == 1 else y.view(*y.shape[:-1], fold, y.shape[-1] // fold).sum(-2)  # 0 rows allowed
     with torch.no_grad():
         opt = lambda b: None if b is None else b.detach().contiguous()  # noqa: E731
         w_out, b_out = module.w_out * module.gain_out, opt(module.b_out)

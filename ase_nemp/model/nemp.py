@@ -41,6 +41,7 @@ from torch import nn
 from ..graph import AtomicGraph
 from .angular import coupling_paths, degrees, normalized_spherical_harmonics, real_clebsch_gordan
 from .config import NEMPConfig
+from .limits import coordination_switch, zbl_energies, zbl_tables
 from .kernels import build_csr, edge_geometry, edge_invariants, mlp, node_densities, species_matmul, tensor_product
 from .mlp import ScaledMLP
 from .radial import polynomial_envelope
@@ -143,6 +144,9 @@ class NEMP(nn.Module):
         self.shift = nn.Parameter(torch.zeros(S, dtype=f64))
         self.register_buffer("force_rms", torch.tensor(1.0, dtype=f64))
         self.register_buffer("atomic_energies", torch.zeros(S, dtype=f64))
+        if cfg.zbl:  # derived from the species: not stored in model files
+            for name, table in zbl_tables(cfg.species).items():
+                self.register_buffer(name, table, persistent=False)
 
         # constant index tables
         deg_L = torch.from_numpy(degrees(L))
@@ -315,7 +319,8 @@ class NEMP(nn.Module):
         k_tab, w_tab = self.freq_mlp(sigma), self.pw_mlp(sigma)  # (S^2, N_R), (S^2, C+N_R)
         pair = species.index_select(0, i) * S + species.index_select(0, j)
         Y, f, X0, e0 = self._geometry(r, pair, k_tab, w_tab, csr)
-        n = _scatter(f, i, N) + eps  # (N,) smooth coordination
+        coordination = _scatter(f, i, N)  # (N,) sum of cutoff weights, 0 for an isolated atom
+        n = coordination + eps
         inv_n = (1.0 / n)[:, None]  # (N, 1)
 
         # -- initial edge coefficients (3.3)
@@ -364,7 +369,14 @@ class NEMP(nn.Module):
         if trace is not None:
             trace.update(readout_input=x, readout_raw=raw)
         energies = self.force_rms * (self.scale.index_select(0, species) * raw + self.shift.index_select(0, species))
+        if cfg.isolated_atom_switch is not None:
+            energies = energies * coordination_switch(coordination, cfg.isolated_atom_switch)
+        if cfg.zbl:
+            energies = energies + zbl_energies(r, pair, i, N, self._zbl_tables(), eps)
         return energies + self.atomic_energies.index_select(0, species)
+
+    def _zbl_tables(self) -> dict[str, torch.Tensor]:
+        return {"zbl_charge": self.zbl_charge, "zbl_length": self.zbl_length, "zbl_rmax": self.zbl_rmax}
 
     # -- the edge blocks, each with its eager formula and the fused kernel ---------------
     def _geometry(self, r, pair, k_tab, w_tab, csr):
