@@ -2,17 +2,28 @@
 
 A model file is one ``torch.save`` dictionary of plain data and tensors::
 
-    {"format": "ase-nemp-model", "format_version": 1, "package_version": "...",
-     "torch_version": "...", "config": {...NEMPConfig.to_dict()...},
-     "species": [1, 8], "atomic_energies": [...], "force_rms": ..., "units": "eV, Å",
-     "dtype": "float64", "metadata": {...}, "state_dict": {...}}
+    {"format": "ase-nemp-model", "format_version": 2, "package_version": "...",
+     "torch_version": "...", "architecture": "nemp", "config": {...NEMPConfig.to_dict()...},
+     "committee_size": None or M, "species": [1, 8], "atomic_energies": [...],
+     "force_rms": ..., "units": "eV, Å", "dtype": "float64", "metadata": {...},
+     "state_dict": {...}, "checksum": "sha256 of everything above that defines the model"}
 
-It is read with ``torch.load(weights_only=True)`` (no code can run) and the state dict
-is loaded strictly into a model rebuilt from the stored config.
+It is read with ``torch.load(weights_only=True)`` (no code can run). Before a model is
+built, what the file claims is checked against what it holds: the checksum (a file edited
+after it was written is refused), the species, the dtype, finite floating-point weights,
+and the shape of every tensor against a model built from the stored config on PyTorch's
+``meta`` device (so an edited size cannot make the loader allocate memory). Then the
+state dict is loaded strictly. A committee file (``committee_size`` M) holds the state
+dict of a :class:`~ase_nemp.model.Committee` of M members with one config.
+
+Format version 1 (before committees) had no architecture, committee or checksum entries
+and no isolated-atom switch; such files load as the single NEMP model they describe.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pickle
 import tempfile
@@ -22,16 +33,17 @@ from typing import Any
 import torch
 
 from ._version import __version__
-from .model import NEMP, NEMPConfig
+from .model import NEMP, Committee, NEMPConfig
 
-__all__ = ["save", "load", "read_model_file", "resolve_dtype", "ModelFileError", "FORMAT_VERSION"]
+__all__ = ["save", "load", "read_model_file", "resolve_dtype", "ModelFileError", "FORMAT_VERSION", "atomic_write"]
 
 FORMAT_NAME = "ase-nemp-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+ARCHITECTURES = ("nemp",)
 
 
 class ModelFileError(ValueError):
-    """A model file that is corrupt, truncated, foreign or too new."""
+    """A model file that is corrupt, truncated, foreign, edited or too new."""
 
 
 def _plain(value: Any) -> Any:
@@ -49,43 +61,66 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"metadata value of type {type(value).__name__} cannot be stored; use plain types")
 
 
-def save(model: NEMP, path: str | os.PathLike, **metadata: Any) -> Path:
-    """Write ``model`` to ``path`` atomically (temporary file, then rename).
-
-    Parameters
-    ----------
-    model : NEMP
-    path : path-like
-    **metadata
-        Plain values (str, numbers, lists, dicts) stored under ``"metadata"``, e.g. the
-        training data's name or validation errors.
-    """
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Write a file atomically: ``write(tmp_path)`` into a unique temporary file in the same
+    folder, then rename it over ``path`` (readers never see a half-written file, and
+    concurrent writers never share a temporary name)."""
     path = Path(path)
-    cfg = model.config
-    payload = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "package_version": __version__,
-        "torch_version": str(torch.__version__),
-        "config": cfg.to_dict(),
-        "species": list(cfg.species),
-        "atomic_energies": model.atomic_energies.tolist(),
-        "force_rms": float(model.force_rms),
-        "units": "energy eV, length Å",
-        "dtype": str(model.dtype).replace("torch.", ""),
-        "metadata": _plain(metadata),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-    }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        torch.save(payload, tmp)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _checksum(payload: dict[str, Any]) -> str:
+    """SHA-256 over the entries that define the model: header fields and every tensor."""
+    h = hashlib.sha256()
+    head = {k: payload.get(k) for k in ("architecture", "config", "committee_size", "species", "dtype")}
+    h.update(json.dumps(head, sort_keys=True, default=str).encode())
+    for name in sorted(payload["state_dict"]):
+        t = payload["state_dict"][name]
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}:".encode())
+        h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def save(model: NEMP | Committee, path: str | os.PathLike, **metadata: Any) -> Path:
+    """Write a model or a committee to ``path`` atomically (temporary file, then rename).
+
+    Parameters
+    ----------
+    model : NEMP or Committee
+    path : path-like
+    **metadata
+        Plain values (str, numbers, lists, dicts) stored under ``"metadata"``, e.g. the
+        training data's name or validation errors.
+    """
+    cfg = model.config
+    single = model.members[0] if isinstance(model, Committee) else model
+    payload = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "package_version": __version__,
+        "torch_version": str(torch.__version__),
+        "architecture": "nemp",
+        "config": cfg.to_dict(),
+        "committee_size": model.size if isinstance(model, Committee) else None,
+        "species": list(cfg.species),
+        "atomic_energies": single.atomic_energies.tolist(),
+        "force_rms": float(single.force_rms),
+        "units": "energy eV, length Å",
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "metadata": _plain(metadata),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+    }
+    payload["checksum"] = _checksum(payload)
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -95,6 +130,8 @@ def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"model file {str(path)!r} does not exist")
     if path.is_dir():
         raise ModelFileError(f"{str(path)!r} is a directory, not a model file")
+    if path.stat().st_size == 0:
+        raise ModelFileError(f"model file {str(path)!r} is empty (0 bytes)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -108,7 +145,7 @@ def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
         size = path.stat().st_size
         raise ModelFileError(
             f"cannot read model file {str(path)!r} ({size} bytes): it is truncated, corrupt, or not a "
-            f"PyTorch file ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+            f"PyTorch file ({type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]})"
         ) from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
         kind = type(payload).__name__
@@ -131,12 +168,79 @@ def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
     return payload
 
 
+def _config_of(payload: dict[str, Any], path: Path) -> NEMPConfig:
+    architecture = payload.get("architecture", "nemp")
+    if architecture not in ARCHITECTURES:
+        raise ModelFileError(f"{str(path)!r} holds a model of architecture {architecture!r}, which this ase-nemp "
+                             f"{__version__} does not know (it knows {', '.join(ARCHITECTURES)})")
+    raw = payload["config"]
+    if not isinstance(raw, dict):
+        raise ModelFileError(f"{str(path)!r}: the stored configuration is not a mapping")
+    raw = dict(raw)
+    if payload["format_version"] < 2:  # written before the isolated-atom switch existed
+        raw.setdefault("isolated_atom_switch", None)
+    try:
+        return NEMPConfig.from_dict(raw)
+    except (TypeError, ValueError) as err:
+        raise ModelFileError(f"{str(path)!r} holds an invalid model configuration: {err}") from err
+
+
+def _check_contents(payload: dict[str, Any], config: NEMPConfig, path: Path) -> tuple[torch.dtype, int | None]:
+    """What the file claims against what it holds; returns (dtype, committee size)."""
+    name = str(path)
+    dtype_name = str(payload.get("dtype", "float64"))
+    if dtype_name not in ("float32", "float64"):
+        raise ModelFileError(f"{name!r} claims dtype {dtype_name!r}; model files hold float32 or float64")
+    dtype = getattr(torch, dtype_name)
+    if payload["format_version"] >= 2:
+        if payload.get("checksum") != _checksum(payload):
+            raise ModelFileError(f"{name!r} was modified after it was written (its checksum does not match its "
+                                 "contents); refusing to load it. Write model files with ase_nemp.save only.")
+    if "species" in payload and [int(z) for z in payload["species"]] != list(config.species):
+        raise ModelFileError(f"{name!r}: the species list {payload['species']} disagrees with the configuration's "
+                             f"{list(config.species)}")
+    size = payload.get("committee_size")
+    if size is not None and (not isinstance(size, int) or size < 2):
+        raise ModelFileError(f"{name!r}: invalid committee_size {size!r}")
+    state = payload["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelFileError(f"{name!r}: the state dict must map names to tensors")
+    for key, t in state.items():
+        if t.dtype not in (torch.float32, torch.float64):
+            raise ModelFileError(f"{name!r}: tensor {key!r} has dtype {t.dtype}; weights must be float32 or float64")
+        if not bool(torch.isfinite(t).all()):
+            raise ModelFileError(f"{name!r}: tensor {key!r} holds NaN or infinite values")
+    # shapes against a model built on the meta device: nothing is allocated for the claimed sizes
+    with torch.device("meta"):
+        template = _build(config, dtype, size)
+    expected = {k: tuple(v.shape) for k, v in template.state_dict().items()}
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ModelFileError(f"{name!r}: parameters do not match the stored configuration (missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]})")
+    wrong = [f"{k} {tuple(state[k].shape)} vs {expected[k]}" for k in expected if tuple(state[k].shape) != expected[k]]
+    if wrong:
+        raise ModelFileError(f"{name!r}: tensor shapes disagree with the stored configuration: {'; '.join(wrong[:5])}")
+    e0_key = "members.0.atomic_energies" if size else "atomic_energies"
+    claimed = payload.get("atomic_energies")
+    if claimed is not None and not torch.allclose(torch.tensor(claimed, dtype=torch.float64),
+                                                  state[e0_key].double(), rtol=0.0, atol=1e-9):
+        raise ModelFileError(f"{name!r}: the reference energies in the header disagree with the stored tensors")
+    return dtype, size
+
+
+def _build(config: NEMPConfig, dtype: torch.dtype, size: int | None) -> NEMP | Committee:
+    if size:
+        return Committee([NEMP(config, dtype=dtype) for _ in range(size)])
+    return NEMP(config, dtype=dtype)
+
+
 def load(
     path: str | os.PathLike,
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype | None = None,
-) -> NEMP:
-    """Load a model written by :func:`save`.
+) -> NEMP | Committee:
+    """Load a model or a committee written by :func:`save`.
 
     Parameters
     ----------
@@ -146,15 +250,15 @@ def load(
 
     Returns
     -------
-    NEMP in eval mode. Its ``metadata`` attribute holds the stored metadata.
+    NEMP (or Committee for a committee file) in eval mode. Its ``metadata`` attribute holds
+    the stored metadata. Raises :class:`ModelFileError` for a file that is corrupt, edited,
+    inconsistent, of an unknown architecture or from a newer version.
     """
+    path = Path(path)
     payload = read_model_file(path)
-    try:
-        config = NEMPConfig.from_dict(payload["config"])
-    except (TypeError, ValueError) as err:
-        raise ModelFileError(f"{str(path)!r} holds an invalid model configuration: {err}") from err
-    saved_dtype = getattr(torch, str(payload.get("dtype", "float64")), torch.float64)
-    model = NEMP(config, dtype=saved_dtype)
+    config = _config_of(payload, path)
+    saved_dtype, size = _check_contents(payload, config, path)
+    model = _build(config, saved_dtype, size)
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as err:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import ase_nemp
-from ase_nemp.io import FORMAT_VERSION, ModelFileError, read_model_file
+from ase_nemp.io import FORMAT_VERSION, ModelFileError, _checksum, read_model_file
 from ase_nemp.testing import evaluate, random_crystal, random_model, tiny_config
 
 
@@ -94,23 +94,111 @@ def test_newer_format_version(saved, tmp_path):
     payload["package_version"] = "9.9.9"
     newer = tmp_path / "newer.pt"
     torch.save(payload, newer)
-    with pytest.raises(ModelFileError, match=r"format version 2.*9\.9\.9.*Upgrade"):
+    with pytest.raises(ModelFileError, match=rf"format version {FORMAT_VERSION + 1}.*9\.9\.9.*Upgrade"):
         ase_nemp.load(newer)
+
+
+def _rewrite(payload, path):
+    """Save an edited payload with a recomputed checksum: a consistent-looking but wrong file."""
+    payload["checksum"] = _checksum(payload)
+    torch.save(payload, path)
+    return path
 
 
 def test_state_dict_must_match_config(saved, tmp_path):
     _, path = saved
     payload = torch.load(path, weights_only=True)
     payload["config"]["num_channels"] = 6
-    bad = tmp_path / "mismatch.pt"
-    torch.save(payload, bad)
-    with pytest.raises(ModelFileError, match="do not match"):
+    bad = _rewrite(payload, tmp_path / "mismatch.pt")
+    with pytest.raises(ModelFileError, match="shapes disagree"):
         ase_nemp.load(bad)
     payload = torch.load(path, weights_only=True)
     payload["config"]["colour"] = "blue"
-    torch.save(payload, bad)
+    _rewrite(payload, bad)
     with pytest.raises(ModelFileError, match="colour"):
         ase_nemp.load(bad)
+
+
+@pytest.mark.parametrize("edit", ["cutoff", "species", "weight"])
+def test_a_file_edited_after_saving_is_refused(saved, tmp_path, edit):
+    _, path = saved
+    payload = torch.load(path, weights_only=True)
+    if edit == "cutoff":
+        payload["config"]["cutoff"] = 4.0
+    elif edit == "species":
+        payload["config"]["species"] = [1, 7, 8]  # same count, another element
+        payload["species"] = [1, 7, 8]
+    else:
+        payload["state_dict"]["w_sp"][0, 0, 0] += 1.0
+    bad = tmp_path / "edited.pt"
+    torch.save(payload, bad)
+    with pytest.raises(ModelFileError, match="modified after it was written"):
+        ase_nemp.load(bad)
+
+
+def test_inconsistent_contents_are_refused(saved, tmp_path):
+    _, path = saved
+    bad = tmp_path / "bad.pt"
+    cases = {
+        "NaN": lambda p: p["state_dict"]["w_sp"].view(-1).__setitem__(0, float("nan")),
+        "dtype torch.int64": lambda p: p["state_dict"].__setitem__("scale", p["state_dict"]["scale"].long()),
+        "float16": lambda p: p.__setitem__("dtype", "float16"),
+        "species list": lambda p: p.__setitem__("species", [1, 6, 7]),
+        "reference energies": lambda p: p["atomic_energies"].__setitem__(0, p["atomic_energies"][0] + 1.0),
+        "architecture 'mace'": lambda p: p.__setitem__("architecture", "mace"),
+    }
+    for message, edit in cases.items():
+        payload = torch.load(path, weights_only=True)
+        edit(payload)
+        _rewrite(payload, bad)
+        with pytest.raises(ModelFileError, match=message):
+            ase_nemp.load(bad)
+
+
+def test_absurd_sizes_are_refused_before_allocating(saved, tmp_path):
+    _, path = saved
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["num_channels"] = 100_000  # a real model of this size needs hundreds of GB
+    bad = _rewrite(payload, tmp_path / "huge.pt")
+    with pytest.raises(ModelFileError, match="shapes disagree"):
+        ase_nemp.load(bad)
+
+
+def test_empty_file(tmp_path):
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(ModelFileError, match="empty"):
+        ase_nemp.load(empty)
+
+
+def test_version_1_files_load_without_the_isolated_atom_switch(saved, tmp_path):
+    model, path = saved
+    payload = torch.load(path, weights_only=True)
+    for key in ("architecture", "committee_size", "checksum"):
+        del payload[key]
+    for key in ("isolated_atom_switch", "zbl"):
+        del payload["config"][key]
+    payload["format_version"] = 1
+    old = tmp_path / "v1.pt"
+    torch.save(payload, old)
+    loaded = ase_nemp.load(old)
+    assert loaded.config.isolated_atom_switch is None and not loaded.config.zbl
+    assert model.config.isolated_atom_switch == 0.5  # the file's own model had it on: results differ for
+    assert loaded.config == model.config.replace(isolated_atom_switch=None)  # sparse atoms only
+
+
+def test_committee_round_trip(tmp_path):
+    from ase_nemp.model import Committee
+
+    committee = Committee([random_model(seed=s) for s in (1, 2, 3)])
+    path = ase_nemp.save(committee, tmp_path / "committee.pt", note="three")
+    loaded = ase_nemp.load(path)
+    assert isinstance(loaded, Committee) and loaded.size == 3
+    atoms = random_crystal(seed=2)
+    for a, b in zip(committee.members, loaded.members):
+        assert np.array_equal(evaluate(a, atoms)["forces"], evaluate(b, atoms)["forces"])
+    assert read_model_file(path)["committee_size"] == 3
+    assert loaded.metadata == {"note": "three"}
 
 
 def test_metadata_must_be_plain(tmp_path):
