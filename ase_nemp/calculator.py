@@ -8,7 +8,9 @@ self.results`` (float64 numpy).
 from __future__ import annotations
 
 import copy
+import math
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from .io import load, resolve_dtype
-from .model import NEMP, energy_forces_stress
+from .model import NEMP, Committee, committee_energy_forces_stress, committee_statistics, energy_forces_stress
 from .nl import NeighbourList, build_graph
 
 __all__ = ["NEMPCalculator", "StressUnavailableError"]
@@ -29,13 +31,13 @@ class StressUnavailableError(PropertyNotImplementedError, ValueError):
 
 
 class NEMPCalculator(Calculator):
-    """ASE calculator for an NEMP model.
+    """ASE calculator for an NEMP model or a committee of them.
 
     Parameters
     ----------
-    model : NEMP or path-like
-        A model, or a model file written by :func:`ase_nemp.save`. The calculator works
-        on its own copy, moved to ``device`` and ``dtype``.
+    model : NEMP, Committee or path-like
+        A model, a committee, or a model file written by :func:`ase_nemp.save`. The
+        calculator works on its own copy, moved to ``device`` and ``dtype``.
     device : str or torch.device
         ``"cpu"`` or ``"cuda"`` (or ``"cuda:1"``...).
     dtype : "float64" or "float32"
@@ -57,6 +59,16 @@ class NEMPCalculator(Calculator):
     energy), ``forces`` (eV/Å), and ``stress`` (eV/Å^3, Voigt order xx yy zz yz xz xy,
     ASE's sign convention) for structures periodic in all three directions.
 
+    A **committee** gives the mean of its members for all of these, computed in the same
+    call, plus ``energy_uncertainty`` (eV, the spread of the members' energies),
+    ``forces_uncertainty`` (N,) (eV/Å, per atom, the spread of the members' force
+    vectors) and ``committee_energy`` (M,) (eV, every member's energy); see
+    :mod:`ase_nemp.model.committee`. ``calc.get_property("forces_uncertainty", atoms)``
+    reads them.
+
+    One calculator may be shared by several threads: calls are serialised, so every
+    thread gets the results of its own structure.
+
     Examples
     --------
     >>> from ase.build import molecule
@@ -68,37 +80,53 @@ class NEMPCalculator(Calculator):
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+    committee_properties = ["energy_uncertainty", "forces_uncertainty", "committee_energy"]
     default_parameters: dict[str, Any] = {}
+    _ase_keywords = ("label", "atoms", "directory")
 
     def __init__(
         self,
-        model: NEMP | str | os.PathLike,
+        model: NEMP | Committee | str | os.PathLike,
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype = "float64",
         skin: float = 0.5,
         compile: bool = False,
         **kwargs: Any,
     ) -> None:
+        unknown = sorted(set(kwargs) - set(self._ase_keywords))
+        if unknown:
+            raise TypeError(f"NEMPCalculator got unknown keyword argument(s) {', '.join(unknown)}; it takes model, "
+                            f"device, dtype, skin, compile and ASE's {', '.join(self._ase_keywords)}")
+        if not isinstance(skin, (int, float)) or not math.isfinite(skin) or skin < 0:
+            raise ValueError(f"skin must be a finite distance >= 0 in Å, got {skin!r}")
         super().__init__(**kwargs)
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype)
+        self.model_file = None
         if isinstance(model, (str, os.PathLike)):
+            self.model_file = str(model)
             model = load(model, device=self.device, dtype=self.dtype)
-        elif isinstance(model, NEMP):
+        elif isinstance(model, (NEMP, Committee)):
             model = copy.deepcopy(model).to(device=self.device, dtype=self.dtype)
         else:
-            raise TypeError(f"model must be an NEMP module or a path to a model file, not {type(model).__name__}")
+            raise TypeError(f"model must be an NEMP module, a Committee or a path to a model file, "
+                            f"not {type(model).__name__}")
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
         self.model = model
+        self.is_committee = isinstance(model, Committee)
+        self.implemented_properties = list(type(self).implemented_properties) + (
+            self.committee_properties if self.is_committee else [])
         self.neighbour_list = NeighbourList(model.cutoff, skin=skin)
+        self._lock = threading.RLock()
         if compile:
             self.compile()
 
     def compile(self) -> "NEMPCalculator":
         """Compile the model's energy function with ``torch.compile`` (dynamic shapes)."""
-        self.model.atomic_energies_of = torch.compile(self.model.atomic_energies_of, dynamic=True)
+        for member in self.model.members if self.is_committee else [self.model]:
+            member.atomic_energies_of = torch.compile(member.atomic_energies_of, dynamic=True)
         return self
 
     # -- constructors ----------------------------------------------------------------
@@ -120,13 +148,22 @@ class NEMPCalculator(Calculator):
         if hasattr(self, "neighbour_list"):
             self.neighbour_list.reset()
 
+    def get_property(self, name, atoms=None, allow_calculation=True):
+        if name in self.committee_properties and not self.is_committee:
+            raise PropertyNotImplementedError(
+                f"{name!r} needs a committee model (several members whose spread estimates the error); this "
+                "calculator holds a single model. Train one with training.committee: N in nemp train.")
+        with self._lock:  # the check, the calculation and the read of one thread belong together
+            return super().get_property(name, atoms, allow_calculation)
+
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
-        super().calculate(atoms, properties, system_changes)
-        try:
-            self._evaluate(self.atoms, properties)
-        except Exception:
-            self.reset()  # nothing half-computed survives; the next call starts afresh
-            raise
+        with self._lock:
+            super().calculate(atoms, properties, system_changes)
+            try:
+                self._evaluate(self.atoms, properties)
+            except Exception:
+                self.reset()  # nothing half-computed survives; the next call starts afresh
+                raise
 
     def _evaluate(self, atoms, properties) -> None:
         want_stress = "stress" in properties
@@ -136,16 +173,28 @@ class NEMPCalculator(Calculator):
             )
         graph = build_graph(atoms, self.model.cutoff, device=self.device, dtype=self.dtype,
                             neighbour_list=self._neighbour_list_for(atoms))
-        out = energy_forces_stress(self.model, graph, stress=want_stress)
+        if self.is_committee:
+            members = committee_energy_forces_stress(self.model, graph, stress=want_stress)
+            out = committee_statistics(members)
+        else:
+            out = energy_forces_stress(self.model, graph, stress=want_stress)
+
+        def numpy(t: torch.Tensor) -> np.ndarray:
+            return t.to(torch.float64).cpu().numpy()
+
         energy = float(out["energy"].sum())
         self.results = {
             "energy": energy,
             "free_energy": energy,
-            "energies": out["energies"].to(torch.float64).cpu().numpy(),
-            "forces": out["forces"].to(torch.float64).cpu().numpy(),
+            "energies": numpy(out["energies"]),
+            "forces": numpy(out["forces"]),
         }
         if want_stress:
-            self.results["stress"] = full_3x3_to_voigt_6_stress(out["stress"][0].to(torch.float64).cpu().numpy())
+            self.results["stress"] = full_3x3_to_voigt_6_stress(numpy(out["stress"][0]))
+        if self.is_committee:
+            self.results["energy_uncertainty"] = float(out["energy_uncertainty"].sum())
+            self.results["forces_uncertainty"] = numpy(out["forces_uncertainty"])
+            self.results["committee_energy"] = numpy(members["energy"][:, 0])
 
     def _neighbour_list_for(self, atoms) -> NeighbourList | None:
         # non-periodic systems on a GPU may use torch-cluster (see nl.build_graph)
@@ -156,7 +205,15 @@ class NEMPCalculator(Calculator):
                 return None
         return self.neighbour_list
 
+    def todict(self) -> dict[str, Any]:
+        """What this calculator is: model file (or architecture), committee size, dtype, device, skin."""
+        cfg = self.model.config
+        return {"model": self.model_file or "nemp (module)", "committee_size": self.model.size if self.is_committee else 1,
+                "elements": cfg.symbols, "cutoff": cfg.cutoff, "dtype": str(self.dtype).replace("torch.", ""),
+                "device": str(self.device), "skin": self.neighbour_list.skin}
+
     def __repr__(self) -> str:
         cfg = self.model.config
-        return (f"NEMPCalculator(elements={cfg.symbols}, cutoff={cfg.cutoff}, device='{self.device}', "
+        committee = f", committee of {self.model.size}" if self.is_committee else ""
+        return (f"NEMPCalculator(elements={cfg.symbols}, cutoff={cfg.cutoff}{committee}, device='{self.device}', "
                 f"dtype={str(self.dtype).replace('torch.', '')}, skin={self.neighbour_list.skin})")

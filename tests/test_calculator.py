@@ -248,7 +248,7 @@ def test_model_file_errors(model, tmp_path):
     torch.save(payload, tmp_path / "newer.pt")
     with pytest.raises(ValueError, match="format version 99"):
         NEMPCalculator(tmp_path / "newer.pt")
-    with pytest.raises(TypeError, match="NEMP module or a path"):
+    with pytest.raises(TypeError, match="NEMP module, a Committee or a path"):
         NEMPCalculator(object())
     with pytest.raises(ValueError, match="dtype"):
         NEMPCalculator(model, dtype="float16")
@@ -272,3 +272,92 @@ def test_float32_forces_are_close_to_float64(model):
     f32 = NEMPCalculator(model, dtype="float32").get_forces(atoms)
     err = np.abs(f32 - f64).max()
     assert err < 1e-4 * max(1.0, np.abs(f64).max()), err
+
+
+def test_unknown_keywords_and_bad_skin_are_refused(model):
+    with pytest.raises(TypeError, match="skn"):
+        NEMPCalculator(model, skn=0.3)
+    for skin in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="skin"):
+            NEMPCalculator(model, skin=skin)
+    calc = NEMPCalculator(model, dtype="float32", skin=0.3)
+    info = calc.todict()
+    assert info["dtype"] == "float32" and info["skin"] == 0.3 and info["committee_size"] == 1
+
+
+def test_threads_sharing_one_calculator_get_their_own_results(model):
+    """Four threads, one calculator, different structures: each must see its own numbers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    structures = [random_molecule(n=5 + k, seed=40 + k) for k in range(4)]
+    expected = []
+    for atoms in structures:
+        atoms.calc = NEMPCalculator(model)
+        expected.append((atoms.get_potential_energy(), atoms.get_forces().copy()))
+    shared = NEMPCalculator(model, skin=0.3)
+
+    def work(k):
+        out = []
+        for step in range(30):
+            atoms = structures[k].copy()
+            atoms.positions += 1e-4 * step  # a translation: same energy, new calculation
+            atoms.calc = shared
+            out.append((atoms.get_potential_energy(), atoms.get_forces().copy()))
+        return out
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(work, range(4)))
+    for k, runs in enumerate(results):
+        for energy, forces in runs:
+            assert energy == pytest.approx(expected[k][0], abs=1e-9)
+            np.testing.assert_allclose(forces, expected[k][1], atol=1e-9)
+
+
+# -- committees ---------------------------------------------------------------------------
+
+
+def test_committee_gives_the_mean_and_the_spread_in_one_call():
+    from ase_nemp.model import Committee
+
+    members = [random_model(tiny_config(cutoff=3.2), seed=s) for s in (7, 8, 9)]
+    atoms = random_crystal(n=6, seed=1)
+    singles = []
+    for m in members:
+        atoms.calc = NEMPCalculator(m)
+        singles.append((atoms.get_potential_energy(), atoms.get_forces().copy(), atoms.get_stress().copy(),
+                        atoms.get_potential_energies().copy()))
+    energies = np.array([s[0] for s in singles])
+    forces = np.stack([s[1] for s in singles])
+    atoms.calc = calc = NEMPCalculator(Committee(members))
+    calls = []
+    evaluate = calc._evaluate
+    calc._evaluate = lambda *args: calls.append(1) or evaluate(*args)
+    assert atoms.get_potential_energy() == pytest.approx(energies.mean(), abs=1e-10)
+    np.testing.assert_allclose(atoms.get_forces(), forces.mean(0), atol=1e-10)
+    np.testing.assert_allclose(atoms.get_potential_energies(), np.mean([s[3] for s in singles], 0), atol=1e-10)
+    assert calc.get_property("energy_uncertainty", atoms) == pytest.approx(energies.std(ddof=1), abs=1e-10)
+    spread = np.sqrt(((forces - forces.mean(0)) ** 2).sum((0, 2)) / 2)
+    np.testing.assert_allclose(calc.get_property("forces_uncertainty", atoms), spread, atol=1e-10)
+    np.testing.assert_allclose(calc.get_property("committee_energy", atoms), energies, atol=1e-10)
+    assert len(calls) == 1  # one call for energy, forces, per-atom energies and both spreads
+    np.testing.assert_allclose(atoms.get_stress(), np.mean([s[2] for s in singles], 0), atol=1e-10)
+    assert spread.max() > 1e-3  # different members disagree, so the test can fail
+
+
+def test_single_model_has_no_uncertainty(model):
+    atoms = random_molecule(n=4, seed=3)
+    atoms.calc = calc = NEMPCalculator(model)
+    with pytest.raises(PropertyNotImplementedError, match="committee"):
+        calc.get_property("forces_uncertainty", atoms)
+
+
+def test_committee_file_through_the_calculator(tmp_path):
+    from ase_nemp.model import Committee
+
+    committee = Committee([random_model(tiny_config(cutoff=3.2), seed=s) for s in (1, 2)])
+    path = save(committee, tmp_path / "c.pt")
+    atoms = random_molecule(n=5, seed=4)
+    atoms.calc = calc = NEMPCalculator(path, dtype="float32")
+    assert calc.is_committee and "forces_uncertainty" in calc.implemented_properties
+    assert calc.get_property("forces_uncertainty", atoms).shape == (5,)
+    BFGS(atoms, logfile=None).run(fmax=0.05, steps=20)  # ASE drives it like any calculator
