@@ -22,12 +22,17 @@ def _info(args: argparse.Namespace) -> int:
     model = load(args.model)
     cfg = model.config
     print(f"model file      {args.model}")
+    if hasattr(model, "members"):
+        print(f"committee       {model.size} members")
     print(f"elements        {', '.join(cfg.symbols)}")
     print(f"cutoff          {cfg.cutoff} Å")
     print(f"L / l / C / T   {cfg.sh_lmax} / {cfg.feat_lmax} / {cfg.num_channels} / {cfg.num_layers}")
     print(f"parameters      {model.num_parameters():,}")
     print(f"dtype           {str(model.dtype).replace('torch.', '')}")
-    print("reference E     " + ", ".join(f"{s} {e:.4f} eV" for s, e in zip(cfg.symbols, model.atomic_energies.tolist())))
+    single = model.members[0] if hasattr(model, "members") else model
+    print("reference E     " + ", ".join(f"{s} {e:.4f} eV" for s, e in zip(cfg.symbols, single.atomic_energies.tolist())))
+    print(f"isolated atoms  {'exactly E0 (switch width ' + str(cfg.isolated_atom_switch) + ')' if cfg.isolated_atom_switch else 'no switch'}")
+    print(f"ZBL repulsion   {'on' if cfg.zbl else 'off'}")
     for key, value in sorted(getattr(model, "metadata", {}).items()):
         print(f"{key:<15} {value}")
     return 0
@@ -43,7 +48,14 @@ def _train(args: argparse.Namespace) -> int:
         print(f"nemp train: {err}; continue with: nemp train {args.config} --resume", file=sys.stderr)
         return 130
     best = trainer.out / "best.pt"
-    print(f"best model: {best}  (epoch {trainer.state['best_epoch']}, validation loss {trainer.state['best_val']:.4g})")
+    if not best.exists():
+        print(f"nemp train: no epoch was completed, so no model was written (see {trainer.out})", file=sys.stderr)
+        return 1
+    if hasattr(trainer, "members"):
+        print(f"committee of {len(trainer.members)}: {best}  (member best epochs "
+              f"{[t.state['best_epoch'] for t in trainer.members]}; validation in {trainer.out / 'committee.md'})")
+    else:
+        print(f"best model: {best}  (epoch {trainer.state['best_epoch']}, validation loss {trainer.state['best_val']:.4g})")
     return 0
 
 
@@ -54,11 +66,25 @@ def _eval(args: argparse.Namespace) -> int:
     stats, pred, ref = predictions(args.model, args.data, keys, batch_size=args.batch_size, device=args.device,
                                    dtype=args.dtype)
     print(format_table(stats.summary()))
+    title = f"{Path(args.model).name} on {Path(args.data).name}"
     if args.plot:
         from .train.plots import parity_plot
 
-        parity_plot(pred, ref, args.plot, title=f"{Path(args.model).name} on {Path(args.data).name}")
+        parity_plot(pred, ref, args.plot, title=title)
         print(f"parity plot written to {args.plot}")
+    if "energy_uncertainty" in pred:
+        from .train.evaluate import calibration, format_calibration
+        from .train.plots import calibration_plot
+
+        print(f"\ncommittee uncertainty against true error ({len(pred['energy'])} structures):")
+        print(format_calibration(calibration(pred, ref)))
+        path = args.calibration or (args.plot.with_name(args.plot.stem + "-calibration.png") if args.plot else None)
+        if path:
+            calibration_plot(pred, ref, path, title=title)
+            print(f"calibration plot written to {path}")
+    elif args.calibration:
+        print("--calibration needs a committee model file; this file holds a single model", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -88,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("model", type=Path)
     ev.add_argument("data", type=Path, help="any file ase.io.read understands")
     ev.add_argument("--plot", type=Path, help="write energy and force parity plots to this PNG")
+    ev.add_argument("--calibration", type=Path,
+                    help="committee files: write the uncertainty-against-error plot to this PNG "
+                         "(default: beside --plot as NAME-calibration.png)")
     ev.add_argument("--energy-key", default="energy")
     ev.add_argument("--forces-key", default="forces")
     ev.add_argument("--stress-key", default="stress")

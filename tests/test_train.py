@@ -242,3 +242,58 @@ def test_init_from_starts_at_the_file_parameters(data_file, tmp_path):
     assert not torch.equal(trainer.model.w_sp, reference.w_sp)  # it trained from there
     with pytest.raises(ValueError, match="leave the 'model' section out"):
         RunConfig.from_dict({**stage2, "model": TINY_MODEL})
+
+
+# -- committees ----------------------------------------------------------------------------
+
+
+def test_committee_training_saves_one_file_of_different_members(data_file, tmp_path, capsys):
+    from ase_nemp.model import Committee
+    from ase_nemp.train import train
+
+    run = run_config(data_file, tmp_path / "committee", epochs=2, committee=3)
+    result = train(run, progress=False)
+    committee = load(result.best_path)
+    assert isinstance(committee, Committee) and committee.size == 3
+    for k in range(3):
+        member = load(tmp_path / "committee" / f"member-{k}" / "best.pt")
+        assert torch.equal(member.w_sp, committee.members[k].w_sp)
+    assert not torch.equal(committee.members[0].w_sp, committee.members[1].w_sp)  # other seeds
+    # one split for all members; seeds (initial parameters, data order) differ
+    assert [t.seed for t in result.members] == [1, 2, 3]
+    valid = [s.index for s in result.members[0].valid_set]
+    assert all([s.index for s in t.valid_set] == valid for t in result.members)
+    cal = committee.metadata["calibration"]
+    assert cal["structures"] == 3 and -1.0 <= cal["energy_spearman"] <= 1.0
+    assert (tmp_path / "committee" / "calibration.png").stat().st_size > 1000
+    assert "Spearman" in (tmp_path / "committee" / "committee.md").read_text()
+
+    # resuming a finished committee with the same budget trains nothing more
+    histories = [len(t.state["history"]) for t in result.members]
+    again = train(run, resume=True, progress=False)
+    assert [len(t.state["history"]) for t in again.members] == histories
+    with pytest.raises(FileExistsError, match="committee"):
+        train(run, progress=False)
+
+    # nemp eval on the committee file reports calibration
+    assert main(["eval", str(result.best_path), str(data_file), "--plot", str(tmp_path / "p.png")]) == 0
+    printed = capsys.readouterr().out
+    assert "Spearman" in printed and (tmp_path / "p-calibration.png").exists()
+
+
+def test_committee_fine_tuning_starts_each_member_from_its_own(data_file, tmp_path):
+    from ase_nemp.train import train
+
+    first = train(run_config(data_file, tmp_path / "c1", epochs=1, committee=2), progress=False)
+    raw = {"data": {"train": str(data_file), "valid_fraction": 0.25}, "output": {"dir": str(tmp_path / "c2")},
+           "training": dict(epochs=1, batch_size=3, dtype="float64", seed=1, init_from=str(first.best_path),
+                            committee=2)}
+    trainer = Trainer(RunConfig.from_dict(raw), progress=False, member=1)
+    trainer.setup()
+    assert torch.equal(trainer.model.w_sp, load(first.best_path).members[1].w_sp)
+    raw["training"]["committee"] = 3
+    with pytest.raises(ValueError, match="committee of 2"):
+        Trainer(RunConfig.from_dict(raw), progress=False, member=0).setup()
+    raw["training"]["committee"] = 1
+    with pytest.raises(ValueError, match="committee of 2"):
+        Trainer(RunConfig.from_dict(raw), progress=False).setup()

@@ -110,7 +110,16 @@ class TrainConfig:
         Start from the parameters of this model file (fine-tuning, e.g. a second stage
         with a larger energy weight): its architecture, elements and reference energies
         are kept, so the ``model`` section must be empty. A relative path is resolved
-        against the config file. The optimiser and schedules start afresh.
+        against the config file. The optimiser and schedules start afresh. For a
+        committee, the file must be a committee of the same size: member k starts from
+        member k.
+    committee : int
+        Train this many members (seeds ``seed``, ``seed + 1``, ... for the initial
+        parameters and the data order; one train/validation split for all) one after
+        another, each in ``output.dir/member-k`` with the settings above, and save them
+        together as one committee file ``output.dir/best.pt``, whose spread estimates
+        the error (``energy_uncertainty``, ``forces_uncertainty`` in the calculator).
+        1 trains a single model.
     """
 
     epochs: int = 1000
@@ -139,9 +148,12 @@ class TrainConfig:
     workers: int = 1
     checkpoint_every: int = 1
     init_from: str | None = None
+    committee: int = 1
 
     def __post_init__(self) -> None:
         problems = []
+        if not isinstance(self.committee, int) or self.committee < 1:
+            problems.append(f"committee must be a whole number >= 1, not {self.committee!r}")
         if self.lr_schedule not in ("plateau", "cosine"):
             problems.append(f"lr_schedule must be 'plateau' or 'cosine', not {self.lr_schedule!r}")
         if self.optimizer not in ("amsgrad", "adamw"):

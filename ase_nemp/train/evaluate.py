@@ -1,4 +1,5 @@
-"""Evaluate a model on labelled structures: RMSE/MAE overall and per ``config_type``."""
+"""Evaluate a model on labelled structures: RMSE/MAE overall and per ``config_type``, and,
+for a committee, how well its spread predicts its error (calibration)."""
 
 from __future__ import annotations
 
@@ -10,49 +11,64 @@ import torch
 from ase import Atoms
 
 from ..io import load, resolve_dtype
-from ..model import NEMP, energy_forces_stress
-from .data import LabelKeys, build_samples, make_batch, read_structures
+from ..model import NEMP, Committee, committee_energy_forces_stress, committee_statistics, energy_forces_stress
+from .data import LabelKeys, Sample, build_samples, make_batch, read_structures
 from .loss import ErrorStats
 
-__all__ = ["evaluate", "format_table", "predictions"]
+__all__ = ["evaluate", "format_table", "predictions", "calibration", "format_calibration"]
 
 
-def _as_model(model: NEMP | str | os.PathLike, device, dtype) -> NEMP:
-    if isinstance(model, NEMP):
+def _as_model(model: NEMP | Committee | str | os.PathLike, device, dtype) -> NEMP | Committee:
+    if isinstance(model, (NEMP, Committee)):
         return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     return load(model, device=device, dtype=dtype)
 
 
 def predictions(
-    model: NEMP | str | os.PathLike,
-    frames: Sequence[Atoms] | str | os.PathLike,
+    model: NEMP | Committee | str | os.PathLike,
+    frames: Sequence[Atoms] | Sequence[Sample] | str | os.PathLike,
     keys: LabelKeys = LabelKeys(),
     batch_size: int = 16,
     device: str = "cpu",
     dtype: str | torch.dtype | None = "float64",
 ):
-    """Run the model on labelled frames. Returns ``(ErrorStats, pred, ref)``; ``pred`` and
-    ``ref`` hold ``energy``, ``energy_per_atom``, ``forces`` arrays for plots."""
+    """Run a model or a committee on labelled frames (or prepared samples).
+
+    Returns ``(ErrorStats, pred, ref)``. ``pred`` and ``ref`` hold ``energy`` (B,),
+    ``energy_per_atom`` (B,), ``forces`` (N, 3) and ``num_atoms`` (B,) arrays; for a
+    committee (whose prediction is the members' mean) ``pred`` also holds
+    ``energy_uncertainty`` (B,) and ``forces_uncertainty`` (N,).
+    """
     dtype = resolve_dtype(dtype) if dtype is not None else None
     model = _as_model(model, torch.device(device), dtype)
     model.eval()
+    is_committee = isinstance(model, Committee)
     if isinstance(frames, (str, os.PathLike)):
         frames = read_structures(frames)
-    samples = build_samples(frames, model.cutoff, keys, model.config.species)
+    if len(frames) and isinstance(frames[0], Sample):
+        samples = list(frames)
+    else:
+        samples = build_samples(frames, model.cutoff, keys, model.config.species)
     stats = ErrorStats()
-    pred = {"energy": [], "energy_per_atom": [], "forces": []}
-    ref = {"energy": [], "energy_per_atom": [], "forces": []}
+    names = ["energy", "energy_per_atom", "forces", "num_atoms"]
+    pred = {k: [] for k in names + (["energy_uncertainty", "forces_uncertainty"] if is_committee else [])}
+    ref = {k: [] for k in names}
     for start in range(0, len(samples), batch_size):
         batch = make_batch(samples[start : start + batch_size]).to(torch.device(device), model.dtype)
-        out = energy_forces_stress(model, batch.graph, stress=bool(batch.has_stress.any()))
+        want_stress = bool(batch.has_stress.any())
+        if is_committee:
+            out = committee_statistics(committee_energy_forces_stress(model, batch.graph, stress=want_stress))
+            pred["energy_uncertainty"].append(out["energy_uncertainty"].double().cpu().numpy())
+            pred["forces_uncertainty"].append(out["forces_uncertainty"].double().cpu().numpy())
+        else:
+            out = energy_forces_stress(model, batch.graph, stress=want_stress)
         stats.add(out, batch)
         n = batch.num_atoms.double().cpu().numpy()
-        pred["energy"].append(out["energy"].double().cpu().numpy())
-        ref["energy"].append(batch.energy.double().cpu().numpy())
-        pred["forces"].append(out["forces"].double().cpu().numpy())
-        ref["forces"].append(batch.forces.double().cpu().numpy())
-        pred["energy_per_atom"].append(pred["energy"][-1] / n)
-        ref["energy_per_atom"].append(ref["energy"][-1] / n)
+        for store, energy, forces in ((pred, out["energy"], out["forces"]), (ref, batch.energy, batch.forces)):
+            store["energy"].append(energy.double().cpu().numpy())
+            store["forces"].append(forces.double().cpu().numpy())
+            store["energy_per_atom"].append(store["energy"][-1] / n)
+            store["num_atoms"].append(n.astype(int))
     pred = {k: np.concatenate(v) for k, v in pred.items()}
     ref = {k: np.concatenate(v) for k, v in ref.items()}
     return stats, pred, ref
@@ -66,6 +82,70 @@ def evaluate(model, frames, keys: LabelKeys = LabelKeys(), **kwargs) -> dict[str
     """
     stats, _, _ = predictions(model, frames, keys, **kwargs)
     return stats.summary()
+
+
+def _per_structure(values: np.ndarray, num_atoms: np.ndarray, reduce) -> np.ndarray:
+    bounds = np.concatenate([[0], np.cumsum(num_atoms)])
+    return np.array([reduce(values[a:b]) for a, b in zip(bounds[:-1], bounds[1:])])
+
+
+def calibration_data(pred: dict, ref: dict) -> dict[str, np.ndarray]:
+    """Per structure and per atom: the committee's uncertainty and its true error.
+
+    ``energy``: ``energy_uncertainty`` against ``|E - E_ref|`` (eV); ``forces``: the RMS over
+    a structure's atoms of ``forces_uncertainty`` against the RMS of ``|F_i - F_i,ref|``
+    (eV/Å); ``forces_atom``: per atom, ``forces_uncertainty`` against ``|F_i - F_i,ref|``.
+    """
+    n = pred["num_atoms"]
+    err_atom = np.linalg.norm(pred["forces"] - ref["forces"], axis=1)
+    rms = lambda x: float(np.sqrt(np.mean(x**2)))  # noqa: E731
+    return {
+        "energy_uncertainty": pred["energy_uncertainty"], "energy_error": np.abs(pred["energy"] - ref["energy"]),
+        "forces_uncertainty": _per_structure(pred["forces_uncertainty"], n, rms),
+        "forces_error": _per_structure(err_atom, n, rms),
+        "forces_atom_uncertainty": pred["forces_uncertainty"], "forces_atom_error": err_atom,
+    }
+
+
+def calibration(pred: dict, ref: dict) -> dict[str, float]:
+    """How well a committee's spread ranks its errors (from :func:`predictions` output).
+
+    Returns the Spearman rank correlations ``energy_spearman``, ``forces_spearman`` (per
+    structure) and ``forces_atom_spearman`` (per atom), and the ratios of RMS error to RMS
+    uncertainty ``energy_ratio`` and ``forces_ratio`` (1 for a spread that has the size of
+    the error; larger when the committee is over-confident).
+    """
+    from scipy.stats import spearmanr
+
+    data = calibration_data(pred, ref)
+
+    def rho(a, b):
+        if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+            return float("nan")
+        return float(spearmanr(a, b).statistic)
+
+    def ratio(err, unc):
+        return float(np.sqrt(np.mean(err**2)) / max(np.sqrt(np.mean(unc**2)), 1e-300))
+
+    return {
+        "structures": int(len(data["energy_error"])),
+        "energy_spearman": rho(data["energy_uncertainty"], data["energy_error"]),
+        "forces_spearman": rho(data["forces_uncertainty"], data["forces_error"]),
+        "forces_atom_spearman": rho(data["forces_atom_uncertainty"], data["forces_atom_error"]),
+        "energy_ratio": ratio(data["energy_error"], data["energy_uncertainty"]),
+        "forces_ratio": ratio(data["forces_atom_error"], data["forces_atom_uncertainty"]),
+    }
+
+
+def format_calibration(cal: dict[str, float]) -> str:
+    """Markdown table of :func:`calibration`."""
+    return "\n".join([
+        "| quantity | Spearman rank correlation | RMS error / RMS uncertainty |",
+        "|---|---|---|",
+        f"| energy per structure | {cal['energy_spearman']:.3f} | {cal['energy_ratio']:.2f} |",
+        f"| forces per structure (RMS over atoms) | {cal['forces_spearman']:.3f} | {cal['forces_ratio']:.2f} |",
+        f"| forces per atom | {cal['forces_atom_spearman']:.3f} | |",
+    ])
 
 
 def format_table(summary: dict[str, dict[str, float]]) -> str:

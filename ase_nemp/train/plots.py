@@ -1,4 +1,9 @@
-"""Learning-curve and parity plots (matplotlib, Agg backend, PNG files)."""
+"""Learning-curve, parity and calibration plots (PNG files).
+
+Figures are made with ``matplotlib.figure.Figure`` directly, never through pyplot, so
+that writing a plot does not change the matplotlib backend of the calling program (a
+notebook keeps its inline backend).
+"""
 
 from __future__ import annotations
 
@@ -7,20 +12,18 @@ from pathlib import Path
 import numpy as np
 
 
-def _pyplot():
-    import matplotlib
+def figure(nrows: int = 1, ncols: int = 1, figsize=(6, 4)):
+    """``(fig, axes)`` of a figure detached from pyplot; save it with ``fig.savefig``."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols)
 
 
 def learning_curve(history: list[dict], path: str | Path) -> Path:
     """Losses, validation errors and learning rate against epoch."""
-    plt = _pyplot()
     epoch = np.array([r["epoch"] for r in history])
-    fig, (ax_l, ax_e) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_l, ax_e) = figure(1, 2, figsize=(11, 4))
     ax_l.semilogy(epoch, [r["train_loss"] for r in history], label="train loss")
     ax_l.semilogy(epoch, [r["val_loss"] ** 2 for r in history], label="validation loss")
     ax_l.set_xlabel("epoch")
@@ -39,14 +42,12 @@ def learning_curve(history: list[dict], path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
 def parity_plot(pred: dict[str, np.ndarray], ref: dict[str, np.ndarray], path: str | Path, title: str = "") -> Path:
     """Energy per atom and force-component parity plots."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    fig, axes = figure(1, 2, figsize=(10, 4.5))
     for ax, key, unit, name in ((axes[0], "energy_per_atom", "eV/atom", "energy"), (axes[1], "forces", "eV/Å", "forces")):
         x, y = np.asarray(ref[key]).ravel(), np.asarray(pred[key]).ravel()
         ax.scatter(x, y, s=3, alpha=0.4)
@@ -62,5 +63,45 @@ def parity_plot(pred: dict[str, np.ndarray], ref: dict[str, np.ndarray], path: s
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return path
+
+
+def calibration_plot(pred: dict, ref: dict, path: str | Path, title: str = "") -> Path:
+    """A committee's uncertainty against its true error, per structure (log-log).
+
+    Left: energy (eV); right: forces, the RMS over each structure's atoms (large dots) and
+    every atom (small dots), eV/Å. The dashed line is error = uncertainty; the titles give
+    the Spearman rank correlations (``ase_nemp.train.evaluate.calibration``).
+    """
+    from .evaluate import calibration, calibration_data
+
+    data, cal = calibration_data(pred, ref), calibration(pred, ref)
+    fig, (ax_e, ax_f) = figure(1, 2, figsize=(10, 4.5))
+    floor = 1e-6
+    panels = (
+        (ax_e, "energy", "eV", [(data["energy_uncertainty"], data["energy_error"], 8, 0.6)], cal["energy_spearman"]),
+        (ax_f, "forces", "eV/Å", [(data["forces_atom_uncertainty"], data["forces_atom_error"], 2, 0.15),
+                                  (data["forces_uncertainty"], data["forces_error"], 8, 0.7)], cal["forces_spearman"]),
+    )
+    for ax, name, unit, series, rho in panels:
+        values = []
+        for x, y, size, alpha in series:
+            x, y = np.maximum(x, floor), np.maximum(y, floor)
+            ax.scatter(x, y, s=size, alpha=alpha)
+            values += [x, y]
+        both = np.concatenate(values)
+        lo, hi = float(both.min()), float(both.max())
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="error = uncertainty")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"committee uncertainty ({unit})")
+        ax.set_ylabel(f"true error ({unit})")
+        ax.set_title(f"{name}: Spearman {rho:.2f}")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8, loc="upper left")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
     return path

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..io import load, resolve_dtype, save
-from ..model import NEMP, NEMPConfig, energy_forces_stress
+from ..model import NEMP, Committee, NEMPConfig, energy_forces_stress
 from .config import RunConfig, TrainConfig
 from .data import (
     LabelKeys,
@@ -42,7 +42,7 @@ from .data import (
 )
 from .loss import ErrorStats, LossWeights, batch_loss
 
-__all__ = ["Trainer", "TrainingInterrupted", "prepare_data", "build_model"]
+__all__ = ["Trainer", "TrainingInterrupted", "prepare_data", "build_model", "train", "train_committee"]
 
 CHECKPOINT_VERSION = 1
 
@@ -82,10 +82,13 @@ def prepare_data(run: RunConfig, cutoff: float, species: tuple[int, ...] | None,
     return train, valid, species
 
 
-def build_model(run: RunConfig, train: list[Sample], valid: list[Sample], species: tuple[int, ...]) -> NEMP:
-    """Model from the ``model`` section, with E0s, force scale and readout shift from the data."""
+def build_model(run: RunConfig, train: list[Sample], valid: list[Sample], species: tuple[int, ...],
+                seed: int | None = None) -> NEMP:
+    """Model from the ``model`` section, with E0s, force scale and readout shift from the data.
+
+    ``seed`` (default ``training.seed``) seeds the initial parameters."""
     cfg = model_config(run.model, species)
-    model = NEMP(cfg, dtype=torch.float64, seed=run.training.seed)
+    model = NEMP(cfg, dtype=torch.float64, seed=run.training.seed if seed is None else seed)
     # reference energies: isolated atoms if given, else a least-squares fit on the training set
     numbers = [s.graph.numbers.numpy() for s in train]
     energies = [s.energy for s in train]
@@ -131,20 +134,28 @@ class Trainer:
     run : RunConfig
     progress : bool
         Show tqdm progress bars.
+    member : int, optional
+        Index k of a committee member: the run goes to ``output.dir/member-k`` and its
+        initial parameters and data order are seeded with ``training.seed + k`` (the
+        train/validation split stays that of ``training.seed``).
     """
 
-    def __init__(self, run: RunConfig, progress: bool = True) -> None:
+    def __init__(self, run: RunConfig, progress: bool = True, member: int | None = None) -> None:
         self.run = run
         self.cfg: TrainConfig = run.training
         self.progress = progress
-        self.out = Path(run.output_dir)
+        self.member = member
+        self.seed = self.cfg.seed + (member or 0)
+        self.out = Path(run.output_dir) if member is None else Path(run.output_dir) / f"member-{member}"
         self.device = torch.device(self.cfg.device)
         self.dtype = resolve_dtype(self.cfg.dtype)
         self._stop_signal: int | None = None
         self._pool: ThreadPoolExecutor | None = None  # shard workers, made on first use
 
     # -- set-up ------------------------------------------------------------------------
-    def setup(self, resume: bool = False) -> None:
+    def setup(self, resume: bool = False, data: tuple | None = None) -> None:
+        """Read the data (or take ``data`` = (train, valid, species) from :func:`prepare_data`),
+        build or load the model, and restore the checkpoint when resuming."""
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         ckpt_path = self.out / "checkpoint.pt"
@@ -161,24 +172,27 @@ class Trainer:
         if ckpt:
             species, cutoff = tuple(ckpt["model_config"]["species"]), ckpt["model_config"]["cutoff"]
         elif self.cfg.init_from:
-            start = load(self.cfg.init_from, dtype=torch.float64)
+            start = self._starting_model(load(self.cfg.init_from, dtype=torch.float64))
             species, cutoff = start.config.species, start.config.cutoff
         else:
             species, cutoff = None, model_config(self.run.model, (1,)).cutoff
-        self.train_set, self.valid_set, species = prepare_data(self.run, cutoff, species, self.progress)
+        if data is not None:
+            self.train_set, self.valid_set, species = data
+        else:
+            self.train_set, self.valid_set, species = prepare_data(self.run, cutoff, species, self.progress)
         if ckpt:
             model = NEMP(NEMPConfig.from_dict(ckpt["model_config"]), dtype=torch.float64)
             model.load_state_dict(ckpt["model"])
         elif start is not None:
             model = start
         else:
-            model = build_model(self.run, self.train_set, self.valid_set, species)
+            model = build_model(self.run, self.train_set, self.valid_set, species, seed=self.seed)
         self.model = model.to(self.device, self.dtype)
         self.ema = copy.deepcopy(self.model)
         for p in self.ema.parameters():
             p.requires_grad_(False)
         self.optimizer = self._make_optimizer()
-        self.generator = torch.Generator().manual_seed(self.cfg.seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
         self.state = {
             "epoch": 0, "step_in_epoch": 0, "perm": None, "plateau_scale": 1.0, "best_val": math.inf,
             "bad_epochs": 0, "force_weight": self.cfg.force_weight, "elapsed": 0.0, "history": [],
@@ -194,6 +208,19 @@ class Trainer:
                 self._best_state = ckpt["best_state"]
         self.out.mkdir(parents=True, exist_ok=True)
         self._write_config()
+
+    def _starting_model(self, start) -> NEMP:
+        """The model an ``init_from`` run starts from: the file's model, or member k of its committee."""
+        size = self.cfg.committee
+        if isinstance(start, Committee):
+            if self.member is None or start.size != size:
+                raise ValueError(f"init_from {self.cfg.init_from} is a committee of {start.size}; set "
+                                 f"training.committee: {start.size} to fine-tune it (member k starts from member k)")
+            return start.members[self.member]
+        if self.member is not None:
+            raise ValueError(f"init_from {self.cfg.init_from} holds a single model; a committee of {size} needs a "
+                             f"committee file of {size} members or a start from random parameters")
+        return start
 
     def _check_compatible(self, ckpt: dict) -> None:
         if ckpt.get("version") != CHECKPOINT_VERSION:
@@ -355,6 +382,8 @@ class Trainer:
         handlers = self._install_signal_handlers()
         try:
             while st["epoch"] < c.epochs:
+                if c.max_time is not None and st["elapsed"] >= c.max_time:
+                    break  # a resumed run whose budget is used up
                 epoch = st["epoch"]
                 lr = self.learning_rate(epoch)
                 if lr <= c.lr_min * (1 + 1e-9) and c.lr_schedule == "plateau":
@@ -482,28 +511,117 @@ class Trainer:
         self._stop_signal = None
 
 
-def train(run: RunConfig, resume: bool = False, progress: bool = True) -> Trainer:
+def train(run: RunConfig, resume: bool = False, progress: bool = True) -> "Trainer | CommitteeRun":
     """Set up and run a training; returns the trainer (``trainer.out`` holds the files).
 
-    With ``data.test`` set, the best model is evaluated on it at the end: the table goes
-    to ``test_metrics.md`` and the numbers to ``test_metrics.json``.
+    With ``training.committee`` > 1 the members are trained one after another and saved
+    as one committee file (:func:`train_committee`). With ``data.test`` set, the best
+    model is evaluated on it at the end: the table goes to ``test_metrics.md`` and the
+    numbers to ``test_metrics.json``.
     """
-    trainer = Trainer(run, progress=progress)
-    trainer.setup(resume=resume)
-    trainer.fit()
-    if run.data.test and (trainer.out / "best.pt").exists():
-        import json
+    if run.training.committee > 1:
+        result = train_committee(run, resume=resume, progress=progress)
+    else:
+        result = Trainer(run, progress=progress)
+        result.setup(resume=resume)
+        result.fit()
+    if run.data.test and (result.out / "best.pt").exists():
+        _write_test_metrics(run, result.out, progress)
+    return result
 
-        from .evaluate import format_table, predictions
-        from .plots import parity_plot
 
-        keys = LabelKeys(run.data.energy_key, run.data.forces_key, run.data.stress_key)
-        stats, pred, ref = predictions(trainer.out / "best.pt", run.data.test, keys, device=run.training.device)
-        summary = stats.summary()
-        (trainer.out / "test_metrics.json").write_text(json.dumps(summary, indent=1))
-        table = format_table(summary)
-        (trainer.out / "test_metrics.md").write_text(table + "\n")
-        parity_plot(pred, ref, trainer.out / "test_parity.png", title=os.path.basename(run.data.test))
+def _write_test_metrics(run: RunConfig, out: Path, progress: bool) -> None:
+    import json
+
+    from .evaluate import format_table, predictions
+    from .plots import parity_plot
+
+    keys = LabelKeys(run.data.energy_key, run.data.forces_key, run.data.stress_key)
+    stats, pred, ref = predictions(out / "best.pt", run.data.test, keys, device=run.training.device)
+    summary = stats.summary()
+    (out / "test_metrics.json").write_text(json.dumps(summary, indent=1))
+    table = format_table(summary)
+    (out / "test_metrics.md").write_text(table + "\n")
+    parity_plot(pred, ref, out / "test_parity.png", title=os.path.basename(run.data.test))
+    if progress:
+        print(f"\ntest set {run.data.test}:\n{table}")
+
+
+class CommitteeRun:
+    """The outcome of :func:`train_committee`: member trainers and the committee file.
+
+    Attributes
+    ----------
+    out : Path
+        ``output.dir``; ``out / "best.pt"`` is the committee file.
+    members : list of Trainer
+    summary : dict
+        Validation errors of the committee mean and the calibration of its spread
+        (:func:`ase_nemp.train.evaluate.calibration`).
+    """
+
+    def __init__(self, out: Path, members: list[Trainer], summary: dict) -> None:
+        self.out, self.members, self.summary = out, members, summary
+
+    @property
+    def best_path(self) -> Path:
+        return self.out / "best.pt"
+
+
+def train_committee(run: RunConfig, resume: bool = False, progress: bool = True) -> CommitteeRun:
+    """Train ``training.committee`` members one after another and save them as one file.
+
+    Member k runs in ``output.dir/member-k`` (its own checkpoint, metrics and best model)
+    with seed ``training.seed + k`` for its initial parameters and data order; all share
+    one train/validation split and one set of neighbour lists. ``resume`` continues the
+    member that was interrupted and skips the finished ones. At the end the members'
+    best models form ``output.dir/best.pt``; its metadata and ``committee.md`` hold the
+    committee's validation errors and the calibration of its spread (rank correlation of
+    uncertainty and error), ``calibration.png`` the plot.
+    """
+    from tqdm.auto import tqdm
+
+    from .evaluate import calibration, format_calibration, format_table, predictions
+    from .plots import calibration_plot
+
+    out = Path(run.output_dir)
+    size = run.training.committee
+    if not resume and (out / "best.pt").exists():
+        raise FileExistsError(f"{out} already holds a committee (best.pt); use --resume or pick another output.dir")
+    data = None
+    trainers = []
+    for k in range(size):
+        trainer = Trainer(run, progress=progress, member=k)
+        member_resume = resume and (trainer.out / "checkpoint.pt").exists()
         if progress:
-            print(f"\ntest set {run.data.test}:\n{table}")
-    return trainer
+            tqdm.write(f"committee member {k + 1} of {size} ({trainer.out})")
+        trainer.setup(resume=member_resume, data=data)
+        data = (trainer.train_set, trainer.valid_set, tuple(trainer.model.config.species))
+        trainer.fit()  # a finished member resumed with the same budget runs no further epoch
+        if not (trainer.out / "best.pt").exists():
+            raise RuntimeError(f"committee member {k} finished without a best model (no completed epoch); "
+                               "give it more epochs or time")
+        trainers.append(trainer)
+        trainer.model = trainer.ema = None  # the member's files hold it; free the memory
+    committee = Committee([load(t.out / "best.pt", dtype=torch.float64) for t in trainers])
+    valid = trainers[0].valid_set
+    stats, pred, ref = predictions(committee, valid)
+    summary = {"valid": stats.summary(), "calibration": calibration(pred, ref)}
+    metadata = {
+        "committee_seeds": [t.seed for t in trainers], "train_data": os.path.basename(str(run.data.train)),
+        "num_train": len(trainers[0].train_set), "num_valid": len(valid),
+        "valid_e_rmse_per_atom_eV": summary["valid"]["all"]["e_rmse_atom"],
+        "valid_f_rmse_eV_per_A": summary["valid"]["all"]["f_rmse"], "calibration": summary["calibration"],
+        "member_best_epochs": [t.state["best_epoch"] for t in trainers],
+    }
+    from ..io import save as save_model
+
+    save_model(committee, out / "best.pt", **metadata)
+    calibration_plot(pred, ref, out / "calibration.png", title=f"committee of {size}, validation set")
+    text = (f"# Committee of {size}: validation ({len(valid)} structures)\n\nErrors of the committee mean:\n\n"
+            f"{format_table(summary['valid'])}\n\nUncertainty against true error:\n\n"
+            f"{format_calibration(summary['calibration'])}\n")
+    (out / "committee.md").write_text(text)
+    if progress:
+        print(text)
+    return CommitteeRun(out, trainers, summary)
