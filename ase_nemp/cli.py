@@ -1,4 +1,4 @@
-"""The ``nemp`` command line: ``nemp demo``, ``nemp info``, ``nemp train``, ``nemp eval``.
+"""The ``nemp`` command line: ``nemp demo``, ``nemp info``, ``nemp train``, ``nemp learn``, ``nemp eval``.
 
 Each subcommand imports what it needs when it runs, so ``nemp --help`` is fast.
 """
@@ -59,6 +59,19 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _learn(args: argparse.Namespace) -> int:
+    from .learn import LearningInterrupted, learn
+    from .learn.loop import format_log
+
+    try:
+        rows = learn(args.config, resume=args.resume, progress=not args.quiet)
+    except LearningInterrupted as err:
+        print(f"nemp learn: {err}; continue with: nemp learn {args.config} --resume", file=sys.stderr)
+        return 130
+    print(format_log(rows))
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from .train import LabelKeys, format_table, predictions
 
@@ -109,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue the run in the config's output.dir")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
     tr.set_defaults(func=_train)
+
+    le = sub.add_parser("learn", help="active learning: explore with a committee, label with a teacher, fine-tune "
+                                      "(see ase_nemp.learn.config)")
+    le.add_argument("config", type=Path)
+    le.add_argument("--resume", action="store_true", help="continue the run in the config's output.dir")
+    le.add_argument("--quiet", action="store_true", help="no progress bars")
+    le.set_defaults(func=_learn)
 
     ev = sub.add_parser("eval", help="errors of a model on labelled structures")
     ev.add_argument("model", type=Path)

@@ -1,0 +1,191 @@
+"""Explorations with a committee: MD, relaxations, NEB bands and single points.
+
+Every structure an exploration visits is checked against the committee's force
+uncertainty (the largest ``forces_uncertainty`` over its atoms, eV/Å). Frames above the
+selection threshold are kept as candidates for the teacher, together with the committee's
+own prediction for them (so that its error can be measured once they are labelled).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from ase import Atoms
+
+from ..neb import NEBProtocol, StopExploration, run_neb
+from ..neb import relax as relax_structure
+
+__all__ = ["Candidate", "Collector", "ExplorationReport", "explore", "read_frames"]
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM during an exploration."""
+
+
+@dataclass
+class Candidate:
+    """A visited frame above the threshold: positions, where it came from, what the committee said."""
+
+    atoms: Atoms
+    source: str
+    uncertainty: float  # eV/Å, largest atomic force uncertainty
+    energy_uncertainty: float  # eV
+    energy: float  # eV, committee mean
+    forces: np.ndarray  # eV/Å, committee mean
+
+
+@dataclass
+class ExplorationReport:
+    """What one exploration met: frames evaluated, the largest uncertainty, its candidates."""
+
+    name: str
+    kind: str
+    frames: int = 0
+    max_uncertainty: float = 0.0
+    max_source: str = ""
+    stopped: list = field(default_factory=list)
+    candidates: list = field(default_factory=list)
+    seconds: float = 0.0
+    details: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "frames": self.frames, "candidates": len(self.candidates),
+                "max_uncertainty": self.max_uncertainty, "max_source": self.max_source, "stopped": self.stopped,
+                "seconds": round(self.seconds, 1), **self.details}
+
+
+class Collector:
+    """Observes frames evaluated by a committee calculator (results already computed).
+
+    ``threshold`` keeps candidates; ``stop_above`` raises :class:`StopExploration` so that
+    an MD run or band that has left the data is not followed further; ``should_stop()``
+    (Ctrl-C / SIGTERM) raises :class:`Interrupted`.
+    """
+
+    def __init__(self, report: ExplorationReport, threshold: float, stop_above: float,
+                 should_stop: Callable[[], bool] = lambda: False) -> None:
+        self.report, self.threshold, self.stop_above, self.should_stop = report, threshold, stop_above, should_stop
+
+    def observe(self, atoms: Atoms, source: str) -> None:
+        if self.should_stop():
+            raise Interrupted()
+        # cached when the dynamics already evaluated this geometry, computed otherwise
+        unc = float(np.max(atoms.calc.get_property("forces_uncertainty", atoms)))
+        results = atoms.calc.results
+        rep = self.report
+        rep.frames += 1
+        if unc > rep.max_uncertainty:
+            rep.max_uncertainty, rep.max_source = unc, source
+        if unc > self.threshold:
+            frame = Atoms(atoms.numbers, positions=atoms.positions.copy(), cell=atoms.cell.copy(), pbc=atoms.pbc.copy())
+            frame.constraints = [c.copy() for c in atoms.constraints]
+            rep.candidates.append(Candidate(frame, source, unc, float(results["energy_uncertainty"]),
+                                            float(results["energy"]), np.array(results["forces"], copy=True)))
+        if unc > self.stop_above:
+            raise StopExploration(f"{source}: force uncertainty {unc:.2f} eV/Å above {self.stop_above:.2f}")
+
+
+def read_frames(paths) -> list[tuple[str, Atoms]]:
+    """``(label, atoms)`` for every structure of one or several files."""
+    from pathlib import Path
+
+    from ..train.data import read_structures
+
+    out = []
+    for path in paths if isinstance(paths, (list, tuple)) else [paths]:
+        for k, atoms in enumerate(read_structures(path)):
+            atoms.calc = None
+            out.append((f"{Path(path).name}#{k}", atoms))
+    return out
+
+
+def _md(settings, factory, collector):
+    from ase import units
+    from ase.md.langevin import Langevin
+    from ase.md import velocitydistribution as vd
+
+    rep = collector.report
+    for label, start in read_frames(settings["structures"]):
+        for temperature in settings["temperatures"]:
+            atoms = start.copy()
+            atoms.calc = factory()
+            rng = np.random.default_rng([int(settings["seed"]), int(settings.get("round", 0))])
+            if hasattr(vd, "thermalize_momenta"):  # ASE >= 3.29
+                vd.thermalize_momenta(atoms, float(temperature), rng=rng)
+            else:
+                vd.MaxwellBoltzmannDistribution(atoms, temperature_K=float(temperature), rng=rng)
+            vd.Stationary(atoms)
+            dyn = Langevin(atoms, float(settings["timestep"]) * units.fs, temperature_K=float(temperature),
+                           friction=float(settings["friction"]) / units.fs, fixcm=False, rng=rng)
+            interval = int(settings["interval"])
+            tag = f"md:{label}:{temperature:g}K"
+            dyn.attach(lambda: collector.observe(atoms, f"{tag}:step{dyn.nsteps}"), interval=interval)
+            try:
+                dyn.run(int(settings["steps"]))
+            except StopExploration as err:
+                rep.stopped.append(str(err))
+
+
+def _relax(settings, factory, collector):
+    rep = collector.report
+    for label, start in read_frames(settings["structures"]):
+        atoms = start.copy()
+        try:
+            relax_structure(atoms, factory(), float(settings["fmax"]), int(settings["steps"]), f"relax {label}",
+                            progress=False, observer=lambda a, step: collector.observe(a, f"relax:{label}:step{step}"))
+        except StopExploration as err:
+            rep.stopped.append(str(err))
+
+
+def _structures(settings, factory, collector):
+    calc = factory()
+    for label, atoms in read_frames(settings["structures"]):
+        atoms.calc = calc
+        atoms.get_forces()
+        collector.observe(atoms, f"single:{label}")
+
+
+def _neb(settings, factory, collector, progress):
+    from ..train.data import read_structures
+
+    protocol_keys = set(NEBProtocol.__dataclass_fields__) - {"images"}
+    base = NEBProtocol(**{k: v for k, v in settings.items() if k in protocol_keys})
+    rep = collector.report
+    initial, final = read_structures(settings["initial"])[0], read_structures(settings["final"])[0]
+    for n in settings["images"]:
+        is_, fs_ = initial.copy(), final.copy()
+
+        def observer(images, step, n=n):
+            for k, image in enumerate(images[1:-1], start=1):
+                collector.observe(image, f"neb{n}:image{k}:step{step}")
+
+        res = run_neb(is_, fs_, factory, base.replace(images=int(n)), observer=observer, progress=progress)
+        if res["stopped"]:
+            rep.stopped.append(res["stopped"])
+        rep.details[f"neb{n}"] = {"barrier_eV": res["barrier"], "converged": res["converged"],
+                                  "steps": res["neb_steps"], "fmax": res["fmax"],
+                                  "barrier_uncertainty_eV": res.get("barrier_uncertainty")}
+
+
+def explore(exploration, factory: Callable, threshold: float, stop_above: float,
+            should_stop: Callable[[], bool] = lambda: False, progress: bool = False, round: int = 0) -> ExplorationReport:
+    """Run one :class:`~ase_nemp.learn.config.Exploration` with calculators from ``factory``.
+
+    ``round`` enters the MD seed, so that each round samples new trajectories (reproducibly)."""
+    report = ExplorationReport(exploration.name, exploration.kind)
+    collector = Collector(report, threshold, stop_above, should_stop)
+    t0 = time.perf_counter()
+    kind, settings = exploration.kind, {**exploration.settings, "round": round}
+    if kind == "md":
+        _md(settings, factory, collector)
+    elif kind == "relax":
+        _relax(settings, factory, collector)
+    elif kind == "neb":
+        _neb(settings, factory, collector, progress)
+    else:
+        _structures(settings, factory, collector)
+    report.seconds = time.perf_counter() - t0
+    return report

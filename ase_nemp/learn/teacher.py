@@ -1,0 +1,64 @@
+"""The teacher: any ASE calculator, named as ``module:Class`` or ``path/to/file.py:Class``."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+
+__all__ = ["load_teacher", "label"]
+
+
+def load_teacher(spec: str, kwargs: dict | None = None):
+    """Instantiate the calculator class named by ``spec`` with ``kwargs``.
+
+    ``spec`` is ``"package.module:Class"`` (importable) or ``"path/to/file.py:Class"``
+    (a file, imported by path; its folder is put on ``sys.path`` so it may import its
+    neighbours). Errors name what could not be found.
+    """
+    module_name, _, class_name = str(spec).rpartition(":")
+    if not module_name or not class_name:
+        raise ValueError(f"teacher calculator {spec!r} must look like 'package.module:Class' or 'file.py:Class'")
+    if module_name.endswith(".py"):
+        path = Path(module_name)
+        if not path.exists():
+            raise FileNotFoundError(f"teacher module file {str(path)!r} does not exist")
+        if str(path.parent) not in sys.path:
+            sys.path.insert(0, str(path.parent))
+        unit = importlib.util.spec_from_file_location(f"_nemp_teacher_{path.stem}", path)
+        module = importlib.util.module_from_spec(unit)
+        unit.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise ValueError(f"cannot import the teacher's module {module_name!r}: {err}") from err
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ValueError(f"module {module_name!r} has no {class_name!r}")
+    try:
+        return cls(**(kwargs or {}))
+    except TypeError as err:
+        raise ValueError(f"cannot create the teacher {class_name}(**{kwargs}): {err}") from err
+
+
+def label(atoms: Atoms, teacher, stress: bool = False) -> Atoms:
+    """A copy of ``atoms`` with the teacher's energy and forces (and stress for a
+    3D-periodic structure when ``stress``) as a single-point calculator; raises
+    ``ValueError`` for non-finite results."""
+    frame = atoms.copy()
+    frame.calc = teacher
+    energy = float(frame.get_potential_energy())
+    forces = np.array(frame.get_forces(apply_constraint=False), dtype=np.float64)
+    results = {"energy": energy, "forces": forces}
+    if stress and frame.pbc.all():
+        results["stress"] = np.array(frame.get_stress(), dtype=np.float64)
+    if not np.isfinite(energy) or not np.isfinite(forces).all():
+        raise ValueError("the teacher returned non-finite energy or forces")
+    frame.calc = SinglePointCalculator(frame, **results)
+    return frame

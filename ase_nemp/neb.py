@@ -1,0 +1,230 @@
+"""Reaction paths with ASE's NEB: one protocol, used by ``nemp demo`` and ``nemp learn``.
+
+:func:`run_neb` relaxes the two end points (BFGS), interpolates the band (IDPP by
+default), optimises it (FIRE by default) as a plain band until its largest force is below
+``climb_fmax`` and then with a climbing image down to ``fmax``. With a committee
+calculator it also returns the uncertainty of every image and of the barrier: the spread
+over the members of ``E_m(image) - E_m(initial state)``, so that errors the members share
+cancel as they do in the barrier itself.
+
+Everything is plain ASE (``ase.mep.NEB``, ``ase.optimize``), so the band, the
+constraints and ``NEBTools`` behave as documented there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["NEBProtocol", "run_neb", "relax", "band_uncertainties", "StopExploration"]
+
+
+class StopExploration(Exception):
+    """Raised by an observer to end a run early (e.g. the band left the model's data)."""
+
+
+@dataclass(frozen=True)
+class NEBProtocol:
+    """How a band is built and optimised.
+
+    Attributes
+    ----------
+    images : int
+        Images of the band, end points included (>= 3).
+    fmax : float
+        eV/Å: convergence of the climbing band (largest NEB force on a moving image).
+    steps : int
+        Optimiser steps for the band at most (plain and climbing together).
+    relax_fmax, relax_steps : float, int
+        BFGS relaxation of the end points (eV/Å, steps); ``relax_steps: 0`` keeps them.
+    interpolation : {"idpp", "linear"}
+        Initial band (with the minimum-image convention).
+    method : str
+        ASE's tangent: ``"improvedtangent"`` (Henkelman and Jónsson 2000), ``"aseneb"``...
+    spring : float
+        Spring constant between images, eV/Å^2.
+    climb : bool
+        Switch the highest image to climbing once the plain band is below ``climb_fmax``.
+    climb_fmax : float
+        eV/Å; the plain band also stops after ``steps // 3`` steps.
+    optimizer : {"FIRE", "BFGS", "MDMin"}
+        ASE optimizer for the band.
+    maxstep : float
+        Å, the optimizer's largest step per iteration.
+    """
+
+    images: int = 7
+    fmax: float = 0.05
+    steps: int = 500
+    relax_fmax: float = 0.05
+    relax_steps: int = 300
+    interpolation: str = "idpp"
+    method: str = "improvedtangent"
+    spring: float = 0.1
+    climb: bool = True
+    climb_fmax: float = 0.5
+    optimizer: str = "FIRE"
+    maxstep: float = 0.2
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.images, int) or self.images < 3:
+            problems.append(f"images must be a whole number >= 3 (end points included), got {self.images!r}")
+        if not self.fmax > 0 or not self.climb_fmax > 0 or not self.relax_fmax > 0:
+            problems.append("fmax, climb_fmax and relax_fmax must be positive (eV/Å)")
+        if not isinstance(self.steps, int) or self.steps < 1 or not isinstance(self.relax_steps, int) or self.relax_steps < 0:
+            problems.append("steps must be >= 1 and relax_steps >= 0")
+        if self.interpolation not in ("idpp", "linear"):
+            problems.append(f"interpolation must be 'idpp' or 'linear', not {self.interpolation!r}")
+        if self.optimizer not in _OPTIMIZERS:
+            problems.append(f"optimizer must be one of {sorted(_OPTIMIZERS)}, not {self.optimizer!r}")
+        if not self.spring > 0 or not self.maxstep > 0:
+            problems.append("spring and maxstep must be positive")
+        if problems:
+            raise ValueError("invalid NEB protocol: " + "; ".join(problems))
+
+    def replace(self, **changes: Any) -> "NEBProtocol":
+        return dataclasses.replace(self, **changes)
+
+
+def _optimizer(name: str):
+    from ase import optimize
+
+    return getattr(optimize, name)
+
+
+_OPTIMIZERS = ("FIRE", "BFGS", "MDMin")
+
+
+def _bar(total: int, desc: str, progress: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, file=sys.stdout, mininterval=0.2, disable=not progress)
+
+
+def relax(atoms, calc, fmax: float = 0.05, steps: int = 300, label: str = "relax", progress: bool = True,
+          observer: Callable | None = None) -> tuple[float, int, bool]:
+    """BFGS relaxation of ``atoms`` (constraints respected) with a progress bar.
+
+    ``observer(atoms, step)`` runs after every step. Returns ``(energy, steps, converged)``.
+    """
+    from ase.optimize import BFGS
+
+    atoms.calc = calc
+    opt = BFGS(atoms, logfile=None)
+    bar = _bar(steps + 1, label, progress)
+
+    def update():
+        f = atoms.get_forces(apply_constraint=True)
+        bar.update(1)
+        bar.set_postfix(E=f"{atoms.get_potential_energy():.4f} eV", fmax=f"{np.sqrt((f ** 2).sum(1).max()):.3f}")
+        if observer is not None:
+            observer(atoms, opt.nsteps)
+
+    opt.attach(update)
+    try:
+        converged = opt.run(fmax=fmax, steps=steps) if steps > 0 else True
+    finally:
+        bar.close()
+    return atoms.get_potential_energy(), opt.nsteps, bool(converged)
+
+
+def band_uncertainties(images) -> dict[str, np.ndarray] | None:
+    """Per image: ``energy`` (relative to image 0, eV), and for a committee calculator
+    ``energy_uncertainty`` (spread of the members' relative energies, eV) and
+    ``forces_uncertainty`` (largest atomic force spread, eV/Å). None entries when the
+    images' calculators are not committees."""
+    energies = np.array([im.get_potential_energy() for im in images])
+    out = {"energy": energies - energies[0]}
+    results = [getattr(im.calc, "results", {}) for im in images]
+    if all("committee_energy" in r for r in results):
+        members = np.stack([r["committee_energy"] for r in results])  # (images, M)
+        relative = members - members[:1]
+        out["energy_uncertainty"] = relative.std(axis=1, ddof=1)
+        out["forces_uncertainty"] = np.array([float(np.max(r["forces_uncertainty"])) for r in results])
+        out["member_energies"] = relative
+    return out
+
+
+def run_neb(initial, final, calculator_factory: Callable[[], Any], protocol: NEBProtocol = NEBProtocol(),
+            observer: Callable | None = None, progress: bool = True) -> dict:
+    """Relax the end points, build and optimise a climbing-image band.
+
+    Parameters
+    ----------
+    initial, final : ase.Atoms
+        End points (same atoms in the same order; constraints are kept). They are
+        relaxed in place unless ``protocol.relax_steps`` is 0.
+    calculator_factory : callable
+        Returns a fresh calculator; each image gets its own, so each keeps its own
+        neighbour list.
+    protocol : NEBProtocol
+    observer : callable, optional
+        ``observer(images, step)`` after every band step; may raise :class:`StopExploration`.
+
+    Returns
+    -------
+    dict with ``images``, ``energies`` (eV), ``barrier`` and ``reaction_energy`` (eV,
+    relative to the initial state), ``converged``, ``neb_steps``, ``fmax`` (the final
+    largest NEB force, eV/Å), ``relax_steps``, ``E_initial``, ``E_final``, ``seconds``,
+    ``seconds_relax``, ``neb``, and for committees ``energy_uncertainty`` (per image),
+    ``forces_uncertainty`` (per image), ``barrier_uncertainty`` (eV) and ``peak`` (index
+    of the highest image).
+    """
+    from ase.mep import NEB
+
+    p = protocol
+    t0 = time.perf_counter()
+    e_is, n_is, _ = relax(initial, calculator_factory(), p.relax_fmax, p.relax_steps, "relax initial state", progress)
+    e_fs, n_fs, _ = relax(final, calculator_factory(), p.relax_fmax, p.relax_steps, "relax final state", progress)
+    t_relax = time.perf_counter() - t0
+
+    images = [initial] + [initial.copy() for _ in range(p.images - 2)] + [final]
+    for image in images[1:-1]:
+        image.calc = calculator_factory()
+    neb = NEB(images, k=p.spring, climb=False, method=p.method)
+    neb.interpolate(method=p.interpolation, mic=True)
+    opt = _optimizer(p.optimizer)(neb, logfile=None, maxstep=p.maxstep)
+    bar = _bar(p.steps + 2, f"NEB ({p.images} images)", progress)
+    state = {"fmax": np.inf}
+
+    def update():
+        energies = [im.get_potential_energy() for im in images]
+        state["fmax"] = float(np.sqrt((neb.get_forces() ** 2).sum(axis=1).max()))
+        bar.update(1)
+        bar.set_postfix(barrier=f"{max(energies) - energies[0]:.3f} eV", fmax=f"{state['fmax']:.3f}",
+                        climb="on" if neb.climb else "off")
+        if observer is not None:
+            observer(images, opt.nsteps)
+
+    opt.attach(update)
+    converged, stopped = False, None
+    try:
+        if p.climb:
+            opt.run(fmax=max(p.climb_fmax, p.fmax), steps=max(p.steps // 3, 1))
+            neb.climb = True
+        converged = bool(opt.run(fmax=p.fmax, steps=p.steps - opt.nsteps))
+    except StopExploration as err:
+        stopped = str(err) or "stopped by the observer"
+    finally:
+        bar.close()
+    band = band_uncertainties(images)
+    energies = band["energy"] + images[0].get_potential_energy()
+    peak = int(np.argmax(band["energy"]))
+    result = {
+        "images": images, "neb": neb, "energies": energies, "E_initial": e_is, "E_final": e_fs,
+        "barrier": float(band["energy"][peak]), "reaction_energy": float(band["energy"][-1]), "peak": peak,
+        "converged": converged and stopped is None, "stopped": stopped, "neb_steps": opt.nsteps,
+        "fmax": state["fmax"], "relax_steps": (n_is, n_fs), "seconds": time.perf_counter() - t0,
+        "seconds_relax": t_relax, "protocol": p,
+    }
+    if "energy_uncertainty" in band:
+        result.update(energy_uncertainty=band["energy_uncertainty"], forces_uncertainty=band["forces_uncertainty"],
+                      barrier_uncertainty=float(band["energy_uncertainty"][peak]),
+                      member_energies=band["member_energies"])
+    return result

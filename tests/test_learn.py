@@ -1,0 +1,172 @@
+"""Active learning end to end: a tiny committee, ASE's EMT as the teacher, Cu13 clusters."""
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+from ase import units
+from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.cluster import Icosahedron
+from ase.io import read, write
+from ase.md.langevin import Langevin
+
+from ase_nemp import load
+from ase_nemp.cli import main
+from ase_nemp.learn import LearnConfig, LearningInterrupted, learn
+from ase_nemp.learn.select import largest_displacement, select
+from ase_nemp.train import RunConfig, train
+
+TINY = dict(cutoff=4.0, num_channels=4, num_layers=1, pair_dim=8, pair_mlp=[1, 8], edge_mlp=[1, 8],
+            coeff_mlp=[1, 8], readout_mlp=[1, 8])
+TRAINING = dict(batch_size=2, dtype="float64", lr_warm=0.005, lr_peak=0.02, lr_min=0.001, warmup_epochs=2,
+                lr_schedule="cosine", ema_decay=0.9, threads=1)
+
+
+def emt_labelled(atoms):
+    atoms = atoms.copy()
+    atoms.calc = EMT()
+    energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+    atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+    return atoms
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """Cu13 near its minimum (training data), a 1200 K EMT trajectory (held out), and a
+    tiny committee trained on the former."""
+    root = tmp_path_factory.mktemp("learn")
+    rng = np.random.default_rng(0)
+    base = Icosahedron("Cu", 2)
+    base.center(vacuum=5.0)
+    base.pbc = False
+    frames = []
+    for _ in range(8):
+        atoms = base.copy()
+        atoms.positions += rng.normal(0.0, 0.04, atoms.positions.shape)
+        frames.append(emt_labelled(atoms))
+    write(root / "train.extxyz", frames)
+    write(root / "start.extxyz", base)
+    hot = base.copy()
+    hot.calc = EMT()
+    hot.set_momenta(np.random.default_rng(1).normal(0.0, 1.0, (13, 3)) * np.sqrt(hot.get_masses()[:, None] * 1200 * units.kB))
+    dyn = Langevin(hot, 2 * units.fs, temperature_K=1200, friction=0.02 / units.fs, fixcm=False,
+                   rng=np.random.default_rng(2))
+    held = []
+    dyn.attach(lambda: held.append(emt_labelled(hot)), interval=10)
+    dyn.run(150)
+    write(root / "heldout.extxyz", held)
+    run = RunConfig.from_dict({"data": {"train": str(root / "train.extxyz"), "valid_fraction": 0.25},
+                               "model": TINY, "training": {**TRAINING, "committee": 2, "epochs": 15},
+                               "output": {"dir": str(root / "committee")}})
+    train(run, progress=False)
+    (root / "teacher.py").write_text(textwrap.dedent('''
+        import os, signal
+        from ase.calculators.emt import EMT
+
+        class InterruptingEMT(EMT):
+            """EMT that sends this process SIGTERM after `after` calculations (once per file)."""
+            def __init__(self, after=0, flag=None):
+                super().__init__()
+                self.after, self.flag, self.calls = after, flag, 0
+            def calculate(self, *args, **kwargs):
+                super().calculate(*args, **kwargs)
+                self.calls += 1
+                if self.after and self.calls == self.after and self.flag and not os.path.exists(self.flag):
+                    open(self.flag, "w").close()
+                    signal.raise_signal(signal.SIGTERM)
+    '''))
+    return root
+
+
+def learn_config(root, out, rounds=2, after=0):
+    return LearnConfig.from_dict({
+        "data": {"train": "train.extxyz", "valid_fraction": 0.25},
+        "start": "committee/best.pt",
+        "teacher": {"calculator": "teacher.py:InterruptingEMT",
+                    "kwargs": {"after": after, "flag": str(root / f"{out}.flag")}},
+        "explore": [{"kind": "md", "structures": "start.extxyz", "temperatures": [1200], "steps": 120,
+                     "timestep": 2.0, "interval": 4}],
+        "select": {"threshold": 0.05, "max_per_round": 6, "min_distance": 0.1},
+        "rounds": rounds,
+        "finetune": {**TRAINING, "epochs": 10, "warmup_epochs": 0, "lr_peak": 0.01},
+        "monitor": "heldout.extxyz",
+        "output": {"dir": out},
+    }, base_dir=root)
+
+
+def test_the_loop_lowers_the_error_against_the_teacher_and_survives_sigterm(workspace):
+    root = workspace
+    cfg = learn_config(root, "run", rounds=2, after=3)
+    with pytest.raises(LearningInterrupted, match="all labelled frames are in"):
+        learn(cfg, progress=False)  # SIGTERM after the teacher's third frame of round 1
+    state = json.loads((root / "run" / "state.json").read_text())
+    assert state["phase"] == "label" and state["teacher_calls"] == 3
+    on_disk = [a for a in read(root / "run/data/train.extxyz", ":") + read(root / "run/data/valid.extxyz", ":")
+               if "al_round" in a.info]
+    assert len(on_disk) == 3  # nothing the teacher computed was lost
+    with pytest.raises(FileExistsError, match="--resume"):
+        learn(cfg, progress=False)
+
+    rows = learn(cfg, resume=True, progress=False)
+    labelled = [a for a in read(root / "run/data/train.extxyz", ":") + read(root / "run/data/valid.extxyz", ":")
+                if "al_round" in a.info]
+    # every teacher call is one labelled frame: none repeated after the resume, none lost
+    assert len(labelled) == rows[-1]["teacher_calls"] == sum(r.get("labelled", 0) for r in rows)
+    keys = [(a.info["al_round"], a.info["al_candidate"]) for a in labelled]
+    assert len(set(keys)) == len(keys)
+    for a in labelled:
+        assert a.info["al_teacher"] == "InterruptingEMT" and a.info["config_type"] == "al_md"
+        assert a.info["al_source"].startswith("md:start.extxyz#0:1200K:step")
+        np.testing.assert_allclose(a.get_forces(), emt_labelled(a).get_forces(), atol=1e-6)  # the teacher's labels
+    # the committee's error against the teacher on the held-out trajectory goes down
+    first, last = rows[0], rows[-1]
+    assert last["round"] == 3 and last["note"] == "final check"
+    assert last["monitor_f_rmse"] < 0.7 * first["monitor_f_rmse"]
+    assert last["monitor_e_rmse_atom"] < first["monitor_e_rmse_atom"]
+    assert all(r.get("max_uncertainty", 1.0) > 0 for r in rows[1:])
+    committee = load(root / "run" / "committee.pt")
+    assert committee.size == 2
+    for name in ("learn_log.csv", "learn_log.md", "learning.png", "round-1/explore.json", "round-1/candidates.extxyz"):
+        assert (root / "run" / name).exists(), name
+
+
+def test_selection_takes_the_most_uncertain_and_skips_near_duplicates():
+    from types import SimpleNamespace
+
+    base = Icosahedron("Cu", 2)
+    moved = [base.copy() for _ in range(4)]
+    moved[1].positions[0] += [0.05, 0, 0]  # within 0.1 Å of moved[0]
+    moved[2].positions[0] += [0.3, 0, 0]
+    moved[3].positions[3] += [0.0, 0.5, 0]
+    cands = [SimpleNamespace(atoms=a, uncertainty=u) for a, u in zip(moved, [0.9, 0.8, 0.5, 0.2])]
+    chosen = select(cands, max_count=2, min_distance=0.1)
+    assert [c.uncertainty for c in chosen] == [0.9, 0.5]
+    assert [c.uncertainty for c in select(cands, max_count=5, min_distance=0.1, existing=[moved[2]])] == [0.9, 0.2]
+    assert largest_displacement(moved[0], [moved[2], Icosahedron("Ag", 2)]).tolist() == [pytest.approx(0.3), np.inf]
+
+
+def test_config_errors_name_the_problem(workspace, tmp_path):
+    root = workspace
+    good = {"data": {"train": "train.extxyz"}, "start": "committee/best.pt",
+            "teacher": {"calculator": "ase.calculators.emt:EMT"},
+            "explore": [{"kind": "md", "structures": "start.extxyz"}]}
+    with pytest.raises(ValueError, match="kind must be one of"):
+        LearnConfig.from_dict({**good, "explore": [{"kind": "dance"}]}, base_dir=root)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['temperature'\]"):
+        LearnConfig.from_dict({**good, "explore": [{"kind": "md", "structures": "x", "temperature": 3}]}, base_dir=root)
+    with pytest.raises(ValueError, match="needs a 'teacher'"):
+        LearnConfig.from_dict({k: v for k, v in good.items() if k != "teacher"}, base_dir=root)
+    with pytest.raises(ValueError, match="init_from"):
+        LearnConfig.from_dict({**good, "finetune": {"init_from": "x.pt"}}, base_dir=root)
+    with pytest.raises(ValueError, match="threshold"):
+        LearnConfig.from_dict({**good, "select": {"threshold": -1}}, base_dir=root)
+    cfg = LearnConfig.from_dict({**good, "teacher": {"calculator": "ase.calculators.emt:NoSuch"},
+                                 "output": {"dir": str(tmp_path / "x")}}, base_dir=root)
+    with pytest.raises(ValueError, match="NoSuch"):
+        from ase_nemp.learn import load_teacher
+
+        load_teacher(cfg.teacher.calculator)
+    (tmp_path / "bad.yaml").write_text("data: [unclosed\n")
+    assert main(["learn", str(tmp_path / "bad.yaml")]) == 2
