@@ -121,6 +121,39 @@ def test_interrupt_writes_a_checkpoint_and_resumes_exactly(data_file, tmp_path, 
     resumed = trained(run, resume=True)
     a, b = state_of(straight), state_of(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # the interrupted epoch's training loss counts the steps before the interruption too
+    assert [r["train_loss"] for r in resumed.state["history"]] == pytest.approx(
+        [r["train_loss"] for r in straight.state["history"]], rel=1e-12)
+
+
+def test_resume_refuses_edited_data_and_corrupt_checkpoints(tmp_path):
+    data = tmp_path / "train.extxyz"
+    write(data, labelled(12, seed=100))
+    trained(run_config(data, tmp_path / "run", epochs=1))
+    write(data, labelled(12, seed=200))  # edited in place, same name
+    with pytest.raises(ValueError, match="data.train .* changed"):
+        Trainer(run_config(data, tmp_path / "run", epochs=2), progress=False).setup(resume=True)
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="corrupt or empty"):
+        Trainer(run_config(data, tmp_path / "run", epochs=2), progress=False).setup(resume=True)
+
+
+def test_settings_that_would_train_on_nothing_are_refused(data_file, tmp_path):
+    with pytest.raises(ValueError, match="no training structures"):
+        Trainer(RunConfig.from_dict({"data": {"train": str(data_file), "valid_fraction": 0.99}, "model": TINY_MODEL,
+                                     "output": {"dir": str(tmp_path / "x")}}), progress=False).setup()
+    for key, value in (("threads", 0), ("epochs", 0), ("committee", 0)):
+        with pytest.raises(ValueError, match=key):
+            run_config(data_file, tmp_path / "y", **{key: value})
+
+
+def test_validation_loss_uses_fixed_weights_and_threads_are_restored(data_file, tmp_path):
+    before = torch.get_num_threads()
+    trainer = trained(run_config(data_file, tmp_path / "run", epochs=1, threads=1))
+    assert torch.get_num_threads() == before  # the caller's setting survives training
+    loss, _ = trainer.validate()
+    trainer.state["force_weight"] = 0.1  # the scheduled weight changes the training loss only
+    assert trainer.validate()[0] == loss
 
 
 def test_existing_run_is_not_overwritten(data_file, tmp_path):

@@ -152,6 +152,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         problems = []
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            problems.append(f"threads must be a whole number >= 1 or null (torch's default), not {self.threads!r}")
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            problems.append(f"epochs must be a whole number >= 1, not {self.epochs!r}")
         if not isinstance(self.committee, int) or self.committee < 1:
             problems.append(f"committee must be a whole number >= 1, not {self.committee!r}")
         if self.lr_schedule not in ("plateau", "cosine"):

@@ -188,7 +188,9 @@ class Batch:
     samples: list[Sample] = field(repr=False, default_factory=list)
 
     def to(self, device: torch.device, dtype: torch.dtype) -> "Batch":
-        return Batch(self.graph.to(device, dtype), self.energy.to(device, dtype), self.forces.to(device, dtype),
+        # energies stay float64: totals of 1e3 eV would lose 1e-4 eV per structure in float32,
+        # and the model's energies are float64 too (its reference energies are)
+        return Batch(self.graph.to(device, dtype), self.energy.to(device), self.forces.to(device, dtype),
                      self.stress.to(device, dtype), self.has_stress.to(device), self.num_atoms.to(device), self.samples)
 
 

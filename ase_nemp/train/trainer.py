@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..io import load, resolve_dtype, save
+from ..io import atomic_write, load, resolve_dtype, save
 from ..model import NEMP, Committee, NEMPConfig, energy_forces_stress
 from .config import RunConfig, TrainConfig
 from .data import (
@@ -52,9 +52,20 @@ class TrainingInterrupted(RuntimeError):
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def _file_digest(path: str | None) -> str | None:
+    """SHA-256 of a data file's contents, to notice a file edited between a run and its resume."""
+    import hashlib
+
+    if not path or not os.path.exists(path):
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------
@@ -75,6 +86,9 @@ def prepare_data(run: RunConfig, cutoff: float, species: tuple[int, ...] | None,
         train_frames, valid_frames = [frames[k] for k in train_idx], [frames[k] for k in valid_idx]
     if not valid_frames:
         raise ValueError("no validation structures: set data.valid or a positive data.valid_fraction")
+    if not len(train_idx):
+        raise ValueError(f"no training structures: data.valid_fraction {d.valid_fraction} of {len(frames)} structures "
+                         "leaves none to train on")
     if species is None:
         species = tuple(sorted({int(z) for f in train_frames + valid_frames for z in f.numbers}))
     train = build_samples(train_frames, cutoff, keys, species, train_idx, progress=progress)
@@ -156,14 +170,18 @@ class Trainer:
     def setup(self, resume: bool = False, data: tuple | None = None) -> None:
         """Read the data (or take ``data`` = (train, valid, species) from :func:`prepare_data`),
         build or load the model, and restore the checkpoint when resuming."""
-        if self.cfg.threads:
-            torch.set_num_threads(self.cfg.threads)
         ckpt_path = self.out / "checkpoint.pt"
         ckpt = None
         if resume:
             if not ckpt_path.exists():
                 raise FileNotFoundError(f"cannot resume: no checkpoint at {ckpt_path}")
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            try:
+                ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            except Exception as err:
+                raise ValueError(f"cannot resume: the checkpoint {ckpt_path} is corrupt or empty "
+                                 f"({type(err).__name__}); start the run afresh in another output.dir") from err
+            if not isinstance(ckpt, dict) or "run" not in ckpt:
+                raise ValueError(f"cannot resume: {ckpt_path} is not an ase-nemp training checkpoint")
             self._check_compatible(ckpt)
         elif ckpt_path.exists():
             raise FileExistsError(f"{self.out} already holds a run; use --resume to continue it or pick another output.dir")
@@ -206,6 +224,7 @@ class Trainer:
             self.state.update(ckpt["state"])
             if ckpt.get("best_state") is not None:
                 self._best_state = ckpt["best_state"]
+        self._digests = ckpt.get("data_digests") if ckpt else self._data_digests()
         self.out.mkdir(parents=True, exist_ok=True)
         self._write_config()
 
@@ -235,6 +254,14 @@ class Trainer:
         changed = [k for k in new["training"] if old["training"].get(k) != new["training"][k] and k not in allowed]
         if changed:
             raise ValueError(f"cannot resume: training settings {changed} changed; only {sorted(allowed)} may change")
+        for key, digest in (ckpt.get("data_digests") or {}).items():
+            if digest != _file_digest(new["data"].get(key)):
+                raise ValueError(f"cannot resume: the data file data.{key} ({new['data'].get(key)}) changed since the "
+                                 "checkpoint was written; resuming would continue on other data")
+
+    def _data_digests(self) -> dict[str, str | None]:
+        d = self.run.data
+        return {key: _file_digest(getattr(d, key)) for key in ("train", "valid", "isolated_atoms")}
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         params = list(self.model.parameters())
@@ -323,7 +350,9 @@ class Trainer:
         weights = self.weights()
         params = [p for p in self.model.parameters()]
         ema_params = [p for p in self.ema.parameters()]
-        total, count = 0.0, 0
+        # running sums of the epoch live in the state, so that a resumed epoch reports all its steps
+        st.setdefault("epoch_loss_sum", 0.0)
+        st.setdefault("epoch_loss_count", 0)
         bar = tqdm(total=n_steps, initial=st["step_in_epoch"], desc=f"epoch {st['epoch']}", leave=False,
                    disable=not self.progress, dynamic_ncols=True, mininterval=1.0)
         self.model.train()
@@ -346,24 +375,30 @@ class Trainer:
                 torch._foreach_add_(ema_params, params, alpha=1.0 - decay)
             st["steps"] += 1
             st["step_in_epoch"] += 1
-            total += loss.item() / len(samples)
-            count += 1
+            st["epoch_loss_sum"] += loss.item() / len(samples)
+            st["epoch_loss_count"] += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{total / count:.4g}", lr=f"{lr:.2e}")
+            bar.set_postfix(loss=f"{st['epoch_loss_sum'] / st['epoch_loss_count']:.4g}", lr=f"{lr:.2e}")
             if self._stop_signal is not None:
                 bar.close()
                 self.save_checkpoint()
                 raise TrainingInterrupted(f"stopped by signal {self._stop_signal}; checkpoint written to "
                                           f"{self.out / 'checkpoint.pt'}")
         bar.close()
-        st["perm"], st["step_in_epoch"] = None, 0
-        return total / max(count, 1)
+        mean = st["epoch_loss_sum"] / max(st["epoch_loss_count"], 1)
+        st["perm"], st["step_in_epoch"], st["epoch_loss_sum"], st["epoch_loss_count"] = None, 0, 0.0, 0
+        return mean
 
     def validate(self, model: NEMP | None = None, samples: list[Sample] | None = None) -> tuple[float, dict]:
-        """Weighted validation loss sqrt(sum loss / n) and error statistics (EMA model)."""
+        """Validation loss sqrt(sum loss / n) and error statistics (EMA model).
+
+        The loss uses the configured weights (``energy_weight``, ``force_weight``,
+        ``stress_weight``), not the scheduled force weight of the moment: it picks the best
+        model, drives the plateau schedule and detects divergence, and a falling force
+        weight would otherwise make later epochs look better."""
         model = model or self.ema
         samples = samples if samples is not None else self.valid_set
-        weights = self.weights()
+        weights = LossWeights(self.cfg.energy_weight, self.cfg.force_weight, self.cfg.stress_weight)
         stats = ErrorStats()
         total = 0.0
         model.eval()
@@ -380,6 +415,9 @@ class Trainer:
 
         c, st = self.cfg, self.state
         handlers = self._install_signal_handlers()
+        threads = torch.get_num_threads()
+        if c.threads:
+            torch.set_num_threads(c.threads)
         try:
             while st["epoch"] < c.epochs:
                 if c.max_time is not None and st["elapsed"] >= c.max_time:
@@ -417,6 +455,7 @@ class Trainer:
             self.save_checkpoint()
             self.plot_learning_curve()
         finally:
+            torch.set_num_threads(threads)  # the caller's setting, as it was
             self._restore_signal_handlers(handlers)
             if self._pool is not None:
                 self._pool.shutdown()
@@ -458,6 +497,7 @@ class Trainer:
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
+            "data_digests": self._digests,
             "state": self.state,
             "best_state": self._best_state,
         }, path)
@@ -476,13 +516,14 @@ class Trainer:
         history = self.state["history"]
         if not history:
             return
-        tmp = self.out / "metrics.csv.tmp"
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(history[0]))
-            writer.writeheader()
-            for row in history:
-                writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
-        os.replace(tmp, self.out / "metrics.csv")
+        def write(tmp):
+            with open(tmp, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=list(history[0]))
+                writer.writeheader()
+                for row in history:
+                    writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+
+        atomic_write(self.out / "metrics.csv", write)
 
     def plot_learning_curve(self) -> Path | None:
         history = self.state["history"]
