@@ -361,3 +361,13 @@ def test_committee_file_through_the_calculator(tmp_path):
     assert calc.is_committee and "forces_uncertainty" in calc.implemented_properties
     assert calc.get_property("forces_uncertainty", atoms).shape == (5,)
     BFGS(atoms, logfile=None).run(fmax=0.05, steps=20)  # ASE drives it like any calculator
+
+
+def test_float32_far_from_the_origin_keeps_its_precision(model):
+    near = random_molecule(n=5, seed=6)
+    far = near.copy()
+    far.positions += 1e6  # a float32 coordinate of 1e6 Å has a resolution of 0.06 Å
+    near.calc = NEMPCalculator(model, dtype="float64")
+    far.calc = NEMPCalculator(model, dtype="float32")
+    assert far.get_potential_energy() == pytest.approx(near.get_potential_energy(), abs=1e-4)
+    np.testing.assert_allclose(far.get_forces(), near.get_forces(), atol=1e-4)

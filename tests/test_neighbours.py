@@ -127,3 +127,19 @@ def test_torch_cluster_matches_matscipy():
     ours = torch_cluster_neighbour_list(pos, 3.0).cpu().numpy()
     ref = matscipy_neighbour_list(positions, np.eye(3), np.zeros(3, bool), 3.0)
     assert edge_set(ours[0], ours[1], np.zeros((ours.shape[1], 3), int)) == edge_set(*ref)
+
+
+@pytest.mark.parametrize("flatness", [1e-10, 1e-5, 1e-2, 0.3])
+def test_nearly_flat_periodic_cells_are_refused_quickly(flatness):
+    import time
+
+    from ase import Atoms
+
+    from ase_nemp.nl import build_graph
+
+    cell = np.array([[3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [1.0, 1.0, flatness]])
+    atoms = Atoms("H2", positions=[[0, 0, 0], [1.0, 1.0, 0.0]], cell=cell, pbc=True)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"nearly flat: its height along lattice vector [0-2] is"):
+        build_graph(atoms, 3.0)
+    assert time.perf_counter() - start < 1.0

@@ -137,6 +137,9 @@ def build_graph(
         return _graph_from_cluster(positions, numbers, cell, pbc, cutoff, device, dtype)
     else:
         i, j, S = matscipy_neighbour_list(positions, cell, pbc, cutoff)
+    # The model sees only differences of positions: moving the centroid to the origin in
+    # float64 before any cast keeps float32 edge vectors exact for structures far from it.
+    positions = positions - positions.mean(axis=0)
     return AtomicGraph(
         positions=torch.as_tensor(positions, dtype=dtype, device=device),
         numbers=torch.as_tensor(numbers, device=device),

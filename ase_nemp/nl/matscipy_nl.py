@@ -6,14 +6,17 @@ import numpy as np
 from ase.geometry import complete_cell
 from matscipy.neighbours import neighbour_list as _matscipy_neighbour_list
 
-__all__ = ["check_structure", "matscipy_neighbour_list"]
+__all__ = ["check_structure", "matscipy_neighbour_list", "MIN_CELL_HEIGHT"]
+
+MIN_CELL_HEIGHT = 0.5  # Å, between lattice planes of a periodic direction
 
 
 def check_structure(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validate a structure and return ``(positions, completed cell, pbc)`` as float64/bool.
 
-    Raises ``ValueError`` for an empty structure, NaN/inf positions or cell, or a periodic
-    direction without a lattice vector. Non-periodic directions with a zero (or missing)
+    Raises ``ValueError`` for an empty structure, NaN/inf positions or cell, a periodic
+    direction without a lattice vector, or a periodic cell thinner than
+    ``MIN_CELL_HEIGHT`` between lattice planes. Non-periodic directions with a zero (or missing)
     lattice vector get an orthogonal unit vector (``ase.geometry.complete_cell``); they
     only serve as a frame for the cell list and never shift an atom.
     """
@@ -38,8 +41,17 @@ def check_structure(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) ->
         full = complete_cell(cell)
     else:
         full = np.eye(3)
-    if abs(np.linalg.det(full)) < 1e-12:
+    volume = abs(np.linalg.det(full))
+    if volume < 1e-12:
         raise ValueError("the cell is singular (its lattice vectors are linearly dependent)")
+    # the spacing of lattice planes along each periodic direction: a cell thinner than
+    # this needs millions of periodic images within the cutoff (and is not a crystal)
+    heights = volume / np.linalg.norm(np.cross(full[[1, 2, 0]], full[[2, 0, 1]]), axis=1)
+    thin = [k for k in range(3) if pbc[k] and heights[k] < MIN_CELL_HEIGHT]
+    if thin:
+        k = thin[0]
+        raise ValueError(f"the periodic cell is nearly flat: its height along lattice vector {k} is {heights[k]:.3g} Å "
+                         f"(at least {MIN_CELL_HEIGHT} Å is needed); check the cell")
     return positions, full, pbc
 
 
