@@ -18,13 +18,13 @@ def model():
     return random_model(tiny_config(species=(6, 8, 46), zbl=True), seed=5)
 
 
-def zbl_reference(z1, z2, r):
+def zbl_reference(z1, z2, r, scale=0.6):
     """The universal ZBL pair energy (eV), written out independently of the package."""
     a = 0.46850 / (z1**0.23 + z2**0.23)
     x = r / a
     phi = 0.18175 * np.exp(-3.1998 * x) + 0.50986 * np.exp(-0.94229 * x) + 0.28022 * np.exp(-0.4029 * x) \
         + 0.02817 * np.exp(-0.20162 * x)
-    rmax = covalent_radii[z1] + covalent_radii[z2]
+    rmax = scale * (covalent_radii[z1] + covalent_radii[z2])
     u = r / rmax
     env = 1 - 28 * u**6 + 48 * u**7 - 21 * u**8 if u < 1 else 0.0
     return 14.399645 * z1 * z2 / r * phi * env
@@ -111,7 +111,7 @@ def test_switch_changes_nothing_for_well_coordinated_atoms():
 def test_zbl_adds_the_universal_pair_repulsion(model):
     plain = random_model(tiny_config(species=(6, 8, 46), zbl=False), seed=5)
     for pair, z in (("CO", (6, 8)), ("PdPd", (46, 46)), ("OPd", (8, 46))):
-        rmax = covalent_radii[z[0]] + covalent_radii[z[1]]
+        rmax = 0.6 * (covalent_radii[z[0]] + covalent_radii[z[1]])
         for r in (0.3, 0.6 * rmax, 0.95 * rmax, 1.05 * rmax):
             atoms = Atoms(pair, positions=[[0, 0, 0], [r, 0, 0]])
             extra = evaluate(model, atoms)["energy"] - evaluate(plain, atoms)["energy"]
@@ -129,7 +129,7 @@ def test_two_atoms_cannot_be_pushed_onto_each_other(model):
 
 
 def test_zbl_forces_and_stress_are_derivatives(model):
-    atoms = Atoms("PdOC", positions=[[0, 0, 0], [0.9, 0.2, 0.1], [0.4, 0.7, -0.5]])
+    atoms = Atoms("PdOC", positions=[[0, 0, 0], [0.7, 0.2, 0.1], [0.3, 0.5, -0.4]])
     for fused in (True, False):
         out = energy_forces_stress(model, build_graph(atoms, model.cutoff), training=not fused)
         np.testing.assert_allclose(out["forces"].detach().numpy(), fd_forces(model, atoms, h=1e-6), rtol=1e-6, atol=1e-5)
@@ -151,12 +151,18 @@ def test_zbl_forces_and_stress_are_derivatives(model):
 
 
 def test_zbl_switches_off_smoothly(model):
-    rmax = covalent_radii[8] + covalent_radii[46]
+    """Beyond r_ab ZBL adds nothing; inside, its force vanishes like (r_ab - r)^2 (the
+    envelope's triple zero), so energy and force are continuous at r_ab."""
+    rmax = 0.6 * (covalent_radii[8] + covalent_radii[46])
     plain = random_model(tiny_config(species=(6, 8, 46), zbl=False), seed=5)
-    for r in (rmax - 1e-4, rmax + 1e-4):
+
+    def zbl_force(r):
         atoms = Atoms("OPd", positions=[[0, 0, 0], [r, 0, 0]])
-        diff = evaluate(model, atoms)["forces"] - evaluate(plain, atoms)["forces"]
-        assert np.abs(diff).max() < 1e-6  # the envelope has a triple zero at r_ab
+        return np.abs(evaluate(model, atoms)["forces"] - evaluate(plain, atoms)["forces"]).max()
+
+    assert zbl_force(rmax + 1e-4) == 0.0
+    near, nearer = zbl_force(rmax - 1e-3), zbl_force(rmax - 1e-4)
+    assert 0 < nearer < 1e-4 and near / nearer == pytest.approx(100, rel=0.05)
 
 
 def test_random_structures_agree_between_fused_and_eager_paths(model):

@@ -186,8 +186,11 @@ class NEMPConfig:
         reference energy. ``None`` turns it off (the NEMP authors' model; model files
         written before this option load that way).
     zbl : bool
-        Add the ZBL screened nuclear repulsion for pairs closer than the sum of their
-        covalent radii (:mod:`ase_nemp.model.limits`).
+        Add the ZBL screened nuclear repulsion for pairs closer than ``zbl_radius_scale``
+        times the sum of their covalent radii (:mod:`ase_nemp.model.limits`).
+    zbl_radius_scale : float
+        Where ZBL switches off, as a fraction of the sum of the covalent radii (0.6;
+        MACE uses 1.0, which overlaps with the bonds themselves).
     """
 
     species: tuple[int, ...] = field(default=(1, 8))
@@ -209,6 +212,7 @@ class NEMPConfig:
     eps: float = 1e-6
     isolated_atom_switch: float | None = 0.5
     zbl: bool = False
+    zbl_radius_scale: float = 0.6
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -241,6 +245,9 @@ class NEMPConfig:
                 problems.append(f"isolated_atom_switch must be positive or None (got {self.isolated_atom_switch})")
         if not isinstance(self.zbl, bool):
             problems.append(f"zbl must be true or false (got {self.zbl!r})")
+        set_(self, "zbl_radius_scale", float(self.zbl_radius_scale))
+        if not 0.0 < self.zbl_radius_scale <= 2.0:
+            problems.append(f"zbl_radius_scale must be in (0, 2] (got {self.zbl_radius_scale})")
         if problems:
             raise ValueError("invalid NEMPConfig: " + "; ".join(problems))
 

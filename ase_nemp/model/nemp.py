@@ -145,7 +145,7 @@ class NEMP(nn.Module):
         self.register_buffer("force_rms", torch.tensor(1.0, dtype=f64))
         self.register_buffer("atomic_energies", torch.zeros(S, dtype=f64))
         if cfg.zbl:  # derived from the species: not stored in model files
-            for name, table in zbl_tables(cfg.species).items():
+            for name, table in zbl_tables(cfg.species, cfg.zbl_radius_scale).items():
                 self.register_buffer(name, table, persistent=False)
 
         # constant index tables
