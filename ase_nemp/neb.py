@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["NEBProtocol", "run_neb", "relax", "band_uncertainties", "StopExploration"]
+__all__ = ["NEBProtocol", "run_neb", "relax", "band_uncertainties", "make_optimizer", "StopExploration"]
 
 
 class StopExploration(Exception):
@@ -52,10 +52,16 @@ class NEBProtocol:
         Switch the highest image to climbing once the plain band is below ``climb_fmax``.
     climb_fmax : float
         eV/Å; the plain band also stops after ``steps // 3`` steps.
-    optimizer : {"FIRE", "BFGS", "MDMin"}
-        ASE optimizer for the band.
+    optimizer : {"FIRE", "BFGS", "MDMin", "ODE"}
+        ASE optimizer for the band; ``"ODE"`` is ASE's ``NEBOptimizer`` (adaptive ODE
+        integration of the band, Makri, Ortner and Kermode 2019).
     maxstep : float
-        Å, the optimizer's largest step per iteration.
+        Å, the optimizer's largest step per iteration (not used by ODE).
+    workers : int
+        Moving images evaluated concurrently, each on one CPU thread (their calculators
+        are separate, and the model's kernels release the GIL). Small images keep one
+        core busy each far better than they spread over several intra-op threads; 1
+        evaluates them one after another with torch's own thread setting.
     """
 
     images: int = 7
@@ -70,6 +76,7 @@ class NEBProtocol:
     climb_fmax: float = 0.5
     optimizer: str = "FIRE"
     maxstep: float = 0.2
+    workers: int = 1
 
     def __post_init__(self) -> None:
         problems = []
@@ -83,6 +90,8 @@ class NEBProtocol:
             problems.append(f"interpolation must be 'idpp' or 'linear', not {self.interpolation!r}")
         if self.optimizer not in _OPTIMIZERS:
             problems.append(f"optimizer must be one of {sorted(_OPTIMIZERS)}, not {self.optimizer!r}")
+        if not isinstance(self.workers, int) or self.workers < 1:
+            problems.append(f"workers must be a whole number >= 1, got {self.workers!r}")
         if not self.spring > 0 or not self.maxstep > 0:
             problems.append("spring and maxstep must be positive")
         if problems:
@@ -92,13 +101,42 @@ class NEBProtocol:
         return dataclasses.replace(self, **changes)
 
 
-def _optimizer(name: str):
+def parallel_neb(images, workers: int, **kwargs):
+    """ASE's ``NEB`` whose moving images are computed by ``workers`` threads before ASE
+    reads their (then cached) results; with ``workers == 1`` the plain ``NEB``."""
+    from ase.mep import NEB
+
+    if workers <= 1:
+        return NEB(images, **kwargs)
+
+    class ParallelImagesNEB(NEB):
+        def get_forces(self):
+            list(self._pool.map(lambda im: im.get_forces(), self.images[1:-1]))
+            return super().get_forces()
+
+    neb = ParallelImagesNEB(images, **kwargs)
+    from concurrent.futures import ThreadPoolExecutor
+
+    neb._pool = ThreadPoolExecutor(workers, thread_name_prefix="nemp-neb")
+    return neb
+
+
+def make_optimizer(neb, protocol: "NEBProtocol"):
+    """The band optimizer a protocol names (no log file)."""
+    return _optimizer(neb, protocol.optimizer, protocol.maxstep)
+
+
+def _optimizer(neb, name: str, maxstep: float):
+    if name == "ODE":
+        from ase.mep.neb import NEBOptimizer
+
+        return NEBOptimizer(neb, logfile=None, method="ode")
     from ase import optimize
 
-    return getattr(optimize, name)
+    return getattr(optimize, name)(neb, logfile=None, maxstep=maxstep)
 
 
-_OPTIMIZERS = ("FIRE", "BFGS", "MDMin")
+_OPTIMIZERS = ("FIRE", "BFGS", "MDMin", "ODE")
 
 
 def _bar(total: int, desc: str, progress: bool):
@@ -176,7 +214,7 @@ def run_neb(initial, final, calculator_factory: Callable[[], Any], protocol: NEB
     ``forces_uncertainty`` (per image), ``barrier_uncertainty`` (eV) and ``peak`` (index
     of the highest image).
     """
-    from ase.mep import NEB
+    import torch
 
     p = protocol
     t0 = time.perf_counter()
@@ -187,9 +225,12 @@ def run_neb(initial, final, calculator_factory: Callable[[], Any], protocol: NEB
     images = [initial] + [initial.copy() for _ in range(p.images - 2)] + [final]
     for image in images[1:-1]:
         image.calc = calculator_factory()
-    neb = NEB(images, k=p.spring, climb=False, method=p.method)
+    neb = parallel_neb(images, p.workers, k=p.spring, climb=False, method=p.method)
     neb.interpolate(method=p.interpolation, mic=True)
-    opt = _optimizer(p.optimizer)(neb, logfile=None, maxstep=p.maxstep)
+    threads = torch.get_num_threads()
+    if p.workers > 1:
+        torch.set_num_threads(1)  # one thread per image; restored below
+    opt = make_optimizer(neb, p)
     bar = _bar(p.steps + 2, f"NEB ({p.images} images)", progress)
     state = {"fmax": np.inf}
 
@@ -203,16 +244,24 @@ def run_neb(initial, final, calculator_factory: Callable[[], Any], protocol: NEB
             observer(images, opt.nsteps)
 
     opt.attach(update)
-    converged, stopped = False, None
+    # ASE's optimizers stop on the largest atomic force (a vector norm), NEBOptimizer on the
+    # largest component: ask the latter for fmax / sqrt(3), so that both meet the same
+    # criterion, judged below on the norm
+    scale = 1.0 / np.sqrt(3.0) if p.optimizer == "ODE" else 1.0
+    stopped = None
     try:
         if p.climb:
-            opt.run(fmax=max(p.climb_fmax, p.fmax), steps=max(p.steps // 3, 1))
+            opt.run(fmax=max(p.climb_fmax, p.fmax) * scale, steps=max(p.steps // 3, 1))
             neb.climb = True
-        converged = bool(opt.run(fmax=p.fmax, steps=p.steps - opt.nsteps))
+        opt.run(fmax=p.fmax * scale, steps=p.steps - opt.nsteps)
     except StopExploration as err:
         stopped = str(err) or "stopped by the observer"
     finally:
         bar.close()
+        torch.set_num_threads(threads)
+        if p.workers > 1:
+            neb._pool.shutdown()
+    converged = state["fmax"] <= p.fmax * (1 + 1e-9)
     band = band_uncertainties(images)
     energies = band["energy"] + images[0].get_potential_energy()
     peak = int(np.argmax(band["energy"]))

@@ -197,9 +197,10 @@ def test_fused_equals_eager(dtype, tol):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_fused_matches_eager_on_any_thread_count(threads):
+def test_fused_matches_eager_on_any_thread_count(threads, monkeypatch):
     """One thread takes the single-pass backward (scatters onto the neighbour directly),
     several take the two-pass one: both match the eager forces, and each other bitwise."""
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_EDGES", 0)  # this small graph too on several threads
     model = random_model(tiny_config(num_layers=2), seed=11)
     graph = build_graph(random_crystal(n=12, seed=12), model.cutoff)
     eager = {k: v.detach() for k, v in energy_forces_stress(model, graph, stress=True, training=True).items()}
@@ -240,3 +241,18 @@ def test_training_keeps_second_derivatives():
 def test_environment_switch_disables_kernels(monkeypatch):
     monkeypatch.setenv("ASE_NEMP_KERNELS", "0")
     assert kernels.build_csr(torch.zeros(2, 0, dtype=torch.long), 1, torch.float64) is None
+
+
+def test_small_graphs_run_the_kernels_on_one_thread(monkeypatch):
+    graph = build_graph(random_molecule(n=6, seed=3), 3.5)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        csr = kernels.build_csr(graph.edge_index, graph.num_atoms, torch.float64)
+        assert csr.lib.nemp_set_threads(0) == 1  # a few dozen edges: one thread
+        assert torch.get_num_threads() == 2  # and PyTorch's own setting (same OpenMP runtime) is untouched
+        monkeypatch.setattr(kernels, "PARALLEL_MIN_EDGES", 1)
+        csr = kernels.build_csr(graph.edge_index, graph.num_atoms, torch.float64)
+        assert csr.lib.nemp_set_threads(0) == 2
+    finally:
+        torch.set_num_threads(before)

@@ -64,24 +64,29 @@ ROW add_degree_scaled(const i64 C, i64 L1, const REAL *coef, const REAL *X, REAL
     }
 }
 
-int nemp_set_threads(int n) {
+/* Threads of the kernels' parallel regions, per calling thread (0: OpenMP's default).
+ * Kept here and passed in num_threads clauses rather than set with omp_set_num_threads,
+ * which would also change the thread count of every other OpenMP user in the process
+ * (PyTorch shares the runtime). */
+static _Thread_local int nemp_threads = 0;
+
+static int nemp_nt(void) {
 #ifdef _OPENMP
-    if (n > 0) omp_set_num_threads(n);
-    return omp_get_max_threads();
+    return nemp_threads > 0 ? nemp_threads : omp_get_max_threads();
 #else
-    (void)n;
     return 1;
 #endif
+}
+
+int nemp_set_threads(int n) {
+    if (n > 0) nemp_threads = n;
+    return nemp_nt();
 }
 
 /* 1 when the kernels run on one thread: the backward passes then scatter onto the
  * neighbour j directly, in the same order as the j-sorted pass they replace */
 static int single_thread(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads() == 1;
-#else
-    return 1;
-#endif
+    return nemp_nt() == 1;
 }
 
 /* Stable counting sort of E keys in [0, n): ptr (n+1), perm (E). */
@@ -140,7 +145,7 @@ void nemp_edge_inv_fwd(i64 N, i64 C, i64 lf1, i64 ldY, const i64 *ptr, const i64
                        const REAL *Y, const REAL *V, const REAL *Qe, i64 ldQe, const REAL *Qr, i64 ldQr,
                        int want_eps, REAL *eps, REAL *rho, REAL *a_out, REAL *b_out) {
 #define CALL(CC) edge_inv_fwd_row(i, CC, lf1, ldY, ptr, jdx, Y, V, Qe, ldQe, Qr, ldQr, want_eps, eps, rho, a_out, b_out)
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(nemp_nt())
     for (i64 i = 0; i < N; ++i) BY_CHANNELS(C, CALL)
 #undef CALL
 }
@@ -242,7 +247,7 @@ void nemp_edge_inv_bwd(i64 N, i64 E, i64 C, i64 lf1, i64 ldY, const i64 *ptr, co
         free(ga);
         return;
     }
-#pragma omp parallel
+#pragma omp parallel num_threads(nemp_nt())
     {
         REAL *ga = (REAL *)malloc((size_t)(lf1 * C + nfc) * sizeof(REAL)), *acc = ga + lf1 * C;
 #define CALL(CC) edge_inv_bwd_row(i, CC, lf1, ldY, ptr, jdx, Y, V, Qe, ldQe, Qr, ldQr, a, b, g_eps, g_rho, gY, gV, \
@@ -283,7 +288,7 @@ ROW node_dens_fwd_row(i64 i, const i64 C, i64 lf1, i64 LA, i64 ldY, const i64 *p
 void nemp_node_dens_fwd(i64 N, i64 C, i64 lf1, i64 LA, i64 ldY, const i64 *ptr, const i64 *jdx, const REAL *Y,
                         const REAL *Z, const REAL *beta, i64 ldB, const REAL *alpha, i64 ldA, REAL *U, REAL *A) {
 #define CALL(CC) node_dens_fwd_row(i, CC, lf1, LA, ldY, ptr, jdx, Y, Z, beta, ldB, alpha, ldA, U, A)
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(nemp_nt())
     for (i64 i = 0; i < N; ++i) BY_CHANNELS(C, CALL)
 #undef CALL
 }
@@ -356,7 +361,7 @@ void nemp_node_dens_bwd(i64 N, i64 C, i64 lf1, i64 LA, i64 ldY, const i64 *ptr, 
 #undef CALL
         return;
     }
-#pragma omp parallel
+#pragma omp parallel num_threads(nemp_nt())
     {
 #define CALL(CC) node_dens_bwd_row(i, CC, lf1, LA, ldY, ptr, jdx, Y, Z, beta, ldB, alpha, ldA, gU, gA, gY, gbeta, ldgB, \
                                    galpha, ldgA, NULL)
@@ -628,7 +633,7 @@ int nemp_mlp_fwd(i64 E, i64 din, i64 F, i64 dout, i64 nb, i64 nl, const REAL *x,
     if (F > MLP_MAX_WIDTH || din > MLP_MAX_IO || dout > MLP_MAX_IO) return -1;
     const i64 nblk = (E + LANES - 1) / LANES;
 #define CALL(FF) mlp_fwd_block(blk, FF, E, din, dout, nb, nl, x, ldx, Win, bin, Wh, bh, Wout, bout, y, D)
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(nemp_nt())
     for (i64 blk = 0; blk < nblk; ++blk) BY_WIDTH(F, CALL)
 #undef CALL
     return 0;
@@ -639,7 +644,7 @@ int nemp_mlp_bwd(i64 E, i64 din, i64 F, i64 dout, i64 nb, i64 nl, const REAL *Wi
     if (F > MLP_MAX_WIDTH || din > MLP_MAX_IO || dout > MLP_MAX_IO) return -1;
     const i64 nblk = (E + LANES - 1) / LANES;
 #define CALL(FF) mlp_bwd_block(blk, FF, E, din, dout, nb, nl, Win, Wh, Wout, D, gy, gx)
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(nemp_nt())
     for (i64 blk = 0; blk < nblk; ++blk) BY_WIDTH(F, CALL)
 #undef CALL
     return 0;
@@ -794,7 +799,7 @@ void nemp_geom_fwd(i64 E, i64 L, i64 C, i64 NR, i64 p, double eps, double rc, co
                    const REAL *ktab, const REAL *wtab, REAL *Y, REAL *f, REAL *X0, REAL *e0) {
     const geom_spec g = geom_make(L, C, NR, p, eps, rc);
     const i64 nblk = (E + LANES - 1) / LANES;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(nemp_nt())
     for (i64 blk = 0; blk < nblk; ++blk) {
         const i64 b0 = blk * LANES, n = E - b0 < LANES ? E - b0 : LANES;
         REAL uu[LANES], ff[LANES];
@@ -835,7 +840,7 @@ void nemp_geom_bwd(i64 E, i64 L, i64 C, i64 NR, i64 p, double eps, double rc, co
                    const REAL *ge0, REAL *gr) {
     const geom_spec g = geom_make(L, C, NR, p, eps, rc);
     const i64 nblk = (E + LANES - 1) / LANES;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(nemp_nt())
     for (i64 blk = 0; blk < nblk; ++blk) {
         const i64 b0 = blk * LANES, n = E - b0 < LANES ? E - b0 : LANES;
         REAL dd[LANES], uu[LANES], ff[LANES], df[LANES], vv[LANES][3], gd[LANES];
@@ -916,7 +921,7 @@ void nemp_tp_fwd(i64 N, i64 C, i64 K, i64 nA, i64 nU, i64 nP, i64 npath, const i
                  const i64 *out, const i64 *path, const REAL *coef, const REAL *A, const REAL *U, const REAL *w,
                  REAL *P) {
 #define CALL(CC) tp_fwd_row(i, CC, K, nA, nU, nP, npath, in1, in2, out, path, coef, A, U, w, P)
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(nemp_nt())
     for (i64 i = 0; i < N; ++i) BY_CHANNELS(C, CALL)
 #undef CALL
 }
@@ -944,7 +949,7 @@ void nemp_tp_bwd(i64 N, i64 C, i64 K, i64 nA, i64 nU, i64 nP, i64 npath, const i
                  const i64 *out, const i64 *path, const REAL *coef, const REAL *A, const REAL *U, const REAL *w,
                  const REAL *gP, REAL *gA, REAL *gU) {
 #define CALL(CC) tp_bwd_row(i, CC, K, nA, nU, nP, npath, in1, in2, out, path, coef, A, U, w, gP, gA, gU)
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(nemp_nt())
     for (i64 i = 0; i < N; ++i) BY_CHANNELS(C, CALL)
 #undef CALL
 }
@@ -971,7 +976,7 @@ ROW species_mm_row(i64 i, const i64 C, i64 M, const i64 *species, const REAL *X,
 void nemp_species_mm(i64 N, i64 M, i64 C, const i64 *species, const REAL *X, const REAL *W, i64 ldW, int transpose,
                      double scale, REAL *out) {
 #define CALL(CC) species_mm_row(i, CC, M, species, X, W, ldW, transpose, (REAL)scale, out)
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(nemp_nt())
     for (i64 i = 0; i < N; ++i) BY_CHANNELS(C, CALL)
 #undef CALL
 }

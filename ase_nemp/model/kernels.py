@@ -44,6 +44,7 @@ from torch.autograd.function import once_differentiable
 __all__ = ["available", "build_csr", "edge_geometry", "edge_invariants", "node_densities", "tensor_product",
            "species_matmul", "mlp", "EdgeCSR"]
 
+PARALLEL_MIN_EDGES = 4096  # smaller graphs run the kernels on one thread
 _SOURCE = Path(__file__).with_name("_kernels.c")
 # Read once, with this module: the library is always built from the source that matches
 # the ctypes signatures below, even if the file changes while a process runs.
@@ -187,7 +188,9 @@ def build_csr(edge_index: torch.Tensor, num_nodes: int, dtype: torch.dtype) -> E
     ptr_j = torch.empty(num_nodes + 1, dtype=torch.long)
     perm_j = torch.empty(E, dtype=torch.long)
     lib.nemp_csr(E, num_nodes, _p(j), _p(ptr_j), _p(perm_j))
-    lib.nemp_set_threads(torch.get_num_threads())
+    # below a few thousand edges a parallel region costs more than it saves, and on a busy
+    # machine its threads wait for cores (milliseconds per kernel): small graphs run on one
+    lib.nemp_set_threads(torch.get_num_threads() if E >= PARALLEL_MIN_EDGES else 1)
     return EdgeCSR(ptr, i, j, ptr_j, perm_j, num_nodes, lib)
 
 

@@ -1,0 +1,72 @@
+"""The NEB protocol of nemp demo and nemp learn (ase_nemp.neb) on a tiny committee."""
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.constraints import FixAtoms
+
+from ase_nemp import NEMPCalculator
+from ase_nemp.model import Committee
+from ase_nemp.neb import NEBProtocol, StopExploration, run_neb
+from ase_nemp.testing import random_model, tiny_config
+
+
+@pytest.fixture(scope="module")
+def committee():
+    return Committee([random_model(tiny_config(species=(1, 6, 8), cutoff=3.0), seed=s) for s in (1, 2, 3)])
+
+
+def end_points():
+    """H hopping between two sites beside a fixed CO."""
+    base = Atoms("COH", positions=[[0, 0, 0], [1.15, 0, 0], [0.5, 1.6, 0.0]])
+    base.set_constraint(FixAtoms([0, 1]))
+    final = base.copy()
+    final.positions[2] = [0.6, -1.6, 0.2]
+    return base, final
+
+
+def band(committee, **changes):
+    protocol = NEBProtocol(images=5, steps=12, relax_steps=0, **changes)
+    initial, final = end_points()
+    return run_neb(initial, final, lambda: NEMPCalculator(committee), protocol, progress=False)
+
+
+def test_threaded_images_give_the_same_band(committee):
+    one, two = band(committee, workers=1), band(committee, workers=2)
+    for a, b in zip(one["images"], two["images"]):
+        np.testing.assert_array_equal(a.positions, b.positions)
+    np.testing.assert_array_equal(one["energies"], two["energies"])
+    assert one["neb_steps"] == 12 and not one["converged"]  # 12 steps: reported as not converged
+
+
+@pytest.mark.parametrize("optimizer", ["FIRE", "ODE", "BFGS"])
+def test_results_carry_the_committee_uncertainty(committee, optimizer):
+    res = band(committee, optimizer=optimizer)
+    assert res["energy_uncertainty"].shape == (5,) and res["energy_uncertainty"][0] == 0.0
+    assert res["barrier"] == pytest.approx(res["energies"].max() - res["energies"][0])
+    members = res["member_energies"]
+    assert res["barrier_uncertainty"] == pytest.approx(np.std(members[res["peak"]], ddof=1))
+    assert res["fmax"] > 0 and res["converged"] == (res["fmax"] <= 0.05)
+
+
+def test_an_observer_can_stop_the_band(committee):
+    seen = []
+
+    def observer(images, step):
+        seen.append(step)
+        if step == 3:
+            raise StopExploration("enough")
+
+    initial, final = end_points()
+    res = run_neb(initial, final, lambda: NEMPCalculator(committee), NEBProtocol(images=5, steps=50, relax_steps=0),
+                  observer=observer, progress=False)
+    assert res["stopped"] == "enough" and not res["converged"] and max(seen) == 3
+
+
+def test_protocol_errors_name_the_problem():
+    with pytest.raises(ValueError, match="images must be a whole number >= 3"):
+        NEBProtocol(images=2)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        NEBProtocol(optimizer="LBFGS-magic")
+    with pytest.raises(ValueError, match="workers"):
+        NEBProtocol(workers=0)
