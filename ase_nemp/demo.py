@@ -1,19 +1,33 @@
-"""``nemp demo``: CO oxidation on Pd(111) with the shipped model, through ASE's NEB.
+"""``nemp demo``: CO oxidation on Pd(111) with the shipped committee, through ASE's NEB.
 
 1. relax the initial state (CO + O on Pd(111)) and the final state (CO2 above the slab),
-2. run a nudged elastic band (first plain, then with a climbing image),
-3. print the forward barrier, the reaction energy and the convergence, and write the
-   energy profile (``neb_profile.png``) and the band (``neb_band.extxyz``).
+2. run a nudged elastic band (first plain, then with a climbing image; :mod:`ase_nemp.neb`),
+3. print the forward barrier with its committee uncertainty, the reaction energy, the
+   convergence and every image's uncertainty, and warn when an image lies outside the
+   model's confidence; write the energy profile (``neb_profile.png``, with the members'
+   spread) and the band (``neb_band.extxyz``, with the uncertainties per image).
+
+An image is **outside the model's confidence** when its largest atomic force uncertainty
+exceeds the committee's force threshold, or the spread of its energy relative to the
+initial state exceeds the energy threshold. The thresholds are those the shipped model
+was trained to (its metadata ``confidence``); a band with such an image may pass through
+a configuration the model has not seen, and its barrier is not to be trusted.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
+import numpy as np
+
+from .neb import NEBProtocol, run_neb
+
 EXAMPLES = Path(__file__).resolve().parent / "examples"
+# used when a model file carries no "confidence" metadata
+DEFAULT_CONFIDENCE = {"forces_uncertainty": 0.15, "energy_uncertainty": 0.05}
+DEMO_PROTOCOL = NEBProtocol(workers=2)  # the images of the band on two threads: same band, less wall time
 
 
 def example_structures():
@@ -27,133 +41,138 @@ def example_structures():
     return initial, final
 
 
-def _relax(atoms, calc, fmax: float, steps: int, label: str, progress: bool = True) -> tuple[float, int]:
-    from ase.optimize import BFGS
-    from tqdm.auto import tqdm
-
-    atoms.calc = calc
-    opt = BFGS(atoms, logfile=None)
-    bar = tqdm(total=steps + 1, desc=f"relax {label}", leave=False, file=sys.stdout, mininterval=0.2,
-               disable=not progress)
-
-    def update():
-        f = atoms.get_forces(apply_constraint=True)
-        bar.update(1)
-        bar.set_postfix(E=f"{atoms.get_potential_energy():.4f} eV", fmax=f"{(f ** 2).sum(1).max() ** 0.5:.3f}")
-
-    opt.attach(update)
-    opt.run(fmax=fmax, steps=steps)
-    bar.close()
-    return atoms.get_potential_energy(), opt.nsteps
+def outside_confidence(result: dict, confidence: dict) -> list[int]:
+    """Indices of the images whose uncertainty exceeds the thresholds (committees only)."""
+    if "forces_uncertainty" not in result:
+        return []
+    f_bad = result["forces_uncertainty"] > confidence["forces_uncertainty"]
+    e_bad = result["energy_uncertainty"] > confidence["energy_uncertainty"]
+    return [int(k) for k in np.flatnonzero(f_bad | e_bad)]
 
 
-def run_neb(calculator_factory, n_images: int = 7, fmax: float = 0.05, steps: int = 500,
-            output: Path | None = None, progress: bool = True) -> dict:
-    """Relax end points and run a climbing-image NEB; returns the results as a dict.
-
-    ``calculator_factory()`` returns a fresh calculator (one per image keeps each image's
-    neighbour-list skin useful).
-    """
-    import numpy as np
-    from ase.mep import NEB
-    from ase.optimize import FIRE
-    from tqdm.auto import tqdm
-
-    t0 = time.perf_counter()
-    initial, final = example_structures()
-    e_is, n_is = _relax(initial, calculator_factory(), fmax, steps, "initial state", progress)
-    e_fs, n_fs = _relax(final, calculator_factory(), fmax, steps, "final state", progress)
-    t_relax = time.perf_counter() - t0
-
-    images = [initial] + [initial.copy() for _ in range(n_images - 2)] + [final]
-    for image in images[1:-1]:
-        image.calc = calculator_factory()
-    neb = NEB(images, climb=False, method="improvedtangent")
-    neb.interpolate(method="idpp", mic=True)
-    opt = FIRE(neb, logfile=None)
-    bar = tqdm(total=steps + 2, desc="NEB", leave=False, file=sys.stdout, mininterval=0.2, disable=not progress)
-    state = {"fmax": np.inf}
-
-    def update():
-        energies = [im.get_potential_energy() for im in images]
-        state["fmax"] = float(np.sqrt((neb.get_forces() ** 2).sum(axis=1).max()))
-        bar.update(1)
-        bar.set_postfix(barrier=f"{max(energies) - energies[0]:.3f} eV", fmax=f"{state['fmax']:.3f}",
-                        climb="on" if neb.climb else "off")
-
-    opt.attach(update)
-    # plain NEB to a loose tolerance, then switch the highest image to climbing
-    opt.run(fmax=max(0.5, 4 * fmax), steps=steps // 3)
-    neb.climb = True
-    converged = opt.run(fmax=fmax, steps=steps - opt.nsteps)
-    bar.close()
-    energies = np.array([im.get_potential_energy() for im in images])
-    t_total = time.perf_counter() - t0
-
-    result = {
-        "E_initial": e_is, "E_final": e_fs, "barrier": float(energies.max() - energies[0]),
-        "reaction_energy": float(energies[-1] - energies[0]), "energies": energies, "converged": bool(converged),
-        "neb_steps": opt.nsteps, "fmax": state["fmax"], "relax_steps": (n_is, n_fs), "seconds": t_total,
-        "seconds_relax": t_relax, "images": images,
-    }
-    if output is not None:
-        _write_outputs(result, neb, Path(output))
-    return result
+def check_output_folder(output: Path) -> None:
+    """Fail before any work when the output folder cannot be written."""
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / ".nemp-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"cannot write to the output folder {str(output)!r}: {err.strerror or err}") from err
 
 
-def _write_outputs(result: dict, neb, output: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def write_outputs(result: dict, output: Path, confidence: dict, title: str) -> list[Path]:
+    """The band (extxyz, with per-image uncertainties in ``info``) and the energy profile."""
     from ase.io import write
     from ase.mep import NEBTools
 
-    output.mkdir(parents=True, exist_ok=True)
+    from .train.plots import figure
+
     images = result["images"]
-    write(output / "neb_band.extxyz", images)
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    NEBTools(images).plot_band(ax)
-    ax.set_title(f"CO + O -> CO2 on Pd(111): barrier {result['barrier']:.3f} eV")
+    committee = "energy_uncertainty" in result
+    bad = outside_confidence(result, confidence)
+    frames = []
+    for k, image in enumerate(images):
+        frame = image.copy()
+        frame.calc = image.calc
+        frame.info.update(image=k, relative_energy=float(result["energies"][k] - result["energies"][0]))
+        if committee:
+            frame.info.update(energy_uncertainty=float(result["energy_uncertainty"][k]),
+                              max_forces_uncertainty=float(result["forces_uncertainty"][k]),
+                              outside_confidence=k in bad)
+        frames.append(frame)
+    write(output / "neb_band.extxyz", frames)
+
+    # the profile: ASE's NEBTools fit (cubic pieces through the image energies with the
+    # slopes of the tangential forces: no overshoot where forces and energies agree)
+    fit = NEBTools(images).get_fit()
+    fig, ax = figure(figsize=(6.5, 4.5))
+    ax.plot(fit.fit_path, fit.fit_energies, "-", color="C0", lw=1.5, label="fit (energies + tangential forces)")
+    if committee:
+        for m, members in enumerate(result["member_energies"].T):
+            ax.plot(fit.path, members, "-", color="0.6", lw=0.6, alpha=0.8, label="committee members" if m == 0 else None)
+        ax.errorbar(fit.path, fit.energies, yerr=result["energy_uncertainty"], fmt="o", color="C0", capsize=3,
+                    label="images: committee mean ± spread")
+        if bad:
+            ax.plot(fit.path[bad], fit.energies[bad], "o", ms=11, mfc="none", mec="red", mew=2,
+                    label="outside the model's confidence")
+            ax.text(0.02, 0.97, f"WARNING: {len(bad)} image(s) outside the model's confidence:\n"
+                    "the barrier is not to be trusted", transform=ax.transAxes, va="top", color="red", fontsize=9)
+    else:
+        ax.plot(fit.path, fit.energies, "o", color="C0", label="images")
+    ax.set_xlabel("reaction path (Å)")
+    ax.set_ylabel("energy relative to the initial state (eV)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center right")
     fig.tight_layout()
     fig.savefig(output / "neb_profile.png", dpi=130)
-    plt.close(fig)
-    result["files"] = [output / "neb_band.extxyz", output / "neb_profile.png"]
+    return [output / "neb_band.extxyz", output / "neb_profile.png"]
 
 
 def run_demo(args: argparse.Namespace) -> int:
     import torch
 
     from . import NEMPCalculator
-    from .pretrained import available
+    from .io import load
 
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    protocol = DEMO_PROTOCOL.replace(**{k: v for k, v in (("images", args.images), ("fmax", args.fmax),
+                                                          ("steps", args.steps)) if v is not None})
+    check_output_folder(args.output)
     if args.model:
-        def factory():
-            return NEMPCalculator(args.model, dtype=args.dtype)
-        name = str(args.model)
+        path, name = args.model, str(args.model)
     else:
+        from .pretrained import available, model_path
+
         if "pd-co-o" not in available():
             print("the shipped pd-co-o model is missing from this installation", file=sys.stderr)
             return 1
-        from .pretrained import load
+        path, name = model_path("pd-co-o"), "pd-co-o (shipped)"
+    model = load(path, dtype=args.dtype)
+    confidence = {**DEFAULT_CONFIDENCE, **(getattr(model, "metadata", {}).get("confidence") or {})}
+    template = NEMPCalculator(model, dtype=args.dtype)
 
-        model = load("pd-co-o")
+    def factory():
+        return NEMPCalculator(template.model, dtype=args.dtype)
 
-        def factory():
-            return NEMPCalculator(model, dtype=args.dtype)
-        name = "pd-co-o (shipped)"
-    print(f"CO oxidation on Pd(111) with NEMP model {name}: relax IS and FS, then a {args.images}-image "
-          f"climbing-image NEB (fmax {args.fmax} eV/Å, at most {args.steps} steps)")
-    res = run_neb(factory, n_images=args.images, fmax=args.fmax, steps=args.steps, output=args.output)
+    kind = f"committee of {model.size}" if hasattr(model, "members") else "single model (no uncertainty)"
+    print(f"CO oxidation on Pd(111) with NEMP model {name}, {kind}: relax IS and FS, then a "
+          f"{protocol.images}-image climbing-image NEB (fmax {protocol.fmax} eV/Å, at most {protocol.steps} steps)")
+    initial, final = example_structures()
+    res = run_neb(initial, final, factory, protocol, progress=not args.quiet)
+    committee = "energy_uncertainty" in res
+    bad = outside_confidence(res, confidence)
+    rel = res["energies"] - res["energies"][0]
     print(f"initial state   E = {res['E_initial']:.4f} eV  ({res['relax_steps'][0]} BFGS steps)")
     print(f"final state     E = {res['E_final']:.4f} eV  ({res['relax_steps'][1]} BFGS steps)")
-    print("band energies   " + " ".join(f"{e - res['energies'][0]:+.3f}" for e in res["energies"]) + " eV")
-    print(f"forward barrier {res['barrier']:.3f} eV")
+    if committee:
+        print("image   E - E_IS (eV)   spread (eV)   largest force spread (eV/Å)")
+        for k in range(len(rel)):
+            flag = "  <- outside the model's confidence" if k in bad else ""
+            print(f"{k:5d}   {rel[k]:+12.3f}   {res['energy_uncertainty'][k]:11.3f}   "
+                  f"{res['forces_uncertainty'][k]:27.3f}{flag}")
+        print(f"forward barrier {res['barrier']:.3f} ± {res['barrier_uncertainty']:.3f} eV (image {res['peak']}; "
+              "± the committee spread)")
+    else:
+        print("band energies   " + " ".join(f"{e:+.3f}" for e in rel) + " eV")
+        print(f"forward barrier {res['barrier']:.3f} eV (a single model: no uncertainty)")
     print(f"reaction energy {res['reaction_energy']:+.3f} eV")
     status = "converged" if res["converged"] else "NOT converged"
-    print(f"NEB             {status} after {res['neb_steps']} FIRE steps (max force {res['fmax']:.3f} eV/Å)")
+    print(f"NEB             {status} after {res['neb_steps']} {protocol.optimizer} steps "
+          f"(largest NEB force {res['fmax']:.3f} eV/Å)")
     print(f"wall time       {res['seconds']:.1f} s (relaxations {res['seconds_relax']:.1f} s)")
-    print(f"files           {', '.join(str(p) for p in res.get('files', []))}")
+    title = (f"CO + O -> CO2 on Pd(111): barrier {res['barrier']:.3f}"
+             + (f" ± {res['barrier_uncertainty']:.3f}" if committee else "") + " eV")
+    files = write_outputs(res, args.output, confidence, title)
+    print(f"files           {', '.join(str(p) for p in files)}")
+    if bad:
+        print(f"WARNING: image(s) {', '.join(map(str, bad))} lie outside the model's confidence (force spread above "
+              f"{confidence['forces_uncertainty']} eV/Å or energy spread above {confidence['energy_uncertainty']} eV): "
+              "the band may pass through configurations the model has not seen, and the barrier is not to be "
+              "trusted. Label such frames with a reference method and fine-tune (nemp learn).", file=sys.stderr)
+        return 4
     return 0 if res["converged"] else 3

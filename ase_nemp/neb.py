@@ -30,7 +30,12 @@ class StopExploration(Exception):
 
 @dataclass(frozen=True)
 class NEBProtocol:
-    """How a band is built and optimised.
+    """How a band is built and optimised. The defaults are the protocol of ``nemp demo``.
+
+    With the reference potential itself as the calculator, this protocol brings the demo's
+    band to a largest NEB force of 0.052 eV/Å in 879 steps (barrier 1.42 eV); FIRE in its
+    place still had 0.56 eV/Å after 1500 steps, its climbing image stuck between the
+    transition state and the bent CO2 intermediate.
 
     Attributes
     ----------
@@ -66,7 +71,7 @@ class NEBProtocol:
 
     images: int = 7
     fmax: float = 0.05
-    steps: int = 500
+    steps: int = 1000
     relax_fmax: float = 0.05
     relax_steps: int = 300
     interpolation: str = "idpp"
@@ -74,7 +79,7 @@ class NEBProtocol:
     spring: float = 0.1
     climb: bool = True
     climb_fmax: float = 0.5
-    optimizer: str = "FIRE"
+    optimizer: str = "ODE"
     maxstep: float = 0.2
     workers: int = 1
 

@@ -34,7 +34,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from ..io import atomic_write, load
+from ..signals import deferred_stop
 from ..train.config import RunConfig, TrainConfig
 from .config import LearnConfig
 from .explore import Interrupted, explore
@@ -154,8 +154,7 @@ class ActiveLearning:
     def run(self, resume: bool = False) -> list[dict]:
         """Run (or continue) the loop; returns the log rows."""
         self._setup(resume)
-        handlers = self._install_signal_handlers()
-        try:
+        with deferred_stop(self._set_stop):
             while self.state["phase"] != "done":
                 k, phase = self.state["round"], self.state["phase"]
                 final = k > self.cfg.rounds
@@ -166,8 +165,6 @@ class ActiveLearning:
                 elif phase == "train":
                     self._train(k)
                 self._write_log()
-        finally:
-            self._restore_signal_handlers(handlers)
         return self.state["log"]
 
     def _committee_factory(self):
@@ -380,21 +377,8 @@ class ActiveLearning:
         return (f"stopped by signal {self._stop} while {where}; {self.state['teacher_calls']} teacher calls so far, "
                 f"all labelled frames are in {self.data_dir}")
 
-    def _install_signal_handlers(self):
-        def handler(signum, frame):
-            self._stop = signum
-
-        old = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                old[sig] = signal.signal(sig, handler)
-            except ValueError:  # not the main thread
-                pass
-        return old
-
-    def _restore_signal_handlers(self, old) -> None:
-        for sig, h in old.items():
-            signal.signal(sig, h)
+    def _set_stop(self, signum: int) -> None:
+        self._stop = signum
 
 
 def format_log(rows: list[dict]) -> str:

@@ -17,7 +17,6 @@ import copy
 import csv
 import math
 import os
-import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from ..io import atomic_write, load, resolve_dtype, save
+from ..signals import deferred_stop
 from ..model import NEMP, Committee, NEMPConfig, energy_forces_stress
 from .config import RunConfig, TrainConfig
 from .data import (
@@ -410,11 +410,19 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------
     def fit(self) -> list[dict]:
-        """Train until ``epochs``, ``max_time`` or ``lr <= lr_min``. Returns the metrics history."""
+        """Train until ``epochs``, ``max_time`` or ``lr <= lr_min``. Returns the metrics history.
+
+        Ctrl-C / SIGTERM write the checkpoint and raise :class:`TrainingInterrupted`."""
+        with deferred_stop(self._set_stop):
+            try:
+                return self._fit()
+            finally:
+                self._stop_signal = None
+
+    def _fit(self) -> list[dict]:
         from tqdm.auto import tqdm
 
         c, st = self.cfg, self.state
-        handlers = self._install_signal_handlers()
         threads = torch.get_num_threads()
         if c.threads:
             torch.set_num_threads(c.threads)
@@ -456,7 +464,6 @@ class Trainer:
             self.plot_learning_curve()
         finally:
             torch.set_num_threads(threads)  # the caller's setting, as it was
-            self._restore_signal_handlers(handlers)
             if self._pool is not None:
                 self._pool.shutdown()
                 self._pool = None
@@ -534,22 +541,8 @@ class Trainer:
         return learning_curve(history, self.out / "learning_curve.png")
 
     # -- signals -------------------------------------------------------------------------
-    def _install_signal_handlers(self):
-        def handler(signum, frame):
-            self._stop_signal = signum
-
-        old = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                old[sig] = signal.signal(sig, handler)
-            except ValueError:  # not the main thread
-                pass
-        return old
-
-    def _restore_signal_handlers(self, old) -> None:
-        for sig, h in old.items():
-            signal.signal(sig, h)
-        self._stop_signal = None
+    def _set_stop(self, signum: int) -> None:
+        self._stop_signal = signum
 
 
 def train(run: RunConfig, resume: bool = False, progress: bool = True) -> "Trainer | CommitteeRun":
