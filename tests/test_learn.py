@@ -128,6 +128,8 @@ def test_the_loop_lowers_the_error_against_the_teacher_and_survives_sigterm(work
     assert all(r.get("max_uncertainty", 1.0) > 0 for r in rows[1:])
     committee = load(root / "run" / "committee.pt")
     assert committee.size == 2
+    assert committee.metadata["confidence"] == {"forces_uncertainty": 0.05}
+    assert committee.metadata["active_learning"]["teacher_calls"] == last["teacher_calls"]
     for name in ("learn_log.csv", "learn_log.md", "learning.png", "round-1/explore.json", "round-1/candidates.extxyz"):
         assert (root / "run" / name).exists(), name
 

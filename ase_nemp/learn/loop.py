@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io import atomic_write, load
+from ..io import atomic_write, load, save
 from ..signals import deferred_stop
 from ..train.config import RunConfig, TrainConfig
 from .config import LearnConfig
@@ -304,7 +304,12 @@ class ActiveLearning:
             result = train_committee(run, resume=(rd / "train").exists(), progress=self.progress)
         except TrainingInterrupted as err:
             raise LearningInterrupted(self._interrupt_message(f"fine-tuning round {k} ({err})")) from None
-        shutil.copyfile(result.best_path, self.out / "committee.pt")
+        committee = load(result.best_path)
+        # the force spread the loop labelled above is the committee's confidence level
+        save(committee, self.out / "committee.pt", **committee.metadata,
+             confidence={"forces_uncertainty": self.cfg.select.threshold},
+             active_learning={"round": k, "teacher_calls": self.state["teacher_calls"],
+                              "teacher": self.cfg.teacher.calculator.rpartition(":")[2]})
         self.state["log"].append(self._row(k, {"valid": result.summary["valid"]["all"],
                                                "calibration": result.summary["calibration"]}))
         self.state["round"] = k + 1
