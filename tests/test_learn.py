@@ -172,3 +172,22 @@ def test_config_errors_name_the_problem(workspace, tmp_path):
         load_teacher(cfg.teacher.calculator)
     (tmp_path / "bad.yaml").write_text("data: [unclosed\n")
     assert main(["learn", str(tmp_path / "bad.yaml")]) == 2
+
+
+def test_single_points_far_from_the_data_do_not_end_the_scan(tmp_path):
+    """A scan is no trajectory: a frame above stop_above is a candidate, and the frames after it are still seen."""
+    from ase import Atoms
+
+    from ase_nemp import NEMPCalculator
+    from ase_nemp.learn.config import Exploration
+    from ase_nemp.learn.explore import explore
+    from ase_nemp.model import Committee
+    from ase_nemp.testing import random_model, tiny_config
+
+    committee = Committee([random_model(tiny_config(species=(1, 8), cutoff=3.0), seed=s) for s in (1, 2)])
+    scan = [Atoms("OH", positions=[[0, 0, 0], [0.7 + 0.2 * k, 0, 0]]) for k in range(5)]
+    write(tmp_path / "scan.extxyz", scan)
+    exploration = Exploration.from_dict({"kind": "structures", "structures": "scan.extxyz"}, 0,
+                                        lambda p: str(tmp_path / p))
+    report = explore(exploration, lambda: NEMPCalculator(committee), threshold=0.0, stop_above=1e-9)
+    assert report.frames == 5 and len(report.candidates) == 5

@@ -145,7 +145,10 @@ def _structures(settings, factory, collector):
     for label, atoms in read_frames(settings["structures"]):
         atoms.calc = calc
         atoms.get_forces()
-        collector.observe(atoms, f"single:{label}")
+        try:
+            collector.observe(atoms, f"single:{label}")
+        except StopExploration:
+            pass  # single points are no trajectory: a frame far from the data stops nothing after it
 
 
 def _neb(settings, factory, collector, progress):
