@@ -108,13 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="CO oxidation barrier on Pd(111) with the shipped model (NEB)")
     demo.add_argument("--output", type=Path, default=Path("nemp-demo"), help="folder for the plot and the band")
-    demo.add_argument("--images", type=int, default=7, help="images in the band, end points included")
-    demo.add_argument("--fmax", type=float, default=0.05, help="force tolerance in eV/Å")
-    demo.add_argument("--steps", type=int, default=500,
-                      help="at most this many BFGS steps per end-point relaxation and FIRE steps for the band")
+    demo.add_argument("--images", type=int, help="images in the band, end points included (default: the protocol's)")
+    demo.add_argument("--fmax", type=float, help="force tolerance of the band in eV/Å")
+    demo.add_argument("--steps", type=int, help="at most this many optimiser steps for the band")
     demo.add_argument("--model", type=Path, help="a model file instead of the shipped pd-co-o model")
-    demo.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    demo.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                      help="float32 (default) halves the cost of the committee; float64 for checks")
     demo.add_argument("--threads", type=int, help="torch CPU threads")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo)
 
     tr = sub.add_parser("train", help="train a model from a YAML config (see ase_nemp.train.config)")

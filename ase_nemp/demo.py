@@ -64,7 +64,7 @@ def check_output_folder(output: Path) -> None:
 def write_outputs(result: dict, output: Path, confidence: dict, title: str) -> list[Path]:
     """The band (extxyz, with per-image uncertainties in ``info``) and the energy profile."""
     from ase.io import write
-    from ase.mep import NEBTools
+    from ase.utils.forcecurve import fit_images
 
     from .train.plots import figure
 
@@ -83,23 +83,25 @@ def write_outputs(result: dict, output: Path, confidence: dict, title: str) -> l
         frames.append(frame)
     write(output / "neb_band.extxyz", frames)
 
-    # the profile: ASE's NEBTools fit (cubic pieces through the image energies with the
-    # slopes of the tangential forces: no overshoot where forces and energies agree)
-    fit = NEBTools(images).get_fit()
+    # the profile: ASE's NEB fit (ase.utils.forcecurve, what NEBTools draws): cubic pieces
+    # through the image energies with the slopes of the tangential forces, so no overshoot
+    # where forces and energies agree
+    fit = fit_images(images)
+    path, energies = np.asarray(fit.path), np.asarray(fit.energies)
     fig, ax = figure(figsize=(6.5, 4.5))
     ax.plot(fit.fit_path, fit.fit_energies, "-", color="C0", lw=1.5, label="fit (energies + tangential forces)")
     if committee:
         for m, members in enumerate(result["member_energies"].T):
-            ax.plot(fit.path, members, "-", color="0.6", lw=0.6, alpha=0.8, label="committee members" if m == 0 else None)
-        ax.errorbar(fit.path, fit.energies, yerr=result["energy_uncertainty"], fmt="o", color="C0", capsize=3,
+            ax.plot(path, members, "-", color="0.6", lw=0.6, alpha=0.8, label="committee members" if m == 0 else None)
+        ax.errorbar(path, energies, yerr=result["energy_uncertainty"], fmt="o", color="C0", capsize=3,
                     label="images: committee mean ± spread")
         if bad:
-            ax.plot(fit.path[bad], fit.energies[bad], "o", ms=11, mfc="none", mec="red", mew=2,
+            ax.plot(path[bad], energies[bad], "o", ms=11, mfc="none", mec="red", mew=2,
                     label="outside the model's confidence")
             ax.text(0.02, 0.97, f"WARNING: {len(bad)} image(s) outside the model's confidence:\n"
                     "the barrier is not to be trusted", transform=ax.transAxes, va="top", color="red", fontsize=9)
     else:
-        ax.plot(fit.path, fit.energies, "o", color="C0", label="images")
+        ax.plot(path, energies, "o", color="C0", label="images")
     ax.set_xlabel("reaction path (Å)")
     ax.set_ylabel("energy relative to the initial state (eV)")
     ax.set_title(title, fontsize=10)
