@@ -5,7 +5,8 @@
 >>> calc = NEMPCalculator.from_pretrained("pd-co-o", dtype="float64")
 
 Each model ``<name>.pt`` sits next to the exact training config (``<name>.yaml``, to
-retrain it with ``nemp train``) and its validation metrics (``<name>.metrics.md``).
+retrain it with ``nemp train``; ``<name>-learn.yaml`` for the active-learning stage of
+``nemp learn``) and its held-out metrics (``<name>.metrics.md``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ _HERE = Path(__file__).resolve().parent
 _MODELS = {
     "pd-co-o": (
         "pd-co-o.pt",
-        "CO oxidation on Pd(111): Pd slab and bulk, CO, O, CO2 (fitted to the public EMLP NequIP potential)",
+        "CO oxidation on Pd(111): Pd slab and bulk, CO, O, CO2; a committee with uncertainties, refined by active "
+        "learning against the public EMLP NequIP potential",
     ),
 }
 
@@ -48,7 +50,7 @@ def files(name: str) -> dict[str, Path]:
 
 
 def load(name: str, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None):
-    """Load a shipped model as an :class:`~ase_nemp.NEMP` module."""
+    """Load a shipped model (an :class:`~ase_nemp.NEMP` or a :class:`~ase_nemp.model.Committee`)."""
     from ..io import load as load_file
 
     return load_file(model_path(name), device=device, dtype=dtype)
