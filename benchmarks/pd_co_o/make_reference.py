@@ -27,12 +27,10 @@ sys.path.insert(0, str(HERE))
 
 
 def labelled(atoms, teacher, **info):
-    from ase.calculators.singlepoint import SinglePointCalculator
+    """The teacher's single point on a copy of ``atoms`` (as nemp learn labels), with ``info``."""
+    from ase_nemp.learn import label
 
-    frame = atoms.copy()
-    frame.calc = teacher
-    energy, forces = frame.get_potential_energy(), frame.get_forces(apply_constraint=False)
-    frame.calc = SinglePointCalculator(frame, energy=energy, forces=forces)
+    frame = label(atoms, teacher)
     frame.info.update(info)
     return frame
 
