@@ -60,6 +60,61 @@ class AtomicGraph(NamedTuple):
     def num_edges(self) -> int:
         return self.edge_index.shape[1]
 
+    def checked(self, dtype: torch.dtype | None = None) -> "AtomicGraph":
+        """This graph with its index tensors as contiguous int64, after checking that the
+        tensors fit together: shapes, one device, integer indices inside their ranges
+        (``0 <= edge_index < N``, ``0 <= batch < B``) and one float dtype (``dtype``, the
+        model's, if given). Raises ``ValueError`` or ``TypeError`` naming the problem.
+
+        Models call it on every graph they are given: the fused kernels index memory
+        with these numbers and must never see one out of range.
+        """
+        positions, numbers, cell, pbc, edge_index, shifts, batch = self
+        N = positions.shape[0] if positions.dim() == 2 else -1
+        problems = []
+        if positions.dim() != 2 or positions.shape[1] != 3:
+            problems.append(f"positions must be (N, 3), got {tuple(positions.shape)}")
+        if cell.dim() != 3 or cell.shape[1:] != (3, 3):
+            problems.append(f"cell must be (B, 3, 3), got {tuple(cell.shape)}")
+        B = cell.shape[0] if cell.dim() == 3 else -1
+        if tuple(pbc.shape) != (B, 3):
+            problems.append(f"pbc must be (B, 3) = ({B}, 3), got {tuple(pbc.shape)}")
+        if edge_index.dim() != 2 or edge_index.shape[0] != 2:
+            problems.append(f"edge_index must be (2, E), got {tuple(edge_index.shape)}")
+        E = edge_index.shape[1] if edge_index.dim() == 2 else -1
+        if tuple(shifts.shape) != (E, 3):
+            problems.append(f"shifts must be (E, 3) = ({E}, 3), got {tuple(shifts.shape)}")
+        for name, t in (("numbers", numbers), ("batch", batch)):
+            if tuple(t.shape) != (N,):
+                problems.append(f"{name} must be (N,) = ({N},), got {tuple(t.shape)}")
+        if problems:
+            raise ValueError("malformed AtomicGraph: " + "; ".join(problems))
+        for name, t in (("numbers", numbers), ("edge_index", edge_index), ("batch", batch)):
+            if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+                raise TypeError(f"AtomicGraph.{name} must hold integers, got {t.dtype}")
+        floats = {name: t.dtype for name, t in (("positions", positions), ("cell", cell), ("shifts", shifts))}
+        if any(not torch.empty(0, dtype=d).is_floating_point() for d in floats.values()):
+            raise TypeError(f"AtomicGraph positions, cell and shifts must be floating point, got {floats}")
+        expected = dtype or positions.dtype
+        if any(d != expected for d in floats.values()):
+            raise TypeError(
+                f"AtomicGraph float dtypes {floats} do not match the model's {expected}; "
+                f"convert with graph.to(dtype={expected})"
+            )
+        devices = {t.device for t in self}
+        if len(devices) > 1:
+            raise ValueError(f"AtomicGraph tensors are on several devices: {sorted(map(str, devices))}")
+        edge_index = edge_index.to(torch.int64).contiguous()
+        batch = batch.to(torch.int64).contiguous()
+        numbers = numbers.to(torch.int64).contiguous()
+        if E > 0 and (int(edge_index.min()) < 0 or int(edge_index.max()) >= N):
+            raise ValueError(f"edge_index holds atom indices outside [0, {N}): "
+                             f"min {int(edge_index.min())}, max {int(edge_index.max())}")
+        if N > 0 and (int(batch.min()) < 0 or int(batch.max()) >= B):
+            raise ValueError(f"batch holds structure indices outside [0, {B}): "
+                             f"min {int(batch.min())}, max {int(batch.max())}")
+        return AtomicGraph(positions, numbers, cell, pbc, edge_index, shifts, batch)
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "AtomicGraph":
         """Move to ``device`` and cast the float tensors to ``dtype``."""
 

@@ -1,5 +1,7 @@
 """The fused CPU kernels against the eager formulation and the reference vectors."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -200,6 +202,8 @@ def test_fused_equals_eager(dtype, tol):
 def test_fused_matches_eager_on_any_thread_count(threads, monkeypatch):
     """One thread takes the single-pass backward (scatters onto the neighbour directly),
     several take the two-pass one: both match the eager forces, and each other bitwise."""
+    if not kernels.build_info(torch.float64).openmp:
+        pytest.skip("kernels built without OpenMP: they run on one thread only")
     monkeypatch.setattr(kernels, "PARALLEL_MIN_EDGES", 0)  # this small graph too on several threads
     model = random_model(tiny_config(num_layers=2), seed=11)
     graph = build_graph(random_crystal(n=12, seed=12), model.cutoff)
@@ -253,6 +257,128 @@ def test_small_graphs_run_the_kernels_on_one_thread(monkeypatch):
         assert torch.get_num_threads() == 2  # and PyTorch's own setting (same OpenMP runtime) is untouched
         monkeypatch.setattr(kernels, "PARALLEL_MIN_EDGES", 1)
         csr = kernels.build_csr(graph.edge_index, graph.num_atoms, torch.float64)
-        assert csr.lib.nemp_set_threads(0) == 2
+        assert csr.lib.nemp_set_threads(0) == (2 if kernels.build_info(torch.float64).openmp else 1)
     finally:
         torch.set_num_threads(before)
+
+
+def test_int32_edge_index_gives_the_int64_result():
+    """int32 indices once reached the C code as int64 and crashed the process."""
+    model = random_model(seed=13)
+    graph = build_graph(random_crystal(n=8, seed=14), model.cutoff)
+    narrow = graph._replace(edge_index=graph.edge_index.to(torch.int32), batch=graph.batch.to(torch.int32),
+                            numbers=graph.numbers.to(torch.int32))
+    ref = energy_forces_stress(model, graph, stress=True)
+    out = energy_forces_stress(model, narrow, stress=True)
+    for key in ("energy", "forces", "stress"):
+        assert torch.equal(out[key], ref[key])
+
+
+@pytest.mark.parametrize("bad", [-1, "N"])
+def test_edge_index_out_of_range_is_refused(bad):
+    model = random_model(seed=15)
+    graph = build_graph(random_molecule(n=6, seed=16), model.cutoff)
+    edge_index = graph.edge_index.clone()
+    edge_index[1, -1] = graph.num_atoms if bad == "N" else bad
+    with pytest.raises(ValueError, match="outside"):
+        energy_forces_stress(model, graph._replace(edge_index=edge_index))
+    with pytest.raises(ValueError, match="outside"):
+        kernels.build_csr(edge_index, graph.num_atoms, torch.float64)
+
+
+def test_graph_and_model_dtypes_must_match():
+    """A float64 graph once reached a float32 model's kernels, which read its tables as double."""
+    model = random_model(seed=17, dtype=torch.float32)
+    graph = build_graph(random_molecule(n=6, seed=18), model.cutoff, dtype=torch.float64)
+    with pytest.raises(TypeError, match="float32"):
+        energy_forces_stress(model, graph)
+    out = energy_forces_stress(model, graph.to(dtype=torch.float32))
+    assert torch.isfinite(out["forces"]).all()
+
+
+@pytest.mark.parametrize("field,change,match", [
+    ("positions", lambda g: g.positions[:, :2], "positions must be"),
+    ("edge_index", lambda g: g.edge_index.repeat(2, 1), "edge_index must be"),
+    ("edge_index", lambda g: g.edge_index.double(), "integers"),
+    ("batch", lambda g: g.batch + 1, "batch holds"),
+])
+def test_malformed_graphs_are_refused(field, change, match):
+    model = random_model(seed=19)
+    graph = build_graph(random_molecule(n=6, seed=20), model.cutoff)
+    with pytest.raises((ValueError, TypeError), match=match):
+        model(graph._replace(**{field: change(graph)}), fused=True)
+
+
+@pytest.fixture
+def fresh_build(monkeypatch, tmp_path):
+    """Kernels built anew into an empty cache, as in a new process; the libraries of the
+    rest of the suite are put back afterwards."""
+    monkeypatch.setenv("ASE_NEMP_CACHE", str(tmp_path))
+    monkeypatch.setattr(kernels, "_LIBS", {})
+    monkeypatch.setattr(kernels, "_BUILDS", {})
+    monkeypatch.setattr(kernels, "_WARNED", False)
+    return tmp_path
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.float64, 1e-12)])
+def test_portable_build_matches_eager(fresh_build, monkeypatch, dtype, tol):
+    """The loops that run where there is no AVX-512 (ASE_NEMP_KERNELS=portable) are
+    checked on this machine too."""
+    monkeypatch.setenv("ASE_NEMP_KERNELS", "portable")
+    info = kernels.build_info(dtype)
+    assert info is not None and "-march=native" not in info.flags
+    assert info.path.parent == fresh_build
+    model = random_model(tiny_config(num_layers=2), seed=21, dtype=dtype)
+    graph = build_graph(random_crystal(n=8, seed=22), model.cutoff, dtype=dtype)
+    fused = energy_forces_stress(model, graph, stress=True)
+    eager = {k: v.detach() for k, v in energy_forces_stress(model, graph, stress=True, training=True).items()}
+    scale = float(eager["forces"].abs().max())
+    assert float((fused["forces"] - eager["forces"]).abs().max()) <= tol * scale
+    assert float((fused["stress"] - eager["stress"]).abs().max()) <= tol * max(scale, 1.0)
+
+
+def test_compile_failure_warns_once_with_the_compiler_message(fresh_build, monkeypatch, tmp_path):
+    fake = tmp_path / "broken-cc"
+    fake.write_text("#!/bin/sh\necho 'broken-cc: cannot compile anything today' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    with pytest.warns(RuntimeWarning, match="cannot compile anything today") as record:
+        assert not kernels.available(torch.float64)
+    assert "ASE_NEMP_KERNELS=0" in str(record[0].message)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second dtype does not warn again
+        assert not kernels.available(torch.float32)
+    model = random_model(seed=23)
+    out = energy_forces_stress(model, build_graph(random_molecule(n=5, seed=24), model.cutoff))
+    assert torch.isfinite(out["forces"]).all()  # and the eager code runs
+
+
+def test_corrupt_cached_library_is_rebuilt(fresh_build):
+    """A truncated or foreign file in the cache (a crashed build, a full disk) is rebuilt
+    by the next process instead of failing it."""
+    import subprocess
+    import sys
+
+    path = kernels.build_info(torch.float64).path
+    path.unlink()  # a new file: the library loaded here keeps its pages
+    path.write_bytes(b"not a shared library")
+    script = ("import torch; from ase_nemp.model import kernels; "
+              "print(kernels.available(torch.float64), kernels.build_info(torch.float64).path)")
+    env = {**os.environ, "ASE_NEMP_CACHE": str(fresh_build)}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["True", str(path)]
+    assert path.stat().st_size > 1000
+    assert [p.name for p in fresh_build.iterdir()] == [path.name]  # no temporary file left behind
+
+
+def test_cache_key_tells_aarch64_cpus_apart(tmp_path):
+    """aarch64 /proc/cpuinfo has no model name or flags: the part and features must count."""
+    a = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd sve\nCPU implementer\t: 0x41\nCPU part\t: 0xd40\n"
+    b = a.replace("0xd40", "0xd0c").replace(" sve", "")
+    (tmp_path / "a").write_text(a)
+    (tmp_path / "b").write_text(b)
+    assert kernels._cpu_tag(str(tmp_path / "a")) != kernels._cpu_tag(str(tmp_path / "b"))
+    assert kernels._cpu_tag(str(tmp_path / "a")) == kernels._cpu_tag(str(tmp_path / "a"))

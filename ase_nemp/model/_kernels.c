@@ -26,6 +26,12 @@
 #endif
 typedef int64_t i64;
 
+/* Return codes of the kernels that can fail (the others cannot): NEMP_OK, or an error
+ * after which the outputs are not to be used. */
+#define NEMP_OK 0
+#define NEMP_BAD_SIZE -1
+#define NEMP_NO_MEMORY -2
+
 /* The per-row bodies below are inlined into a switch on the channel count, so that for
  * the common sizes C is a compile-time constant: the short loops over channels (4-32
  * long) then unroll into a few vector instructions instead of a counted scalar loop. */
@@ -89,15 +95,20 @@ static int single_thread(void) {
     return nemp_nt() == 1;
 }
 
-/* Stable counting sort of E keys in [0, n): ptr (n+1), perm (E). */
-void nemp_csr(i64 E, i64 n, const i64 *key, i64 *ptr, i64 *perm) {
+/* Stable counting sort of E keys in [0, n): ptr (n+1), perm (E). NEMP_BAD_SIZE if a key
+ * is outside [0, n) (nothing is written out of bounds), NEMP_NO_MEMORY. */
+int nemp_csr(i64 E, i64 n, const i64 *key, i64 *ptr, i64 *perm) {
+    for (i64 e = 0; e < E; ++e)
+        if (key[e] < 0 || key[e] >= n) return NEMP_BAD_SIZE;
+    i64 *cursor = (i64 *)malloc((size_t)(n > 0 ? n : 1) * sizeof(i64));
+    if (!cursor) return NEMP_NO_MEMORY;
     memset(ptr, 0, (size_t)(n + 1) * sizeof(i64));
     for (i64 e = 0; e < E; ++e) ptr[key[e] + 1]++;
     for (i64 k = 0; k < n; ++k) ptr[k + 1] += ptr[k];
-    i64 *cursor = (i64 *)malloc((size_t)(n > 0 ? n : 1) * sizeof(i64));
     memcpy(cursor, ptr, (size_t)n * sizeof(i64));
     for (i64 e = 0; e < E; ++e) perm[cursor[key[e]]++] = e;
     free(cursor);
+    return NEMP_OK;
 }
 
 /* ------------------------------------------------------------------------------------
@@ -227,7 +238,7 @@ ROW edge_inv_bwd_nbr_row(i64 jn, const i64 C, i64 lf1, i64 ldY, const i64 *ptr_j
  * Scratch: gb_tmp (E, lf1, C) on several threads, gVn (N, nf, C) on one. Either way
  * gV[x] = (centre-side sum) + (neighbour-side sum in edge order): the result does not
  * depend on the number of threads. */
-void nemp_edge_inv_bwd(i64 N, i64 E, i64 C, i64 lf1, i64 ldY, const i64 *ptr, const i64 *idx, const i64 *jdx,
+int nemp_edge_inv_bwd(i64 N, i64 E, i64 C, i64 lf1, i64 ldY, const i64 *ptr, const i64 *idx, const i64 *jdx,
                        const i64 *ptr_j, const i64 *perm_j, const REAL *Y, const REAL *V, const REAL *Qe, i64 ldQe,
                        const REAL *Qr, i64 ldQr, const REAL *a, const REAL *b, const REAL *g_eps, const REAL *g_rho,
                        REAL *gY, REAL *gV, REAL *gQe, i64 ldgQe, REAL *gQr, i64 ldgQr, REAL *gb_tmp, REAL *gVn) {
@@ -235,7 +246,9 @@ void nemp_edge_inv_bwd(i64 N, i64 E, i64 C, i64 lf1, i64 ldY, const i64 *ptr, co
     (void)idx;
     const i64 nfc = lf1 * lf1 * C;
     if (single_thread()) {
-        REAL *ga = (REAL *)malloc((size_t)(2 * lf1 * C) * sizeof(REAL)), *gb = ga + lf1 * C;
+        REAL *ga = (REAL *)malloc((size_t)(2 * lf1 * C) * sizeof(REAL));
+        if (!ga) return NEMP_NO_MEMORY;
+        REAL *gb = ga + lf1 * C;
         REAL *nb = g_eps ? gVn : NULL;
         if (nb) memset(nb, 0, (size_t)(N * nfc) * sizeof(REAL));
 #define CALL(CC) edge_inv_bwd_row(i, CC, lf1, ldY, ptr, jdx, Y, V, Qe, ldQe, Qr, ldQr, a, b, g_eps, g_rho, gY, gV, \
@@ -245,24 +258,29 @@ void nemp_edge_inv_bwd(i64 N, i64 E, i64 C, i64 lf1, i64 ldY, const i64 *ptr, co
         if (nb)
             for (i64 k = 0; k < N * nfc; ++k) gV[k] += nb[k];
         free(ga);
-        return;
+        return NEMP_OK;
     }
-#pragma omp parallel num_threads(nemp_nt())
-    {
-        REAL *ga = (REAL *)malloc((size_t)(lf1 * C + nfc) * sizeof(REAL)), *acc = ga + lf1 * C;
+    int failed = 0;
+#pragma omp parallel num_threads(nemp_nt()) reduction(|| : failed)
+    { /* every thread meets both loops (OpenMP requires it); one without scratch skips its rows */
+        REAL *ga = (REAL *)malloc((size_t)(lf1 * C + nfc) * sizeof(REAL)), *acc = ga ? ga + lf1 * C : NULL;
+        failed = ga == NULL;
 #define CALL(CC) edge_inv_bwd_row(i, CC, lf1, ldY, ptr, jdx, Y, V, Qe, ldQe, Qr, ldQr, a, b, g_eps, g_rho, gY, gV, \
                                   gQe, ldgQe, gQr, ldgQr, gb_tmp, ga, NULL, NULL)
 #pragma omp for schedule(static)
-        for (i64 i = 0; i < N; ++i) BY_CHANNELS(C, CALL)
+        for (i64 i = 0; i < N; ++i)
+            if (ga) BY_CHANNELS(C, CALL)
 #undef CALL
         if (g_eps) {
 #define CALL(CC) edge_inv_bwd_nbr_row(jn, CC, lf1, ldY, ptr_j, perm_j, Y, gb_tmp, gV, acc)
 #pragma omp for schedule(static)
-            for (i64 jn = 0; jn < N; ++jn) BY_CHANNELS(C, CALL)
+            for (i64 jn = 0; jn < N; ++jn)
+                if (ga) BY_CHANNELS(C, CALL)
 #undef CALL
         }
         free(ga);
     }
+    return failed ? NEMP_NO_MEMORY : NEMP_OK;
 }
 
 /* ------------------------------------------------------------------------------------
@@ -555,10 +573,19 @@ ROW block_to_rows(REAL (*io)[LANES], i64 width, i64 e0, i64 n, REAL *y, i64 ld) 
 #endif
 }
 
+/* Per-thread scratch of the MLP blocks, on the heap: io (max(din, dout), LANES) and three
+ * (F, LANES) arrays. On the stack they would take up to 224 KiB per thread, more than a
+ * secondary thread is given on some systems (128 KiB on musl, 512 KiB on macOS). */
+static REAL (*mlp_scratch(i64 din, i64 F, i64 dout))[LANES] {
+    const i64 rows = (din > dout ? din : dout) + 3 * F;
+    /* aligned_alloc needs a size that is a multiple of the alignment: rows * LANES * sizeof(REAL) is */
+    return (REAL(*)[LANES])aligned_alloc(64, (size_t)rows * LANES * sizeof(REAL));
+}
+
 ROW mlp_fwd_block(i64 blk, const i64 F, i64 E, i64 din, i64 dout, i64 nb, i64 nl, const REAL *x, i64 ldx,
                   const REAL *Win, const REAL *bin, const REAL *Wh, const REAL *bh, const REAL *Wout,
-                  const REAL *bout, REAL *y, REAL *D) {
-    REAL io[MLP_MAX_IO][LANES], h[MLP_MAX_WIDTH][LANES], r[MLP_MAX_WIDTH][LANES], s[MLP_MAX_WIDTH][LANES];
+                  const REAL *bout, REAL *y, REAL *D, REAL (*io)[LANES]) {
+    REAL(*h)[LANES] = io + (din > dout ? din : dout), (*r)[LANES] = h + F, (*s)[LANES] = r + F;
     const REAL isq2 = (REAL)0.70710678118654752440;
     const i64 nh = nb * nl, e0 = blk * LANES, n = E - e0 < LANES ? E - e0 : LANES;
     REAL(*Db)[LANES] = D ? (REAL(*)[LANES])(D + blk * (nh + 1) * F * LANES) : NULL;
@@ -583,8 +610,8 @@ ROW mlp_fwd_block(i64 blk, const i64 F, i64 E, i64 din, i64 dout, i64 nb, i64 nl
 }
 
 ROW mlp_bwd_block(i64 blk, const i64 F, i64 E, i64 din, i64 dout, i64 nb, i64 nl, const REAL *Win,
-                  const REAL *Wh, const REAL *Wout, const REAL *D, const REAL *gy, REAL *gx) {
-    REAL io[MLP_MAX_IO][LANES], g[MLP_MAX_WIDTH][LANES], gr[MLP_MAX_WIDTH][LANES], gs[MLP_MAX_WIDTH][LANES];
+                  const REAL *Wh, const REAL *Wout, const REAL *D, const REAL *gy, REAL *gx, REAL (*io)[LANES]) {
+    REAL(*g)[LANES] = io + (din > dout ? din : dout), (*gr)[LANES] = g + F, (*gs)[LANES] = gr + F;
     const REAL isq2 = (REAL)0.70710678118654752440;
     const i64 nh = nb * nl, e0 = blk * LANES, n = E - e0 < LANES ? E - e0 : LANES;
     const REAL(*Db)[LANES] = (const REAL(*)[LANES])(D + blk * (nh + 1) * F * LANES);
@@ -625,29 +652,47 @@ ROW mlp_bwd_block(i64 blk, const i64 F, i64 E, i64 din, i64 dout, i64 nb, i64 nl
     default: CALL(F); break;  \
     }
 
-/* Returns 0, or -1 if a width exceeds MLP_MAX_WIDTH / MLP_MAX_IO (nothing written).
- * D: NULL or (ceil(E / LANES), nb * nl + 1, F, LANES). */
+/* Returns NEMP_OK, NEMP_BAD_SIZE if a width exceeds MLP_MAX_WIDTH / MLP_MAX_IO, or
+ * NEMP_NO_MEMORY. D: NULL or (ceil(E / LANES), nb * nl + 1, F, LANES).
+ * Every thread meets the worksharing loop (OpenMP requires it); one without scratch
+ * skips its blocks and the call reports the failure. */
 int nemp_mlp_fwd(i64 E, i64 din, i64 F, i64 dout, i64 nb, i64 nl, const REAL *x, i64 ldx, const REAL *Win,
                  const REAL *bin, const REAL *Wh, const REAL *bh, const REAL *Wout, const REAL *bout, REAL *y,
                  REAL *D) {
-    if (F > MLP_MAX_WIDTH || din > MLP_MAX_IO || dout > MLP_MAX_IO) return -1;
+    if (F > MLP_MAX_WIDTH || din > MLP_MAX_IO || dout > MLP_MAX_IO) return NEMP_BAD_SIZE;
     const i64 nblk = (E + LANES - 1) / LANES;
-#define CALL(FF) mlp_fwd_block(blk, FF, E, din, dout, nb, nl, x, ldx, Win, bin, Wh, bh, Wout, bout, y, D)
-#pragma omp parallel for schedule(static) num_threads(nemp_nt())
-    for (i64 blk = 0; blk < nblk; ++blk) BY_WIDTH(F, CALL)
+    int failed = 0;
+#pragma omp parallel num_threads(nemp_nt()) reduction(|| : failed)
+    {
+        REAL(*io)[LANES] = mlp_scratch(din, F, dout);
+        failed = io == NULL;
+#define CALL(FF) mlp_fwd_block(blk, FF, E, din, dout, nb, nl, x, ldx, Win, bin, Wh, bh, Wout, bout, y, D, io)
+#pragma omp for schedule(static)
+        for (i64 blk = 0; blk < nblk; ++blk)
+            if (io) BY_WIDTH(F, CALL)
 #undef CALL
-    return 0;
+        free(io);
+    }
+    return failed ? NEMP_NO_MEMORY : NEMP_OK;
 }
 
 int nemp_mlp_bwd(i64 E, i64 din, i64 F, i64 dout, i64 nb, i64 nl, const REAL *Win, const REAL *Wh,
                  const REAL *Wout, const REAL *D, const REAL *gy, REAL *gx) {
-    if (F > MLP_MAX_WIDTH || din > MLP_MAX_IO || dout > MLP_MAX_IO) return -1;
+    if (F > MLP_MAX_WIDTH || din > MLP_MAX_IO || dout > MLP_MAX_IO) return NEMP_BAD_SIZE;
     const i64 nblk = (E + LANES - 1) / LANES;
-#define CALL(FF) mlp_bwd_block(blk, FF, E, din, dout, nb, nl, Win, Wh, Wout, D, gy, gx)
-#pragma omp parallel for schedule(static) num_threads(nemp_nt())
-    for (i64 blk = 0; blk < nblk; ++blk) BY_WIDTH(F, CALL)
+    int failed = 0;
+#pragma omp parallel num_threads(nemp_nt()) reduction(|| : failed)
+    {
+        REAL(*io)[LANES] = mlp_scratch(din, F, dout);
+        failed = io == NULL;
+#define CALL(FF) mlp_bwd_block(blk, FF, E, din, dout, nb, nl, Win, Wh, Wout, D, gy, gx, io)
+#pragma omp for schedule(static)
+        for (i64 blk = 0; blk < nblk; ++blk)
+            if (io) BY_WIDTH(F, CALL)
 #undef CALL
-    return 0;
+        free(io);
+    }
+    return failed ? NEMP_NO_MEMORY : NEMP_OK;
 }
 
 /* ----------------------------------------------------------------------------------

@@ -16,12 +16,14 @@ one pass each, with a hand-derived backward (first derivatives only: forces and 
 On one thread the backward passes scatter onto neighbours directly; on several they
 take a second, neighbour-sorted pass; both sum in the same order. They are compiled
 with the system C compiler on first use (about a second) into ``~/.cache/ase-nemp``
-(``$ASE_NEMP_CACHE`` overrides) and loaded with ctypes.
+(``$ASE_NEMP_CACHE`` overrides) and loaded with ctypes; :func:`build_info` says how.
 
 Used automatically for inference on the CPU (``energy_forces_stress(training=False)``
 and the calculator). Training needs second derivatives and uses the eager code, which
 is also the reference the kernels are tested against. ``ASE_NEMP_KERNELS=0`` turns
-them off; without a working C compiler everything runs eagerly.
+them off; ``ASE_NEMP_KERNELS=portable`` builds them without ``-march=native`` (the
+portable loops instead of AVX-512). If they cannot be built, one warning says why and
+everything runs eagerly.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import warnings
 from dataclasses import dataclass
@@ -41,7 +44,7 @@ from pathlib import Path
 import torch
 from torch.autograd.function import once_differentiable
 
-__all__ = ["available", "build_csr", "edge_geometry", "edge_invariants", "node_densities", "tensor_product",
+__all__ = ["available", "build_info", "fits", "build_csr", "edge_geometry", "edge_invariants", "node_densities", "tensor_product",
            "species_matmul", "mlp", "EdgeCSR"]
 
 PARALLEL_MIN_EDGES = 4096  # smaller graphs run the kernels on one thread
@@ -56,10 +59,10 @@ _P = ctypes.c_void_p
 _I = ctypes.c_int64
 _SIGNATURES = {
     "nemp_set_threads": ([ctypes.c_int], ctypes.c_int),
-    "nemp_csr": ([_I, _I, _P, _P, _P], None),
+    "nemp_csr": ([_I, _I, _P, _P, _P], ctypes.c_int),
     "nemp_edge_inv_fwd": ([_I, _I, _I, _I, _P, _P, _P, _P, _P, _I, _P, _I, ctypes.c_int, _P, _P, _P, _P], None),
     "nemp_edge_inv_bwd": ([_I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _I, _P, _I, _P, _P, _P, _P, _P, _P,
-                           _P, _I, _P, _I, _P, _P], None),
+                           _P, _I, _P, _I, _P, _P], ctypes.c_int),
     "nemp_node_dens_fwd": ([_I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _I, _P, _I, _P, _P], None),
     "nemp_node_dens_bwd": ([_I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _I, _P, _I, _P, _P, _P, _P, _I, _P,
                             _I, _P], None),
@@ -81,15 +84,19 @@ def _cache_dir() -> Path:
     return Path(base) / "ase-nemp"
 
 
-def _cpu_tag() -> str:
+# /proc/cpuinfo lines that identify what -march=native compiles for: x86 has model name
+# and flags; aarch64 has neither, but implementer, part, variant and feature lines
+_CPU_KEYS = ("model name", "flags", "Features", "CPU implementer", "CPU architecture", "CPU variant", "CPU part")
+
+
+def _cpu_tag(cpuinfo: str = "/proc/cpuinfo") -> str:
+    tag = platform.machine() + platform.processor()
     try:
-        with open("/proc/cpuinfo") as fh:
-            info = fh.read()
-        model = next((l for l in info.splitlines() if l.startswith("model name")), "")
-        flags = next((l for l in info.splitlines() if l.startswith("flags")), "")
-        return model + flags
+        with open(cpuinfo) as fh:
+            lines = {line.strip() for line in fh if line.split(":")[0].strip() in _CPU_KEYS}
+        return tag + "\n".join(sorted(lines))
     except OSError:
-        return platform.processor() + platform.machine()
+        return tag
 
 
 def _compiler() -> str | None:
@@ -99,32 +106,107 @@ def _compiler() -> str | None:
     return None
 
 
-def _build(real: str) -> Path | None:
+def _compiler_identity(cc: str) -> str:
+    """The compiler's own version text: a new compiler behind the same name builds anew."""
+    try:
+        out = subprocess.run([*cc.split(), "--version"], capture_output=True, text=True, timeout=60)
+        return out.stdout + out.stderr
+    except (subprocess.SubprocessError, OSError):
+        return ""
+
+
+def _flag_sets() -> list[list[str]]:
+    """Compiler flags to try, best first. ``ASE_NEMP_KERNELS=portable`` leaves out
+    -march=native, so the portable loops run instead of the AVX-512 ones (and are tested)."""
+    native = [] if os.environ.get("ASE_NEMP_KERNELS") == "portable" else [["-march=native", "-fopenmp"]]
+    return native + [["-fopenmp"], []]
+
+
+@dataclass(frozen=True)
+class BuildInfo:
+    """How the library of one dtype was built: its path, compiler and extra flags."""
+
+    path: Path
+    compiler: str
+    flags: tuple[str, ...]
+
+    @property
+    def openmp(self) -> bool:
+        return "-fopenmp" in self.flags
+
+
+_BUILDS: dict[torch.dtype, BuildInfo] = {}
+_WARNED = False
+
+
+def _warn_once(message: str) -> None:
+    global _WARNED
+    if not _WARNED:
+        _WARNED = True
+        warnings.warn(f"{message}; inference runs the plain PyTorch code, about 2.7x slower. "
+                      "Set ASE_NEMP_KERNELS=0 to use it without this warning.", RuntimeWarning, stacklevel=3)
+
+
+def _compile(cc: str, flags: list[str], real: str, out: Path) -> str | None:
+    """Build into ``out``; None on success, else the compiler's message. The temporary
+    files have unique names (several processes, or hosts sharing a home folder, may
+    build at once) and the finished library is moved into place atomically."""
+    fd, src = tempfile.mkstemp(prefix=out.stem + ".", suffix=".c", dir=out.parent)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(_SOURCE_TEXT)
+    fd, tmp = tempfile.mkstemp(prefix=out.stem + ".", suffix=".tmp.so", dir=out.parent)
+    os.close(fd)
+    cmd = [*cc.split(), "-O3", *flags, "-fPIC", "-shared", f"-DREAL={real}", src, "-o", tmp, "-lm"]
+    try:
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if run.returncode != 0:
+            return (run.stderr or run.stdout).strip()[-2000:] or f"exit status {run.returncode}"
+        os.replace(tmp, out)
+        return None
+    except (subprocess.SubprocessError, OSError) as err:
+        return str(err)
+    finally:
+        for path in (src, tmp):
+            Path(path).unlink(missing_ok=True)
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    """Load a built library and declare its functions (OSError or AttributeError if the
+    file is not a complete library of this source)."""
+    lib = ctypes.CDLL(str(path))
+    for name, (args, res) in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, res
+    return lib
+
+
+def _build_and_load(real: str) -> tuple[ctypes.CDLL, BuildInfo] | None:
+    """The library for ``real`` from the cache, or compiled now; None (after one warning
+    with the compiler's message) if no flag set compiles. The cache key covers the
+    source, the precision, the CPU, the compiler's version text and the flags used; a
+    cached file that does not load (truncated, foreign) is rebuilt."""
     cc = _compiler()
     if cc is None:
+        _warn_once("ase-nemp fused kernels: no C compiler found (tried $CC, cc, gcc, clang)")
         return None
-    source = _SOURCE_TEXT
-    key = hashlib.sha256(source + real.encode() + _cpu_tag().encode() + cc.encode() + sys.platform.encode())
-    out = _cache_dir() / f"nemp_kernels_{real}_{key.hexdigest()[:16]}.so"
-    if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.stem}.{os.getpid()}.tmp.so")
-    src = out.with_name(f"{out.stem}.{os.getpid()}.c")
-    src.write_bytes(source)
-    base = [*cc.split(), "-O3", "-fPIC", "-shared", f"-DREAL={real}", str(src), "-o", str(tmp), "-lm"]
-    try:
-        for extra in (["-march=native", "-fopenmp"], ["-fopenmp"], []):
+    identity = (_SOURCE_TEXT, real, _cpu_tag(), cc, _compiler_identity(cc), sys.platform)
+    errors = []
+    for flags in _flag_sets():
+        key = hashlib.sha256(repr((*identity, flags)).encode()).hexdigest()[:16]
+        out = _cache_dir() / f"nemp_kernels_{real}_{key}.so"
+        for attempt in ("cached", "fresh"):
+            if attempt == "fresh" or not out.exists():
+                out.parent.mkdir(parents=True, exist_ok=True)
+                error = _compile(cc, flags, real, out)
+                if error is not None:
+                    errors.append(f"{cc} {' '.join(flags)}: {error}")
+                    break
             try:
-                subprocess.run(base[:2] + extra + base[2:], check=True, capture_output=True, timeout=300)
-            except (subprocess.SubprocessError, OSError):
-                continue
-            os.replace(tmp, out)
-            return out
-        return None
-    finally:
-        src.unlink(missing_ok=True)
-        tmp.unlink(missing_ok=True)
+                return _load(out), BuildInfo(out, cc, tuple(flags))
+            except (OSError, AttributeError):
+                out.unlink(missing_ok=True)  # corrupt or incomplete: build it again, once
+    _warn_once("ase-nemp fused kernels could not be compiled:\n" + "\n".join(errors))
+    return None
 
 
 def _library(dtype: torch.dtype) -> ctypes.CDLL | None:
@@ -132,19 +214,16 @@ def _library(dtype: torch.dtype) -> ctypes.CDLL | None:
         return None
     with _LOCK:
         if dtype not in _LIBS:
-            lib = None
-            try:
-                path = _build(_REAL[dtype])
-                if path is not None:
-                    lib = ctypes.CDLL(str(path))
-                    for name, (args, res) in _SIGNATURES.items():
-                        fn = getattr(lib, name)
-                        fn.argtypes, fn.restype = args, res
-            except OSError as err:  # pragma: no cover - broken toolchain
-                warnings.warn(f"ase-nemp fused kernels unavailable ({err}); using the eager code")
-                lib = None
-            _LIBS[dtype] = lib
+            built = _build_and_load(_REAL[dtype])
+            _LIBS[dtype] = built[0] if built else None
+            if built:
+                _BUILDS[dtype] = built[1]
         return _LIBS[dtype]
+
+
+def build_info(dtype: torch.dtype = torch.float64) -> BuildInfo | None:
+    """How the kernels for ``dtype`` were built, or None if they are not available."""
+    return _BUILDS.get(dtype) if _library(dtype) is not None else None
 
 
 def available(dtype: torch.dtype = torch.float64) -> bool:
@@ -154,6 +233,29 @@ def available(dtype: torch.dtype = torch.float64) -> bool:
 
 def _p(t: torch.Tensor | None):
     return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+_OK, _BAD_SIZE, _NO_MEMORY = 0, -1, -2  # NEMP_OK, NEMP_BAD_SIZE, NEMP_NO_MEMORY in _kernels.c
+
+
+def _check(status: int, kernel: str) -> None:
+    """Raise if a kernel reported a failure (its outputs are then not to be used)."""
+    if status == _NO_MEMORY:
+        raise MemoryError(f"fused kernel {kernel}: out of memory for its scratch buffers")
+    if status != _OK:
+        raise RuntimeError(f"fused kernel {kernel} rejected its input sizes (status {status})")
+
+
+# The kernels keep small per-row arrays on the stack: acc[C] (species mixing) and
+# xb[2 N_R][LANES] (edge geometry), and handle harmonics up to GEOM_MAX_L. Models beyond
+# these sizes run the eager code; within them the stack use stays under 40 KiB a thread.
+GEOM_MAX_L = 8  # GEOM_MAX_L in _kernels.c
+MAX_CHANNELS, MAX_RADIAL = 256, 128
+
+
+def fits(num_channels: int, num_radial: int, sh_lmax: int) -> bool:
+    """Whether a model of these sizes may run the fused kernels."""
+    return num_channels <= MAX_CHANNELS and num_radial <= MAX_RADIAL and sh_lmax <= GEOM_MAX_L
 
 
 @dataclass
@@ -177,9 +279,13 @@ def build_csr(edge_index: torch.Tensor, num_nodes: int, dtype: torch.dtype) -> E
     lib = _library(dtype)
     if lib is None:
         return None
+    # the C code indexes memory with these numbers: int64, and inside [0, num_nodes)
+    edge_index = edge_index.to(torch.int64)
     i = edge_index[0].contiguous()
     j = edge_index[1].contiguous()
     E = i.shape[0]
+    if E and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes):
+        raise ValueError(f"edge_index holds atom indices outside [0, {num_nodes})")
     if E > 1 and not bool((i[1:] >= i[:-1]).all()):
         return None
     ptr = torch.zeros(num_nodes + 1, dtype=torch.long)
@@ -187,7 +293,7 @@ def build_csr(edge_index: torch.Tensor, num_nodes: int, dtype: torch.dtype) -> E
         ptr[1:] = torch.bincount(i, minlength=num_nodes).cumsum(0)
     ptr_j = torch.empty(num_nodes + 1, dtype=torch.long)
     perm_j = torch.empty(E, dtype=torch.long)
-    lib.nemp_csr(E, num_nodes, _p(j), _p(ptr_j), _p(perm_j))
+    _check(lib.nemp_csr(E, num_nodes, _p(j), _p(ptr_j), _p(perm_j)), "csr")
     # below a few thousand edges a parallel region costs more than it saves, and on a busy
     # machine its threads wait for cores (milliseconds per kernel): small graphs run on one
     lib.nemp_set_threads(torch.get_num_threads() if E >= PARALLEL_MIN_EDGES else 1)
@@ -240,10 +346,11 @@ class _EdgeInvariants(torch.autograd.Function):
         gV = torch.empty_like(V)
         gQ = torch.zeros_like(Q) if g_eps is None and S == 3 else torch.empty_like(Q)
         gb, gVn = Y.new_empty(E, lf1, C), torch.empty_like(V)  # scratch for several threads / for one
-        csr.lib.nemp_edge_inv_bwd(N, E, C, lf1, Y.stride(0), _p(csr.ptr), _p(csr.i), _p(csr.j), _p(csr.ptr_j),
+        status = csr.lib.nemp_edge_inv_bwd(N, E, C, lf1, Y.stride(0), _p(csr.ptr), _p(csr.i), _p(csr.j), _p(csr.ptr_j),
                                   _p(csr.perm_j), _p(Y), _p(V), _p(Q), S * lc, _p(Q[:, S - 1]), S * lc, _p(a), _p(b),
                                   _p(g_eps), _p(g_rho), _p(gY), _p(gV), _p(gQ), S * lc, _p(gQ[:, S - 1]), S * lc, _p(gb),
                                   _p(gVn))
+        _check(status, "edge_invariants backward")
         return gY, gV, gQ, None
 
 
@@ -381,9 +488,6 @@ def tensor_product(A, U, w, in1, in2, out, path, coef, csr: EdgeCSR):
     return _TensorProduct.apply(A, U, w, table, U.shape[1], csr.lib)
 
 
-GEOM_MAX_L = 8  # GEOM_MAX_L in _kernels.c
-
-
 class _EdgeGeometry(torch.autograd.Function):
     """Harmonics, cutoff weight and the radial inputs of every edge from its vector r.
 
@@ -423,9 +527,10 @@ def edge_geometry(r, pair, k_tab, w_tab, cutoff: float, envelope_p: int, eps: fl
     cutoff weight ``f``, the edge MLP's input ``X0`` and the first edge features ``e0``.
     ``pair`` (E,) indexes the rows of the pair tables ``k_tab`` (S^2, N_R) and ``w_tab``
     (S^2, C + N_R), which enter without gradient (inference only)."""
-    if sh_lmax > GEOM_MAX_L:
-        raise ValueError(f"fused geometry supports sh_lmax <= {GEOM_MAX_L}, not {sh_lmax}")
     NR = k_tab.shape[1]
+    if not fits(w_tab.shape[1] - NR, NR, sh_lmax):
+        raise ValueError(f"fused geometry supports sh_lmax <= {GEOM_MAX_L} and N_R <= {MAX_RADIAL}, "
+                         f"not {sh_lmax} and {NR} (check kernels.fits first)")
     sizes = (sh_lmax, w_tab.shape[1] - NR, NR, envelope_p, float(eps), float(cutoff))
     with torch.no_grad():
         k_tab, w_tab = k_tab.detach().contiguous(), w_tab.detach().contiguous()
@@ -452,8 +557,7 @@ class _FusedMLP(torch.autograd.Function):
         D = x.new_empty(-(-E // _LANES), nb * nl + 1, F, _LANES) if x.requires_grad else None
         status = lib.nemp_mlp_fwd(E, din, F, dout, nb, nl, _p(x), din, _p(win), _p(bin_), _p(wh), _p(bh), _p(wout),
                                   _p(bout), _p(y), _p(D))
-        if status != 0:  # mlp() checks the sizes first; this guards the kernel's own limits
-            raise RuntimeError(f"fused MLP kernel rejected sizes d_in={din}, width={F}, d_out={dout}")
+        _check(status, f"mlp (d_in={din}, width={F}, d_out={dout})")  # mlp() checked the sizes first
         ctx.save_for_backward(D)
         ctx.weights, ctx.lib, ctx.din = weights, lib, din
         return y
@@ -467,8 +571,7 @@ class _FusedMLP(torch.autograd.Function):
         E, F, dout = gy.shape[0], win.shape[1], wout.shape[1]
         gx = gy.new_empty(E, ctx.din)
         status = ctx.lib.nemp_mlp_bwd(E, ctx.din, F, dout, nb, nl, _p(win), _p(wh), _p(wout), _p(D), _p(gy), _p(gx))
-        if status != 0:
-            raise RuntimeError(f"fused MLP kernel rejected sizes d_in={ctx.din}, width={F}, d_out={dout}")
+        _check(status, f"mlp backward (d_in={ctx.din}, width={F}, d_out={dout})")
         return gx, None, None
 
 

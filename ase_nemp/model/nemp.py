@@ -42,7 +42,8 @@ from ..graph import AtomicGraph
 from .angular import coupling_paths, degrees, normalized_spherical_harmonics, real_clebsch_gordan
 from .config import NEMPConfig
 from .limits import coordination_switch, zbl_energies, zbl_tables
-from .kernels import build_csr, edge_geometry, edge_invariants, mlp, node_densities, species_matmul, tensor_product
+from . import kernels
+from .kernels import edge_geometry, edge_invariants, mlp, node_densities, species_matmul, tensor_product
 from .mlp import ScaledMLP
 from .radial import polynomial_envelope
 
@@ -270,6 +271,7 @@ class NEMP(nn.Module):
         dict with ``"energy"`` (B,) total energy per structure and ``"energies"`` (N,)
         per-atom energies (eV), both including the per-species reference energies.
         """
+        graph = graph.checked(self.dtype)
         species = self.species_index(graph.numbers)
         energies = self.atomic_energies_of(
             graph.positions, species, graph.edge_index, graph.shifts, graph.cell, graph.batch, fused=fused
@@ -314,7 +316,8 @@ class NEMP(nn.Module):
 
         # -- geometry (3.1) and pair tables (3.2), computed on the S^2 ordered pairs
         r = self.edge_vectors(positions, edge_index, shifts, cell, batch)  # (E, 3)
-        csr = build_csr(edge_index, N, positions.dtype) if fused and trace is None else None
+        use_kernels = fused and trace is None and kernels.fits(C, cfg.num_radial, L)
+        csr = kernels.build_csr(edge_index, N, positions.dtype) if use_kernels else None
         sigma = self.pair_mlp(self.pair_inputs)  # (S^2, P)
         k_tab, w_tab = self.freq_mlp(sigma), self.pw_mlp(sigma)  # (S^2, N_R), (S^2, C+N_R)
         pair = species.index_select(0, i) * S + species.index_select(0, j)
