@@ -19,6 +19,7 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from .devices import resolve_device
 from .io import load, resolve_dtype
 from .model import NEMP, Committee, committee_energy_forces_stress, committee_statistics, energy_forces_stress
 from .nl import NeighbourList, build_graph
@@ -100,7 +101,7 @@ class NEMPCalculator(Calculator):
         if not isinstance(skin, (int, float)) or not math.isfinite(skin) or skin < 0:
             raise ValueError(f"skin must be a finite distance >= 0 in Å, got {skin!r}")
         super().__init__(**kwargs)
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         self.model_file = None
         if isinstance(model, (str, os.PathLike)):

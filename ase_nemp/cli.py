@@ -73,8 +73,14 @@ def _learn(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from .devices import resolve_device
+    from .io import check_writable_folder
     from .train import LabelKeys, format_table, predictions
 
+    resolve_device(args.device)
+    for path in (args.plot, args.calibration):  # before the evaluation, not after it
+        if path is not None:
+            check_writable_folder(path.parent)
     keys = LabelKeys(args.energy_key, args.forces_key, args.stress_key)
     stats, pred, ref = predictions(args.model, args.data, keys, batch_size=args.batch_size, device=args.device,
                                    dtype=args.dtype)

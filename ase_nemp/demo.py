@@ -50,17 +50,6 @@ def outside_confidence(result: dict, confidence: dict) -> list[int]:
     return [int(k) for k in np.flatnonzero(f_bad | e_bad)]
 
 
-def check_output_folder(output: Path) -> None:
-    """Fail before any work when the output folder cannot be written."""
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-        probe = output / ".nemp-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise ValueError(f"cannot write to the output folder {str(output)!r}: {err.strerror or err}") from err
-
-
 def write_outputs(result: dict, output: Path, confidence: dict, title: str) -> list[Path]:
     """The band (extxyz, with per-image uncertainties in ``info``) and the energy profile."""
     from ase.io import write
@@ -116,7 +105,7 @@ def run_demo(args: argparse.Namespace) -> int:
     import torch
 
     from . import NEMPCalculator
-    from .io import load
+    from .io import check_writable_folder, load
 
     if args.threads is not None:
         if args.threads < 1:
@@ -124,7 +113,7 @@ def run_demo(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     protocol = DEMO_PROTOCOL.replace(**{k: v for k, v in (("images", args.images), ("fmax", args.fmax),
                                                           ("steps", args.steps)) if v is not None})
-    check_output_folder(args.output)
+    check_writable_folder(args.output)
     if args.model:
         path, name = args.model, str(args.model)
     else:

@@ -35,7 +35,8 @@ import torch
 from ._version import __version__
 from .model import NEMP, Committee, NEMPConfig
 
-__all__ = ["save", "load", "read_model_file", "resolve_dtype", "ModelFileError", "FORMAT_VERSION", "atomic_write"]
+__all__ = ["save", "load", "read_model_file", "resolve_dtype", "ModelFileError", "FORMAT_VERSION", "atomic_write",
+           "check_writable_folder", "FolderLock"]
 
 FORMAT_NAME = "ase-nemp-model"
 FORMAT_VERSION = 2
@@ -282,3 +283,52 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if result not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be float32 or float64, got {result}")
     return result
+
+
+def check_writable_folder(folder: str | os.PathLike) -> None:
+    """Create ``folder`` if needed and check that files can be written in it, so that a
+    long run fails before its work rather than when it saves the results."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".nemp-write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ValueError(f"cannot write to the folder {str(folder)!r}: {err.strerror or err}") from None
+
+
+class FolderLock:
+    """An exclusive lock on a run's output folder, held while the run works in it.
+
+    A second run started in the same folder gets a clear error at once instead of
+    writing over the first one's files. The lock is an advisory ``flock`` on the file
+    ``.nemp.lock``: the operating system releases it when the process ends, however it
+    ends, so a crashed run never leaves a stale lock behind. (Without ``fcntl``, on
+    Windows, the lock is a no-op.)
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.path = Path(folder) / ".nemp.lock"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a+")
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return
+        try:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._fh.seek(0)
+            holder = self._fh.read().strip() or "another process"
+            self._fh.close()
+            raise FileExistsError(f"{str(self.path.parent)!r} is in use by another run ({holder}); wait for it "
+                                  "to finish or pick another output folder") from None
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(f"pid {os.getpid()} on {__import__('socket').gethostname()}\n")
+        self._fh.flush()
+
+    def release(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()  # closing the file releases the lock

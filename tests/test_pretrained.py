@@ -102,7 +102,7 @@ def test_demo_refuses_bad_arguments_before_any_work(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")
     assert main(["demo", "--output", str(blocker / "sub")]) == 2
-    assert "cannot write to the output folder" in capsys.readouterr().err
+    assert "cannot write to the folder" in capsys.readouterr().err
     assert main(["demo", "--images", "1", "--output", str(tmp_path)]) == 2
     assert "images must be a whole number >= 3" in capsys.readouterr().err
     assert main(["demo", "--threads", "-1", "--output", str(tmp_path)]) == 2

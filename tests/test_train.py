@@ -165,6 +165,38 @@ def test_existing_run_is_not_overwritten(data_file, tmp_path):
         Trainer(changed, progress=False).setup(resume=True)
 
 
+def test_results_and_user_files_without_a_checkpoint_are_not_overwritten(data_file, tmp_path):
+    """A folder holding best.pt and metrics.csv but no checkpoint, or the user's own
+    config.yaml (output.dir: .), was once overwritten without a word."""
+    run_dir = tmp_path / "results"
+    run_dir.mkdir()
+    for name in ("best.pt", "metrics.csv"):
+        (run_dir / name).write_text("precious")
+    with pytest.raises(FileExistsError, match="best.pt, metrics.csv"):
+        Trainer(run_config(data_file, run_dir, epochs=1), progress=False).setup()
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "config.yaml").write_text("my own notes\n")
+    with pytest.raises(FileExistsError, match="config.yaml"):
+        trained(run_config(data_file, here, epochs=1))
+    assert (here / "config.yaml").read_text() == "my own notes\n"
+    assert all((run_dir / name).read_text() == "precious" for name in ("best.pt", "metrics.csv"))
+
+
+def test_a_second_run_in_the_same_folder_is_refused(data_file, tmp_path):
+    from ase_nemp.io import FolderLock
+
+    lock = FolderLock(tmp_path / "busy")  # as held by a run in another process
+    try:
+        with pytest.raises(FileExistsError, match="in use by another run"):
+            Trainer(run_config(data_file, tmp_path / "busy", epochs=1), progress=False).setup()
+        assert not (tmp_path / "busy" / "config.yaml").exists()
+    finally:
+        lock.release()
+    trained(run_config(data_file, tmp_path / "busy", epochs=1))  # free again once released
+    assert (tmp_path / "busy" / "best.pt").exists()
+
+
 def test_missing_forces_are_reported(tmp_path):
     frames = labelled(4, seed=5)
     frames[2] = Atoms(frames[2].symbols, positions=frames[2].positions, info={"energy": -1.0, "config_type": "x"})
@@ -228,6 +260,59 @@ def test_config_errors_name_the_key(tmp_path):
     (tmp_path / "c.yaml").write_text("data:\n  train: t.xyz\nmodel:\n  preset: emlp\n")
     run = RunConfig.from_yaml(tmp_path / "c.yaml")
     assert run.data.train == str((tmp_path / "t.xyz").resolve())
+
+
+def test_yaml_numbers_and_types(tmp_path):
+    """YAML 1.1 reads 1e-3 (no dot) as text: it is taken as the number it means; a wrong
+    type is a ValueError naming the key, not a TypeError deep in the trainer."""
+    (tmp_path / "c.yaml").write_text("data: {train: t.xyz}\ntraining: {lr_peak: 1e-3, lr_min: 1e-5, epochs: 3.0}\n")
+    run = RunConfig.from_yaml(tmp_path / "c.yaml")
+    assert run.training.lr_peak == 1e-3 and run.training.lr_min == 1e-5 and run.training.epochs == 3
+    for training, match in (({"lr_peak": "fast"}, "training.lr_peak must be a number"),
+                            ({"epochs": 2.5}, "training.epochs must be a whole number"),
+                            ({"batch_size": True}, "training.batch_size must be a whole number"),
+                            ({"device": "gpu7"}, "unknown device 'gpu7'")):
+        with pytest.raises(ValueError, match=match):
+            RunConfig.from_dict({"data": {"train": "x.xyz"}, "training": training})
+    (tmp_path / "bad.yaml").write_text("data: {train: [\n")
+    with pytest.raises(ValueError, match="not valid YAML.*line 2"):
+        RunConfig.from_yaml(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["train", "{empty}"], "is empty"),
+    (["train", "{model:nonsense: 1}"], r"unknown key\(s\) \['nonsense'\] in section 'model'"),
+    (["train", "{model:cutoff: three}"], "model.cutoff must be a number"),
+    (["train", "{model:species: [C]}"], "lacks element\\(s\\) O found in the data"),
+    (["eval", "{model}", "{empty_data}"], "is empty"),
+    (["eval", "{model}", "{data}", "--plot", "{nowhere}/p.png"], "cannot write to the folder"),
+    (["eval", "{model}", "{data}", "--device", "cuda:7"], "device 'cuda:7'"),
+])
+def test_command_line_mistakes_get_one_line(argv, match, data_file, tmp_path, capsys):
+    """Each of these once ended in a traceback (or, for --plot, failed after the evaluation)."""
+    from ase_nemp.testing import random_model, tiny_config
+    from ase_nemp.io import save
+
+    (tmp_path / "empty.extxyz").write_text("")
+    (tmp_path / "nowhere").write_text("a file, not a folder")
+    save(random_model(tiny_config(species=["C", "O"]), seed=0), tmp_path / "m.pt")
+
+    def config(text):
+        if text == "{empty}":
+            body = f"data: {{train: {tmp_path / 'empty.extxyz'}}}\n"
+        else:
+            body = f"data: {{train: {data_file}}}\nmodel: {{cutoff: 3.5, {text[7:-1]}}}\n"
+        (tmp_path / "c.yaml").write_text(body + f"output: {{dir: {tmp_path / 'out'}}}\n")
+        return str(tmp_path / "c.yaml")
+
+    names = {"{model}": str(tmp_path / "m.pt"), "{data}": str(data_file),
+             "{empty_data}": str(tmp_path / "empty.extxyz")}
+    args = [config(a) if a.startswith("{empty}") or a.startswith("{model:") else names.get(a, a) for a in argv]
+    args = [a.replace("{nowhere}", str(tmp_path / "nowhere")) for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert __import__("re").search(match, err.splitlines()[-1]), err  # after any progress bar: one line
 
 
 def test_learning_rate_and_force_weight_schedules(data_file, tmp_path):
@@ -328,5 +413,6 @@ def test_committee_fine_tuning_starts_each_member_from_its_own(data_file, tmp_pa
     with pytest.raises(ValueError, match="committee of 2"):
         Trainer(RunConfig.from_dict(raw), progress=False, member=0).setup()
     raw["training"]["committee"] = 1
+    raw["output"]["dir"] = str(tmp_path / "c3")  # c2 holds the member folders made above
     with pytest.raises(ValueError, match="committee of 2"):
         Trainer(RunConfig.from_dict(raw), progress=False).setup()

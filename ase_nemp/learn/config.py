@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..train.config import DataConfig, TrainConfig, _strict
+from ..train.config import DataConfig, TrainConfig, _strict, read_yaml
 
 __all__ = ["LearnConfig", "SelectConfig", "TeacherConfig", "Exploration", "EXPLORATION_KINDS"]
 
@@ -234,18 +234,7 @@ class LearnConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "LearnConfig":
-        import yaml
-
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"{str(path)!r} is not valid YAML: {err}") from err
-        if not isinstance(raw, dict):
-            raise ValueError(f"{str(path)!r} must hold a mapping of sections")
-        return cls.from_dict(raw, base_dir=path.parent)
+        return cls.from_dict(read_yaml(path), base_dir=Path(path).parent)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -26,19 +26,85 @@ Relative paths are resolved against the directory of the YAML file.
 from __future__ import annotations
 
 import dataclasses
+import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..devices import resolve_device
+
 __all__ = ["DataConfig", "TrainConfig", "RunConfig"]
 
 
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """``value`` as the type ``hint`` of a dataclass field names, or a ValueError saying
+    what was expected. YAML reads ``1e-5`` (no dot) as a string: numbers written so are
+    taken as numbers; booleans are never numbers."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ValueError(f"{where} may not be null")
+    if isinstance(value, bool) and bool not in options and (int in options or float in options):
+        raise ValueError(f"{where} must be a {'number' if float in options else 'whole number'}, not {value!r}")
+    if float in options and not isinstance(value, bool):
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"{where} must be a number, not {value!r}")
+    if int in options and not isinstance(value, bool):
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ValueError(f"{where} must be a whole number, not {value!r}")
+    if bool in options:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{where} must be true or false, not {value!r}")
+    if str in options:
+        if isinstance(value, (str, os.PathLike)):
+            return str(value)
+        raise ValueError(f"{where} must be text, not {value!r}")
+    return value
+
+
 def _strict(cls, values: Mapping[str, Any], section: str):
+    """``cls(**values)`` with unknown keys refused and values converted to the field types."""
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in section '{section}'; known keys: {sorted(known)}")
-    return cls(**values)
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()})
+
+
+def read_yaml(path: str | Path) -> dict:
+    """The mapping in a YAML config file; a clear error if it is missing, not YAML, or
+    not a mapping."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"{str(path)!r} is not valid YAML: {problem}{where}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{str(path)!r} is not a text file") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{str(path)!r} must hold a mapping of sections (data, model, training, ...)")
+    return raw
 
 
 @dataclass(frozen=True)
@@ -174,6 +240,10 @@ class TrainConfig:
             problems.append("plateau_factor must be in (0, 1)")
         if self.dtype not in ("float32", "float64"):
             problems.append(f"dtype must be float32 or float64, not {self.dtype!r}")
+        try:
+            resolve_device(self.device)
+        except ValueError as err:
+            problems.append(str(err))
         if problems:
             raise ValueError("invalid training settings: " + "; ".join(problems))
 
@@ -222,15 +292,7 @@ class RunConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RunConfig":
-        import yaml
-
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-        raw = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ValueError(f"{str(path)!r} must hold a mapping with sections data, model, training, output")
-        return cls.from_dict(raw, base_dir=path.parent)
+        return cls.from_dict(read_yaml(path), base_dir=Path(path).parent)
 
     def to_dict(self) -> dict[str, Any]:
         return {

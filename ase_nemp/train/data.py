@@ -65,9 +65,14 @@ def read_structures(path: str | os.PathLike, index: str = ":") -> list[Atoms]:
     from ase.io import read
 
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise FileNotFoundError(f"data file {str(path)!r} does not exist")
-    frames = read(path, index=index)
+    if path.stat().st_size == 0:
+        raise ValueError(f"data file {str(path)!r} is empty")
+    try:
+        frames = read(path, index=index)
+    except Exception as err:  # ASE's readers raise anything from StopIteration to KeyError on bad files
+        raise ValueError(f"cannot read structures from {str(path)!r}: {type(err).__name__}: {err}") from err
     frames = frames if isinstance(frames, list) else [frames]
     if not frames:
         raise ValueError(f"{str(path)!r} holds no structures")

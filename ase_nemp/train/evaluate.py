@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
+from ..devices import resolve_device
 from ..io import load, resolve_dtype
 from ..model import NEMP, Committee, committee_energy_forces_stress, committee_statistics, energy_forces_stress
 from .data import LabelKeys, Sample, build_samples, make_batch, read_structures
@@ -40,7 +41,8 @@ def predictions(
     ``energy_uncertainty`` (B,) and ``forces_uncertainty`` (N,).
     """
     dtype = resolve_dtype(dtype) if dtype is not None else None
-    model = _as_model(model, torch.device(device), dtype)
+    device = resolve_device(device)
+    model = _as_model(model, device, dtype)
     model.eval()
     is_committee = isinstance(model, Committee)
     if isinstance(frames, (str, os.PathLike)):
@@ -54,7 +56,7 @@ def predictions(
     pred = {k: [] for k in names + (["energy_uncertainty", "forces_uncertainty"] if is_committee else [])}
     ref = {k: [] for k in names}
     for start in range(0, len(samples), batch_size):
-        batch = make_batch(samples[start : start + batch_size]).to(torch.device(device), model.dtype)
+        batch = make_batch(samples[start : start + batch_size]).to(device, model.dtype)
         want_stress = bool(batch.has_stress.any())
         if is_committee:
             out = committee_statistics(committee_energy_forces_stress(model, batch.graph, stress=want_stress))

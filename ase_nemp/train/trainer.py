@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import math
 import os
 import time
+import typing
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -26,10 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..io import atomic_write, load, resolve_dtype, save
+from ..io import FolderLock, atomic_write, load, resolve_dtype, save
 from ..signals import deferred_stop
 from ..model import NEMP, Committee, NEMPConfig, energy_forces_stress
-from .config import RunConfig, TrainConfig
+from .config import RunConfig, TrainConfig, _coerce
 from .data import (
     LabelKeys,
     Sample,
@@ -128,16 +130,53 @@ def build_model(run: RunConfig, train: list[Sample], valid: list[Sample], specie
     return model
 
 
-def model_config(section: dict, species: tuple[int, ...]) -> NEMPConfig:
+def model_config(section: dict, species: tuple[int, ...] | None) -> NEMPConfig:
+    """The ``model`` section as an NEMPConfig for data with elements ``species`` (None
+    before the data are read: a placeholder element, for settings such as the cutoff)."""
     fields = dict(section)
     preset = fields.pop("preset", None)
-    fields.setdefault("species", species)
-    return NEMPConfig.preset(preset, **fields) if preset else NEMPConfig(**fields)
+    known = {f.name for f in dataclasses.fields(NEMPConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in section 'model'; known keys: ['preset', {str(sorted(known))[1:]}")
+    hints = typing.get_type_hints(NEMPConfig)
+    fields = {k: _coerce(v, hints[k], f"model.{k}") for k, v in fields.items()}
+    fields.setdefault("species", species or (1,))
+    try:
+        cfg = NEMPConfig.preset(preset, **fields) if preset else NEMPConfig(**fields)
+    except TypeError as err:  # a wrong type inside a structured field (an MLP spec, the species)
+        raise ValueError(f"invalid value in section 'model': {err}") from None
+    missing = sorted(set(species or ()) - set(cfg.species))
+    if missing:
+        from ase.data import chemical_symbols
+
+        raise ValueError(f"model.species {list(cfg.symbols)} lacks element(s) "
+                         f"{', '.join(chemical_symbols[z] for z in missing)} found in the data")
+    return cfg
 
 
 # ---------------------------------------------------------------------------------------
 # the trainer
 # ---------------------------------------------------------------------------------------
+
+
+# the files a training run writes into its output folder
+RUN_FILES = ("checkpoint.pt", "best.pt", "metrics.csv", "config.yaml", "learning_curve.png", "test_metrics.md",
+             "test_metrics.json", "test_parity.png", "committee.md", "calibration.png")
+
+
+def _check_fresh_folder(out: Path, config_text: str | None = None) -> None:
+    """Refuse to start a new run where it would overwrite files: results of an earlier
+    run, or the user's own files of the same names (``output.dir: .`` next to one's own
+    ``config.yaml``). A ``config.yaml`` identical to this run's own is the trace of a
+    start interrupted before its first checkpoint, and may be replaced."""
+    taken = [name for name in RUN_FILES if (out / name).exists()]
+    if "config.yaml" in taken and config_text is not None and (out / "config.yaml").read_text() == config_text:
+        taken.remove("config.yaml")
+    taken += sorted(p.name for p in out.glob("member-*") if p.is_dir())
+    if taken:
+        raise FileExistsError(f"{str(out)!r} already holds {', '.join(taken)}: an earlier run's files or your own; "
+                              "use --resume to continue that run, or pick another output.dir (nothing was overwritten)")
 
 
 class Trainer:
@@ -169,7 +208,16 @@ class Trainer:
     # -- set-up ------------------------------------------------------------------------
     def setup(self, resume: bool = False, data: tuple | None = None) -> None:
         """Read the data (or take ``data`` = (train, valid, species) from :func:`prepare_data`),
-        build or load the model, and restore the checkpoint when resuming."""
+        build or load the model, and restore the checkpoint when resuming. The output
+        folder stays locked against other runs until :meth:`fit` returns."""
+        self._lock = FolderLock(self.out)
+        try:
+            self._setup(resume, data)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _setup(self, resume: bool, data: tuple | None) -> None:
         ckpt_path = self.out / "checkpoint.pt"
         ckpt = None
         if resume:
@@ -183,8 +231,8 @@ class Trainer:
             if not isinstance(ckpt, dict) or "run" not in ckpt:
                 raise ValueError(f"cannot resume: {ckpt_path} is not an ase-nemp training checkpoint")
             self._check_compatible(ckpt)
-        elif ckpt_path.exists():
-            raise FileExistsError(f"{self.out} already holds a run; use --resume to continue it or pick another output.dir")
+        else:
+            _check_fresh_folder(self.out, self._config_text())
 
         start = None
         if ckpt:
@@ -193,7 +241,7 @@ class Trainer:
             start = self._starting_model(load(self.cfg.init_from, dtype=torch.float64))
             species, cutoff = start.config.species, start.config.cutoff
         else:
-            species, cutoff = None, model_config(self.run.model, (1,)).cutoff
+            species, cutoff = None, model_config(self.run.model, None).cutoff
         if data is not None:
             self.train_set, self.valid_set, species = data
         else:
@@ -269,10 +317,14 @@ class Trainer:
             return torch.optim.AdamW(params, lr=self.cfg.lr_peak, weight_decay=self.cfg.weight_decay)
         return torch.optim.Adam(params, lr=self.cfg.lr_peak, amsgrad=True, weight_decay=0.0)
 
-    def _write_config(self) -> None:
+    def _config_text(self) -> str:
         import yaml
 
-        (self.out / "config.yaml").write_text(yaml.safe_dump(self.run.to_dict(), sort_keys=False))
+        return yaml.safe_dump(self.run.to_dict(), sort_keys=False)
+
+    def _write_config(self) -> None:
+        text = self._config_text()
+        atomic_write(self.out / "config.yaml", lambda tmp: Path(tmp).write_text(text))
 
     # -- schedules ---------------------------------------------------------------------
     def learning_rate(self, epoch: int) -> float:
@@ -418,6 +470,7 @@ class Trainer:
                 return self._fit()
             finally:
                 self._stop_signal = None
+                self._lock.release()
 
     def _fit(self) -> list[dict]:
         from tqdm.auto import tqdm
@@ -611,8 +664,17 @@ def train_committee(run: RunConfig, resume: bool = False, progress: bool = True)
     member that was interrupted and skips the finished ones. At the end the members'
     best models form ``output.dir/best.pt``; its metadata and ``committee.md`` hold the
     committee's validation errors and the calibration of its spread (rank correlation of
-    uncertainty and error), ``calibration.png`` the plot.
+    uncertainty and error), ``calibration.png`` the plot. The output folder is locked
+    against other runs meanwhile.
     """
+    lock = FolderLock(run.output_dir)
+    try:
+        return _train_committee(run, resume, progress)
+    finally:
+        lock.release()
+
+
+def _train_committee(run: RunConfig, resume: bool, progress: bool) -> CommitteeRun:
     from tqdm.auto import tqdm
 
     from .evaluate import calibration, format_calibration, format_table, predictions
@@ -620,8 +682,8 @@ def train_committee(run: RunConfig, resume: bool = False, progress: bool = True)
 
     out = Path(run.output_dir)
     size = run.training.committee
-    if not resume and (out / "best.pt").exists():
-        raise FileExistsError(f"{out} already holds a committee (best.pt); use --resume or pick another output.dir")
+    if not resume:
+        _check_fresh_folder(out)
     data = None
     trainers = []
     for k in range(size):
