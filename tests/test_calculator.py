@@ -149,12 +149,20 @@ def md_system():
     return atoms
 
 
-def test_langevin_runs_and_thermostats(model):
+def test_langevin_brings_a_cold_system_to_its_temperature(model):
     atoms = md_system()
+    atoms.set_momenta(np.zeros((len(atoms), 3)))
     atoms.calc = NEMPCalculator(model)
-    dyn = Langevin(atoms, 0.5 * units.fs, temperature_K=300, friction=0.02, fixcm=False, rng=np.random.default_rng(1))
-    dyn.run(20)
-    assert np.isfinite(atoms.get_potential_energy()) and atoms.get_temperature() > 0
+    # friction 1/(10 fs): the thermostat, not the potential, sets the temperature within ~20 fs
+    dyn = Langevin(atoms, 0.5 * units.fs, temperature_K=300, friction=0.1 / units.fs, fixcm=False,
+                   rng=np.random.default_rng(1))
+    temperatures = []
+    dyn.attach(lambda: temperatures.append(atoms.get_temperature()), interval=1)
+    dyn.run(300)
+    mean = np.mean(temperatures[100:])  # after five relaxation times
+    # 16 atoms fluctuate by ~sqrt(2/48) = 20 % per step; the mean over 200 steps is much closer
+    assert 200 < mean < 400, f"mean temperature {mean:.0f} K, thermostat at 300 K"
+    assert temperatures[0] < 60  # started cold: the rise is the thermostat's doing
 
 
 def nve_trajectory(model, skin, steps):

@@ -86,6 +86,8 @@ def test_mlp_spec_parsing():
 
 def test_config_is_frozen():
     cfg = NEMPConfig()
-    with pytest.raises(Exception):
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.cutoff = 3.0
     assert cfg.replace(cutoff=3.0).cutoff == 3.0

@@ -53,3 +53,32 @@ def test_cli_info_and_demo(tmp_path, capsys):
     assert "H, C, O" in out and "unit test" in out
     assert main(["info", str(tmp_path / "missing.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_model_layer_imports_only_torch_numpy_and_element_tables():
+    """ase_nemp.model must not grow a dependency on ASE's atoms, calculators, neighbour
+    lists or the training code: the layers above build on it, not the reverse."""
+    import ast
+    from pathlib import Path
+
+    import ase_nemp.model
+
+    allowed_third_party = {"torch", "numpy", "ase.data"}
+    stdlib = set(sys.stdlib_module_names)
+    found = {}
+    for path in sorted(Path(ase_nemp.model.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level > 1 and node.module != "graph":  # above the model package (AtomicGraph is shared)
+                    found.setdefault(path.name, []).append("." * node.level + (node.module or ""))
+                names = [] if node.level else [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top in stdlib or top == "__future__" or name in allowed_third_party or top in ("torch", "numpy"):
+                    continue
+                found.setdefault(path.name, []).append(name)
+    assert not found, f"ase_nemp.model imports beyond torch, numpy and ase.data: {found}"

@@ -1,5 +1,10 @@
-"""The NEMP model: configuration, network, committees, and energy derivatives (torch; the
-element tables of the configuration come from ``ase.data``)."""
+"""The NEMP model: configuration, network, committees, and energy derivatives.
+
+This layer depends on torch, on numpy (Clebsch-Gordan tables, reference energies) and,
+for element tables only (symbols, covalent radii for the ZBL switch), on ``ase.data``.
+It knows nothing of ASE's atoms or calculators, of neighbour lists or of training:
+those layers build on it (``tests/test_package.py`` checks its imports).
+"""
 
 from .committee import Committee, committee_energy_forces_stress, committee_statistics
 from .config import MLPSpec, NEMPConfig, PRESETS
