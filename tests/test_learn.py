@@ -172,6 +172,15 @@ def test_config_errors_name_the_problem(workspace, tmp_path):
         load_teacher(cfg.teacher.calculator)
     (tmp_path / "bad.yaml").write_text("data: [unclosed\n")
     assert main(["learn", str(tmp_path / "bad.yaml")]) == 2
+    from ase_nemp.io import FolderLock
+    from ase_nemp.learn import learn
+
+    lock = FolderLock(tmp_path / "x")  # a loop already running there
+    try:
+        with pytest.raises(FileExistsError, match="in use by another run"):
+            learn(cfg, progress=False)
+    finally:
+        lock.release()
 
 
 def test_single_points_far_from_the_data_do_not_end_the_scan(tmp_path):

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io import atomic_write, load, save
+from ..io import FolderLock, atomic_write, load, save
 from ..signals import deferred_stop
 from ..train.config import RunConfig, TrainConfig
 from .config import LearnConfig
@@ -409,6 +409,11 @@ def format_log(rows: list[dict]) -> str:
 
 
 def learn(config: LearnConfig | str | os.PathLike, resume: bool = False, progress: bool = True) -> list[dict]:
-    """Run ``nemp learn`` from Python: a :class:`LearnConfig` or the path of its YAML file."""
+    """Run ``nemp learn`` from Python: a :class:`LearnConfig` or the path of its YAML file.
+    The output folder is locked against a second run meanwhile."""
     cfg = config if isinstance(config, LearnConfig) else LearnConfig.from_yaml(config)
-    return ActiveLearning(cfg, progress=progress).run(resume=resume)
+    lock = FolderLock(cfg.output_dir)
+    try:
+        return ActiveLearning(cfg, progress=progress).run(resume=resume)
+    finally:
+        lock.release()
