@@ -7,7 +7,9 @@ Public API::
     save, load                  model files (ase_nemp.io)
     convert.from_reference      models from the NEMP authors' parameter layout
     AtomicGraph, build_graph    the batch structure and Atoms -> graph (ase_nemp.nl)
-    NEMPCalculator              the ASE calculator
+    NEMPCalculator              the ASE calculator (calculate_batch: many structures per call)
+    BatchedNEB                  ASE's NEB with all moving images in one model call
+    relax_many                  ASE optimizers on many structures in lockstep, one call per step
 
 Importing the package has no side effects: no global dtype, environment variables or
 downloads.
@@ -34,4 +36,19 @@ __all__ = [
     "collate",
     "build_graph",
     "NeighbourList",
+    "BatchedNEB",
+    "relax_many",
 ]
+
+
+def __getattr__(name: str):
+    # these build on ase.mep / ase.optimize, which take most of a second to import
+    if name == "BatchedNEB":
+        from .neb import BatchedNEB
+
+        return BatchedNEB
+    if name == "relax_many":
+        from .relax import relax_many
+
+        return relax_many
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

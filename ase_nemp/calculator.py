@@ -12,19 +12,34 @@ import math
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
+from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from .devices import resolve_device
 from .io import load, resolve_dtype
 from .model import NEMP, Committee, committee_energy_forces_stress, committee_statistics, energy_forces_stress
+from .graph import collate
 from .nl import NeighbourList, build_graph
 
 __all__ = ["NEMPCalculator", "StressUnavailableError"]
+
+
+def _chunks(indices: list[int], sizes: list[int], max_atoms: int) -> list[list[int]]:
+    """Consecutive groups of ``indices`` of at most ``max_atoms`` atoms (a larger single
+    structure forms a group alone)."""
+    groups, current, atoms = [], [], 0
+    for index, size in zip(indices, sizes):
+        if current and atoms + size > max_atoms:
+            groups.append(current)
+            current, atoms = [], 0
+        current.append(index)
+        atoms += size
+    return groups + ([current] if current else [])
 
 
 class StressUnavailableError(PropertyNotImplementedError, ValueError):
@@ -161,41 +176,94 @@ class NEMPCalculator(Calculator):
         with self._lock:
             super().calculate(atoms, properties, system_changes)
             try:
-                self._evaluate(self.atoms, properties)
+                (self.results,) = self._evaluate([self.atoms], [self._neighbour_list_for(self.atoms)], properties)
             except Exception:
                 self.reset()  # nothing half-computed survives; the next call starts afresh
                 raise
 
-    def _evaluate(self, atoms, properties) -> None:
+    def calculate_batch(self, images: Sequence[Atoms], properties: Sequence[str] = ("energy", "forces"),
+                        max_atoms: int = 4096) -> None:
+        """Evaluate many structures in one model call each ``max_atoms`` atoms.
+
+        Every image gets (or keeps) a calculator of its own that shares this one's model
+        (:meth:`sibling`): its own neighbour list and skin, and afterwards the results of
+        its structure, exactly what it would have computed alone (the same numbers to
+        round-off: one disjoint graph, and no quantity of one structure depends on
+        another's). Images whose results are current are not recomputed. The images may
+        differ in size, cell, periodicity and constraints; afterwards
+        ``image.get_forces()`` and the rest read the stored results.
+
+        Parameters
+        ----------
+        images : sequence of ase.Atoms
+        properties : sequence of str
+            As for :meth:`calculate`; ``"stress"`` needs every image periodic in 3D.
+        max_atoms : int
+            Atoms per model call at most (memory grows with it); larger batches are
+            split, and a single larger structure goes alone.
+        """
+        with self._lock:
+            images = list(images)
+            calcs = [self._sibling_for(image) for image in images]
+            todo = [k for k, (image, calc) in enumerate(zip(images, calcs)) if calc.calculation_required(image, properties)]
+            for chunk in _chunks(todo, [len(images[k]) for k in todo], max_atoms):
+                structures = [images[k] for k in chunk]
+                results = self._evaluate(structures, [calcs[k]._neighbour_list_for(images[k]) for k in chunk], properties)
+                for k, result in zip(chunk, results):
+                    calcs[k].atoms, calcs[k].results = images[k].copy(), result
+
+    def sibling(self) -> "NEMPCalculator":
+        """A calculator for another structure that shares this one's model (no copy of the
+        weights), device, dtype and skin, with its own neighbour list and results. Use
+        one per structure (NEB images, many relaxations); :meth:`calculate_batch`
+        evaluates structures whose calculators are siblings in one call."""
+        twin = copy.copy(self)
+        Calculator.__init__(twin)
+        twin.neighbour_list = NeighbourList(self.model.cutoff, skin=self.neighbour_list.skin)
+        twin._lock = threading.RLock()
+        return twin
+
+    def shares_model_with(self, calc: Any) -> bool:
+        """Whether ``calc`` is an NEMPCalculator on this one's model and dtype (a sibling)."""
+        return isinstance(calc, NEMPCalculator) and calc.model is self.model and calc.dtype == self.dtype
+
+    def _sibling_for(self, image: Atoms) -> "NEMPCalculator":
+        if not self.shares_model_with(image.calc):
+            image.calc = self.sibling()
+        return image.calc
+
+    def _evaluate(self, structures: list[Atoms], lists: list[NeighbourList | None], properties) -> list[dict]:
+        """Results of ``structures`` (one disjoint graph, one model call), one dict each."""
         want_stress = "stress" in properties
-        if want_stress and not atoms.pbc.all():
-            raise StressUnavailableError(
-                f"stress needs a structure periodic in all three directions; this one has pbc={atoms.pbc.tolist()}"
-            )
-        graph = build_graph(atoms, self.model.cutoff, device=self.device, dtype=self.dtype,
-                            neighbour_list=self._neighbour_list_for(atoms))
+        for k, atoms in enumerate(structures):
+            if want_stress and not atoms.pbc.all():
+                which = "this one" if len(structures) == 1 else f"structure {k} of the batch"
+                raise StressUnavailableError(
+                    f"stress needs a structure periodic in all three directions; {which} has pbc={atoms.pbc.tolist()}")
+        graph = collate([build_graph(atoms, self.model.cutoff, device=self.device, dtype=self.dtype,
+                                     neighbour_list=nl) for atoms, nl in zip(structures, lists)])
         if self.is_committee:
             members = committee_energy_forces_stress(self.model, graph, stress=want_stress)
             out = committee_statistics(members)
         else:
             out = energy_forces_stress(self.model, graph, stress=want_stress)
-
-        def numpy(t: torch.Tensor) -> np.ndarray:
-            return t.to(torch.float64).cpu().numpy()
-
-        energy = float(out["energy"].sum())
-        self.results = {
-            "energy": energy,
-            "free_energy": energy,
-            "energies": numpy(out["energies"]),
-            "forces": numpy(out["forces"]),
-        }
-        if want_stress:
-            self.results["stress"] = full_3x3_to_voigt_6_stress(numpy(out["stress"][0]))
+        out = {k: v.to(torch.float64).cpu().numpy() for k, v in out.items()}
         if self.is_committee:
-            self.results["energy_uncertainty"] = float(out["energy_uncertainty"].sum())
-            self.results["forces_uncertainty"] = numpy(out["forces_uncertainty"])
-            self.results["committee_energy"] = numpy(members["energy"][:, 0])
+            member_energies = members["energy"].to(torch.float64).cpu().numpy()  # (M, B)
+        results, stop = [], 0
+        for b, atoms in enumerate(structures):
+            start, stop = stop, stop + len(atoms)
+            energy = float(out["energy"][b])
+            result = {"energy": energy, "free_energy": energy, "energies": out["energies"][start:stop],
+                      "forces": out["forces"][start:stop]}
+            if want_stress:
+                result["stress"] = full_3x3_to_voigt_6_stress(out["stress"][b])
+            if self.is_committee:
+                result["energy_uncertainty"] = float(out["energy_uncertainty"][b])
+                result["forces_uncertainty"] = out["forces_uncertainty"][start:stop]
+                result["committee_energy"] = member_energies[:, b].copy()
+            results.append(result)
+        return results
 
     def _neighbour_list_for(self, atoms) -> NeighbourList | None:
         # non-periodic systems on a GPU may use torch-cluster (see nl.build_graph)

@@ -1,4 +1,5 @@
-"""The ``nemp`` command line: ``nemp demo``, ``nemp info``, ``nemp train``, ``nemp learn``, ``nemp eval``.
+"""The ``nemp`` command line: ``nemp demo``, ``nemp info``, ``nemp train``, ``nemp learn``, ``nemp eval``,
+``nemp relax``.
 
 Each subcommand imports what it needs when it runs, so ``nemp --help`` is fast.
 """
@@ -72,6 +73,50 @@ def _learn(args: argparse.Namespace) -> int:
     return 0
 
 
+def _relax(args: argparse.Namespace) -> int:
+    import torch
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    from . import NEMPCalculator
+    from .io import check_writable_folder
+    from .relax import relax_many
+    from .train.data import read_structures
+
+    output = args.output or args.structures.with_name(args.structures.stem + "-relaxed.extxyz")
+    if output.exists():
+        raise FileExistsError(f"{output} exists; choose another --output (nothing is overwritten)")
+    check_writable_folder(output.parent)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    frames = read_structures(args.structures)
+    if args.model:
+        model = args.model
+    else:
+        from .pretrained import model_path
+
+        model = model_path("pd-co-o")
+    calc = NEMPCalculator(model, dtype=args.dtype)
+    results = relax_many(frames, calc, fmax=args.fmax, steps=args.steps, optimizer=args.optimizer,
+                         max_atoms=args.max_atoms, progress=not args.quiet)
+    out = []
+    for atoms, result in zip(frames, results):
+        done = atoms.copy()
+        r = atoms.calc.results
+        done.calc = SinglePointCalculator(done, energy=r["energy"], forces=r["forces"])
+        done.info.update(converged=result.converged, relax_steps=result.steps, fmax=result.fmax)
+        if "energy_uncertainty" in r:
+            done.info.update(energy_uncertainty=r["energy_uncertainty"],
+                             forces_uncertainty_max=float(r["forces_uncertainty"].max()))
+        out.append(done)
+    write(output, out)
+    converged = sum(r.converged for r in results)
+    print(f"{converged} of {len(results)} structures converged to fmax {args.fmax} eV/Å; written to {output}")
+    return 0 if converged == len(results) else 3
+
+
 def _eval(args: argparse.Namespace) -> int:
     from .devices import resolve_device
     from .io import check_writable_folder
@@ -136,6 +181,19 @@ def build_parser() -> argparse.ArgumentParser:
     le.add_argument("--resume", action="store_true", help="continue the run in the config's output.dir")
     le.add_argument("--quiet", action="store_true", help="no progress bars")
     le.set_defaults(func=_learn)
+
+    rx = sub.add_parser("relax", help="relax every structure of a file, all in one model call per step")
+    rx.add_argument("structures", type=Path, help="any file ase.io.read understands (all frames)")
+    rx.add_argument("--model", type=Path, help="a model file (default: the shipped pd-co-o model)")
+    rx.add_argument("--output", type=Path, help="extxyz file for the relaxed structures (default: NAME-relaxed.extxyz)")
+    rx.add_argument("--fmax", type=float, default=0.05, help="largest atomic force at convergence, eV/Å")
+    rx.add_argument("--steps", type=int, default=500, help="optimizer steps per structure at most")
+    rx.add_argument("--optimizer", default="BFGS", help="an ASE optimizer class: BFGS, LBFGS, FIRE...")
+    rx.add_argument("--max-atoms", type=int, default=4096, help="atoms per model call at most")
+    rx.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    rx.add_argument("--threads", type=int, help="torch CPU threads")
+    rx.add_argument("--quiet", action="store_true", help="no progress bar")
+    rx.set_defaults(func=_relax)
 
     ev = sub.add_parser("eval", help="errors of a model on labelled structures")
     ev.add_argument("model", type=Path)

@@ -14,6 +14,7 @@ constraints and ``NEBTools`` behave as documented there.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import time
 from dataclasses import dataclass
@@ -21,7 +22,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["NEBProtocol", "run_neb", "relax", "band_uncertainties", "make_optimizer", "StopExploration"]
+__all__ = ["NEBProtocol", "BatchedNEB", "run_neb", "relax", "band_uncertainties", "make_optimizer",
+           "StopExploration"]
 
 
 class StopExploration(Exception):
@@ -62,10 +64,13 @@ class NEBProtocol:
         integration of the band, Makri, Ortner and Kermode 2019).
     maxstep : float
         Å, the optimizer's largest step per iteration (not used by ODE).
+    batched : bool
+        Evaluate all moving images in one model call per step (:class:`BatchedNEB`) when
+        the calculator is an :class:`~ase_nemp.NEMPCalculator`; the band is the same as
+        with one call per image.
     workers : int
-        Moving images evaluated concurrently, each on one CPU thread (their calculators
-        are separate, and the model's kernels release the GIL). Small images keep one
-        core busy each far better than they spread over several intra-op threads; 1
+        Without batching: moving images evaluated concurrently, each on one CPU thread
+        (their calculators are separate, and the model's kernels release the GIL); 1
         evaluates them one after another with torch's own thread setting.
     """
 
@@ -81,6 +86,7 @@ class NEBProtocol:
     climb_fmax: float = 0.5
     optimizer: str = "ODE"
     maxstep: float = 0.2
+    batched: bool = True
     workers: int = 1
 
     def __post_init__(self) -> None:
@@ -104,6 +110,62 @@ class NEBProtocol:
 
     def replace(self, **changes: Any) -> "NEBProtocol":
         return dataclasses.replace(self, **changes)
+
+
+@functools.cache
+def _batched_neb_class():
+    from ase.mep import NEB
+
+    class BatchedNEB(NEB):
+        """ASE's ``NEB`` whose moving images are evaluated together: one model call per
+        band step instead of one per image.
+
+        Parameters
+        ----------
+        images : list of ase.Atoms
+            The band, end points included. The moving images get calculators that share
+            ``calculator``'s model (:meth:`NEMPCalculator.sibling`); the end points keep
+            theirs (they are evaluated once, as by ``NEB``).
+        calculator : NEMPCalculator
+        max_atoms : int
+            Atoms per model call at most (see :meth:`NEMPCalculator.calculate_batch`).
+        **kwargs
+            ``NEB``'s own: ``k``, ``climb``, ``method``, ``remove_rotation_and_translation``...
+
+        Everything else is ASE's: optimizers (``FIRE``, ``BFGS``, ``NEBOptimizer``),
+        ``interpolate`` (IDPP), climbing image, tangents and ``NEBTools`` see an ordinary
+        band whose images hold current results. The band equals that of ``NEB`` with one
+        calculator per image, to round-off.
+        """
+
+        def __init__(self, images, calculator, max_atoms: int = 4096, **kwargs) -> None:
+            from .calculator import NEMPCalculator
+
+            if not isinstance(calculator, NEMPCalculator):
+                raise TypeError(f"BatchedNEB needs an NEMPCalculator, not {type(calculator).__name__}")
+            if kwargs.get("parallel"):
+                raise ValueError("BatchedNEB evaluates the images in one call; it does not take parallel=True")
+            super().__init__(images, **kwargs)
+            self.calculator, self.max_atoms = calculator, max_atoms
+            for image in self.images[1:-1]:
+                calculator._sibling_for(image)
+
+        def get_forces(self):
+            # only images that hold this calculator's siblings: ASE's IDPP interpolation
+            # optimises the band with calculators of its own, swapped in for the while
+            mine = [im for im in self.images[1:-1] if self.calculator.shares_model_with(im.calc)]
+            self.calculator.calculate_batch(mine, ("energy", "forces"), self.max_atoms)
+            return super().get_forces()
+
+    return BatchedNEB
+
+
+def __getattr__(name: str):
+    # BatchedNEB subclasses ase.mep.NEB; built on first use so that importing ase_nemp
+    # stays light
+    if name == "BatchedNEB":
+        return _batched_neb_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def parallel_neb(images, workers: int, **kwargs):
@@ -227,13 +289,21 @@ def run_neb(initial, final, calculator_factory: Callable[[], Any], protocol: NEB
     e_fs, n_fs, _ = relax(final, calculator_factory(), p.relax_fmax, p.relax_steps, "relax final state", progress)
     t_relax = time.perf_counter() - t0
 
+    from .calculator import NEMPCalculator
+
     images = [initial] + [initial.copy() for _ in range(p.images - 2)] + [final]
-    for image in images[1:-1]:
-        image.calc = calculator_factory()
-    neb = parallel_neb(images, p.workers, k=p.spring, climb=False, method=p.method)
+    calc = calculator_factory()
+    workers = 1
+    if p.batched and isinstance(calc, NEMPCalculator):
+        neb = _batched_neb_class()(images, calc, k=p.spring, climb=False, method=p.method)
+    else:
+        for image in images[1:-1]:
+            image.calc = calculator_factory()
+        workers = p.workers
+        neb = parallel_neb(images, workers, k=p.spring, climb=False, method=p.method)
     neb.interpolate(method=p.interpolation, mic=True)
     threads = torch.get_num_threads()
-    if p.workers > 1:
+    if workers > 1:
         torch.set_num_threads(1)  # one thread per image; restored below
     opt = make_optimizer(neb, p)
     bar = _bar(p.steps + 2, f"NEB ({p.images} images)", progress)
@@ -264,7 +334,7 @@ def run_neb(initial, final, calculator_factory: Callable[[], Any], protocol: NEB
     finally:
         bar.close()
         torch.set_num_threads(threads)
-        if p.workers > 1:
+        if workers > 1:
             neb._pool.shutdown()
     converged = state["fmax"] <= p.fmax * (1 + 1e-9)
     band = band_uncertainties(images)

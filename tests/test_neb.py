@@ -31,12 +31,17 @@ def band(committee, **changes):
     return run_neb(initial, final, lambda: NEMPCalculator(committee), protocol, progress=False)
 
 
-def test_threaded_images_give_the_same_band(committee):
+def test_threaded_and_batched_images_give_the_same_band(committee):
     # FIRE counts every step (ODE only its accepted ones), so the budget is met exactly
-    one, two = band(committee, workers=1, optimizer="FIRE"), band(committee, workers=2, optimizer="FIRE")
-    for a, b in zip(one["images"], two["images"]):
+    one = band(committee, batched=False, workers=1, optimizer="FIRE")
+    two = band(committee, batched=False, workers=2, optimizer="FIRE")
+    batched = band(committee, optimizer="FIRE")
+    for a, b, c in zip(one["images"], two["images"], batched["images"]):
         np.testing.assert_array_equal(a.positions, b.positions)
+        np.testing.assert_allclose(c.positions, a.positions, rtol=0, atol=1e-10)
     np.testing.assert_array_equal(one["energies"], two["energies"])
+    np.testing.assert_allclose(batched["energies"], one["energies"], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(batched["energy_uncertainty"], one["energy_uncertainty"], rtol=0, atol=1e-10)
     assert one["neb_steps"] == 12 and not one["converged"]  # 12 steps: reported as not converged
 
 

@@ -1,0 +1,166 @@
+"""Many structures per model call: NEMPCalculator.calculate_batch, BatchedNEB, relax_many
+and nemp relax give exactly what one calculator per structure gives."""
+
+import numpy as np
+import pytest
+from ase.constraints import FixAtoms
+from ase.io import read, write
+from ase.mep import NEB
+from ase.optimize import BFGS, FIRE
+
+from ase_nemp import BatchedNEB, NEMPCalculator, relax_many
+from ase_nemp.calculator import StressUnavailableError
+from ase_nemp.cli import main
+from ase_nemp.io import save
+from ase_nemp.model import Committee
+from ase_nemp.testing import random_crystal, random_model, random_molecule, tiny_config
+
+from .test_neb import end_points
+
+CONFIG = tiny_config(species=(1, 6, 8), cutoff=3.0)
+
+
+@pytest.fixture(scope="module", params=["single", "committee"])
+def model(request):
+    if request.param == "single":
+        return random_model(CONFIG, seed=1)
+    return Committee([random_model(CONFIG, seed=s) for s in (1, 2, 3)])
+
+
+def mixed_structures():
+    """A crystal, a constrained molecule and a small molecule: different sizes and pbc."""
+    crystal = random_crystal(n=6, seed=3, symbols="CO", min_dist=1.1)
+    molecule = random_molecule(n=7, seed=4, symbols="HCO", min_dist=0.9)
+    molecule.set_constraint(FixAtoms([0]))
+    small = random_molecule(n=3, seed=5, symbols="CO", min_dist=1.0)
+    return [crystal, molecule, small]
+
+
+def alone(model, atoms, properties):
+    calc = NEMPCalculator(model)
+    copy = atoms.copy()
+    copy.calc = calc
+    calc.calculate(copy, properties)
+    return calc.results
+
+
+@pytest.mark.parametrize("max_atoms", [4096, 8])  # one call, and split into several
+def test_batch_equals_one_calculator_per_structure(model, max_atoms):
+    structures = mixed_structures()
+    calc = NEMPCalculator(model)
+    calc.calculate_batch(structures, ("energy", "forces"), max_atoms=max_atoms)
+    for atoms in structures:
+        expected = alone(model, atoms, ("energy", "forces"))
+        assert atoms.calc is not calc and atoms.calc.model is calc.model  # a sibling: same weights, no copy
+        assert set(atoms.calc.results) == set(expected)
+        for key, value in expected.items():
+            np.testing.assert_allclose(atoms.calc.results[key], value, rtol=1e-10, atol=1e-10, err_msg=key)
+        np.testing.assert_array_equal(atoms.get_forces(apply_constraint=False), atoms.calc.results["forces"])
+    assert np.all(structures[1].get_forces()[0] == 0)  # the fixed atom
+
+
+def test_batch_stress_for_periodic_structures(model):
+    crystals = [random_crystal(n=n, seed=10 + n, symbols="CO", min_dist=1.1) for n in (4, 6)]
+    NEMPCalculator(model).calculate_batch(crystals, ("energy", "forces", "stress"))
+    for atoms in crystals:
+        np.testing.assert_allclose(atoms.get_stress(), alone(model, atoms, ("stress",))["stress"], atol=1e-10)
+    with pytest.raises(StressUnavailableError, match="structure 1 of the batch"):
+        NEMPCalculator(model).calculate_batch([crystals[0], random_molecule(n=3, seed=1, symbols="CO")],
+                                              ("energy", "stress"))
+
+
+def test_current_results_are_not_recomputed(model, monkeypatch):
+    structures = mixed_structures()
+    calc = NEMPCalculator(model)
+    calls = []
+    original = NEMPCalculator._evaluate
+    monkeypatch.setattr(NEMPCalculator, "_evaluate",
+                        lambda self, s, lists, props: calls.append(len(s)) or original(self, s, lists, props))
+    calc.calculate_batch(structures)
+    structures[2].positions[0, 0] += 0.05
+    calc.calculate_batch(structures)
+    assert calls == [3, 1]  # only the moved structure, and its own calculator reads the stored results
+    structures[0].get_forces()
+    assert calls == [3, 1]
+
+
+def make_band(model, batched, n=6):
+    initial, final = end_points()
+    for end in (initial, final):
+        end.calc = NEMPCalculator(model)
+    images = [initial] + [initial.copy() for _ in range(n - 2)] + [final]
+    if batched:
+        neb = BatchedNEB(images, NEMPCalculator(model), climb=True, method="improvedtangent")
+    else:
+        for image in images[1:-1]:
+            image.calc = NEMPCalculator(model)
+        neb = NEB(images, climb=True, method="improvedtangent")
+    neb.interpolate(method="idpp")
+    return images, neb
+
+
+@pytest.mark.parametrize("optimizer", ["FIRE", "BFGS", "ODE"])
+def test_batched_neb_gives_the_band_of_ase_neb(model, optimizer):
+    bands = []
+    for batched in (False, True):
+        images, neb = make_band(model, batched)
+        if optimizer == "ODE":
+            from ase.mep.neb import NEBOptimizer
+
+            NEBOptimizer(neb, logfile=None, method="ode").run(fmax=0.05, steps=8)
+        else:
+            {"FIRE": FIRE, "BFGS": BFGS}[optimizer](neb, logfile=None).run(fmax=0.05, steps=8)
+        bands.append((np.array([im.positions for im in images]), np.array([im.get_potential_energy() for im in images])))
+    np.testing.assert_allclose(bands[1][0], bands[0][0], atol=1e-9)
+    np.testing.assert_allclose(bands[1][1], bands[0][1], atol=1e-9)
+    assert np.abs(bands[1][0][2] - bands[1][0][2][0]).max() > 0  # the band moved off its start
+
+
+def test_batched_neb_evaluates_the_moving_images_in_one_call(model, monkeypatch):
+    from ase.mep import NEBTools
+
+    images, neb = make_band(model, batched=True, n=7)
+    sizes = []
+    original = NEMPCalculator._evaluate
+    monkeypatch.setattr(NEMPCalculator, "_evaluate",
+                        lambda self, s, lists, props: sizes.append(len(s)) or original(self, s, lists, props))
+    FIRE(neb, logfile=None).run(fmax=0.05, steps=3)
+    # the end points once each (their own calculators), then five moving images per call
+    assert sorted(sizes) == [1, 1] + [5] * (len(sizes) - 2) and len(sizes) >= 4
+    barrier, _ = NEBTools(images).get_barrier(fit=False)
+    assert np.isfinite(barrier)
+
+
+@pytest.mark.parametrize("optimizer", ["BFGS", "FIRE"])
+def test_relax_many_follows_each_structure_s_own_optimizer(model, optimizer):
+    structures = mixed_structures()[1:] + [random_molecule(n=5, seed=9, symbols="HCO", min_dist=1.0)]
+    expected = []
+    for atoms in structures:
+        copy = atoms.copy()
+        copy.calc = NEMPCalculator(model)
+        opt = {"BFGS": BFGS, "FIRE": FIRE}[optimizer](copy, logfile=None)
+        done = opt.run(fmax=0.05, steps=40)
+        expected.append((copy.positions.copy(), opt.nsteps, bool(done)))
+    results = relax_many(structures, NEMPCalculator(model), fmax=0.05, steps=40, optimizer=optimizer, progress=False)
+    for atoms, result, (positions, nsteps, done) in zip(structures, results, expected):
+        np.testing.assert_allclose(atoms.positions, positions, atol=1e-9)
+        assert (result.steps, result.converged) == (nsteps, done)
+        assert result.converged == (result.fmax < 0.05)
+    assert len({r.steps for r in results}) > 1  # each stopped at its own convergence
+
+
+def test_nemp_relax_command(tmp_path, capsys):
+    model = random_model(CONFIG, seed=1)
+    save(model, tmp_path / "m.pt")
+    write(tmp_path / "in.extxyz", [random_molecule(n=n, seed=n, symbols="HCO", min_dist=1.0) for n in (3, 4, 5)])
+    code = main(["relax", str(tmp_path / "in.extxyz"), "--model", str(tmp_path / "m.pt"), "--fmax", "0.05",
+                 "--steps", "200", "--output", str(tmp_path / "out.extxyz"), "--quiet"])
+    out = capsys.readouterr().out
+    relaxed = read(tmp_path / "out.extxyz", ":")
+    assert len(relaxed) == 3 and all(a.info["converged"] for a in relaxed) and code == 0
+    for atoms in relaxed:
+        assert np.sqrt((atoms.get_forces() ** 2).sum(1).max()) < 0.05 and "relax_steps" in atoms.info
+    assert "3 of 3" in out
+    assert main(["relax", str(tmp_path / "in.extxyz"), "--model", str(tmp_path / "m.pt"),
+                 "--output", str(tmp_path / "out.extxyz")]) == 2  # never overwrites
+    assert "exists" in capsys.readouterr().err
