@@ -1,4 +1,4 @@
-"""ASE calculator for NEMP models.
+"""ASE calculator for the package's models (NEMP, EquiREANN) and committees of them.
 
 The hot path has two hops: ``atoms -> nl.build_graph`` (matscipy, numpy, converted to
 tensors once) ``-> energy_forces_stress`` (torch, eV and Å throughout) ``->
@@ -22,7 +22,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from .devices import resolve_device
 from .io import load, resolve_dtype
-from .model import NEMP, Committee, committee_energy_forces_stress, committee_statistics, energy_forces_stress
+from .model import AtomisticModel, Committee, committee_energy_forces_stress, committee_statistics, energy_forces_stress
 from .graph import collate
 from .nl import NeighbourList, build_graph
 
@@ -47,12 +47,12 @@ class StressUnavailableError(PropertyNotImplementedError, ValueError):
 
 
 class NEMPCalculator(Calculator):
-    """ASE calculator for an NEMP model or a committee of them.
+    """ASE calculator for a model of any architecture (NEMP, EquiREANN) or a committee.
 
     Parameters
     ----------
-    model : NEMP, Committee or path-like
-        A model, a committee, or a model file written by :func:`ase_nemp.save`. The
+    model : model, Committee or path-like
+        A model (e.g. from :func:`ase_nemp.create_model`), a committee, or a model file written by :func:`ase_nemp.save`. The
         calculator works on its own copy, moved to ``device`` and ``dtype``.
     device : str or torch.device
         ``"cpu"`` or ``"cuda"`` (or ``"cuda:1"``...).
@@ -102,7 +102,7 @@ class NEMPCalculator(Calculator):
 
     def __init__(
         self,
-        model: NEMP | Committee | str | os.PathLike,
+        model: AtomisticModel | Committee | str | os.PathLike,
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype = "float64",
         skin: float = 0.5,
@@ -122,10 +122,10 @@ class NEMPCalculator(Calculator):
         if isinstance(model, (str, os.PathLike)):
             self.model_file = str(model)
             model = load(model, device=self.device, dtype=self.dtype)
-        elif isinstance(model, (NEMP, Committee)):
+        elif isinstance(model, (AtomisticModel, Committee)):
             model = copy.deepcopy(model).to(device=self.device, dtype=self.dtype)
         else:
-            raise TypeError(f"model must be an NEMP module, a Committee or a path to a model file, "
+            raise TypeError(f"model must be a model (NEMP, EquiREANN...), a Committee or a path to a model file, "
                             f"not {type(model).__name__}")
         model.eval()
         for p in model.parameters():
@@ -142,7 +142,7 @@ class NEMPCalculator(Calculator):
     def compile(self) -> "NEMPCalculator":
         """Compile the model's energy function with ``torch.compile`` (dynamic shapes)."""
         for member in self.model.members if self.is_committee else [self.model]:
-            member.atomic_energies_of = torch.compile(member.atomic_energies_of, dynamic=True)
+            member.network_energies = torch.compile(member.network_energies, dynamic=True)
         return self
 
     # -- constructors ----------------------------------------------------------------

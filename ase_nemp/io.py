@@ -33,14 +33,13 @@ from typing import Any
 import torch
 
 from ._version import __version__
-from .model import NEMP, Committee, NEMPConfig
+from .model import ARCHITECTURES, AtomisticModel, Committee, ModelConfig, config_class, model_class
 
 __all__ = ["save", "load", "read_model_file", "resolve_dtype", "ModelFileError", "FORMAT_VERSION", "atomic_write",
            "check_writable_folder", "FolderLock"]
 
 FORMAT_NAME = "ase-nemp-model"
 FORMAT_VERSION = 2
-ARCHITECTURES = ("nemp",)
 
 
 class ModelFileError(ValueError):
@@ -91,12 +90,12 @@ def _checksum(payload: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-def save(model: NEMP | Committee, path: str | os.PathLike, **metadata: Any) -> Path:
+def save(model: AtomisticModel | Committee, path: str | os.PathLike, **metadata: Any) -> Path:
     """Write a model or a committee to ``path`` atomically (temporary file, then rename).
 
     Parameters
     ----------
-    model : NEMP or Committee
+    model : a model of any architecture, or a Committee
     path : path-like
     **metadata
         Plain values (str, numbers, lists, dicts) stored under ``"metadata"``, e.g. the
@@ -109,7 +108,7 @@ def save(model: NEMP | Committee, path: str | os.PathLike, **metadata: Any) -> P
         "format_version": FORMAT_VERSION,
         "package_version": __version__,
         "torch_version": str(torch.__version__),
-        "architecture": "nemp",
+        "architecture": single.architecture,
         "config": cfg.to_dict(),
         "committee_size": model.size if isinstance(model, Committee) else None,
         "species": list(cfg.species),
@@ -169,7 +168,7 @@ def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
     return payload
 
 
-def _config_of(payload: dict[str, Any], path: Path) -> NEMPConfig:
+def _config_of(payload: dict[str, Any], path: Path) -> tuple[str, ModelConfig]:
     architecture = payload.get("architecture", "nemp")
     if architecture not in ARCHITECTURES:
         raise ModelFileError(f"{str(path)!r} holds a model of architecture {architecture!r}, which this ase-nemp "
@@ -181,12 +180,13 @@ def _config_of(payload: dict[str, Any], path: Path) -> NEMPConfig:
     if payload["format_version"] < 2:  # written before the isolated-atom switch existed
         raw.setdefault("isolated_atom_switch", None)
     try:
-        return NEMPConfig.from_dict(raw)
+        return architecture, config_class(architecture).from_dict(raw)
     except (TypeError, ValueError) as err:
         raise ModelFileError(f"{str(path)!r} holds an invalid model configuration: {err}") from err
 
 
-def _check_contents(payload: dict[str, Any], config: NEMPConfig, path: Path) -> tuple[torch.dtype, int | None]:
+def _check_contents(payload: dict[str, Any], architecture: str, config: ModelConfig,
+                    path: Path) -> tuple[torch.dtype, int | None]:
     """What the file claims against what it holds; returns (dtype, committee size)."""
     name = str(path)
     dtype_name = str(payload.get("dtype", "float64"))
@@ -213,7 +213,7 @@ def _check_contents(payload: dict[str, Any], config: NEMPConfig, path: Path) -> 
             raise ModelFileError(f"{name!r}: tensor {key!r} holds NaN or infinite values")
     # shapes against a model built on the meta device: nothing is allocated for the claimed sizes
     with torch.device("meta"):
-        template = _build(config, dtype, size)
+        template = _build(architecture, config, dtype, size)
     expected = {k: tuple(v.shape) for k, v in template.state_dict().items()}
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -230,17 +230,18 @@ def _check_contents(payload: dict[str, Any], config: NEMPConfig, path: Path) -> 
     return dtype, size
 
 
-def _build(config: NEMPConfig, dtype: torch.dtype, size: int | None) -> NEMP | Committee:
+def _build(architecture: str, config: ModelConfig, dtype: torch.dtype, size: int | None) -> AtomisticModel | Committee:
+    cls = model_class(architecture)
     if size:
-        return Committee([NEMP(config, dtype=dtype) for _ in range(size)])
-    return NEMP(config, dtype=dtype)
+        return Committee([cls(config, dtype=dtype) for _ in range(size)])
+    return cls(config, dtype=dtype)
 
 
 def load(
     path: str | os.PathLike,
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype | None = None,
-) -> NEMP | Committee:
+) -> AtomisticModel | Committee:
     """Load a model or a committee written by :func:`save`.
 
     Parameters
@@ -251,15 +252,15 @@ def load(
 
     Returns
     -------
-    NEMP (or Committee for a committee file) in eval mode. Its ``metadata`` attribute holds
+    The model (its architecture's class; a Committee for a committee file) in eval mode. Its ``metadata`` attribute holds
     the stored metadata. Raises :class:`ModelFileError` for a file that is corrupt, edited,
     inconsistent, of an unknown architecture or from a newer version.
     """
     path = Path(path)
     payload = read_model_file(path)
-    config = _config_of(payload, path)
-    saved_dtype, size = _check_contents(payload, config, path)
-    model = _build(config, saved_dtype, size)
+    architecture, config = _config_of(payload, path)
+    saved_dtype, size = _check_contents(payload, architecture, config, path)
+    model = _build(architecture, config, saved_dtype, size)
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as err:

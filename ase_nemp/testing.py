@@ -13,10 +13,10 @@ import torch
 from ase import Atoms
 
 from .graph import AtomicGraph
-from .model import NEMP, NEMPConfig, energy_forces_stress
+from .model import NEMP, EquiREANN, EquiREANNConfig, ModelConfig, NEMPConfig, energy_forces_stress
 from .nl import build_graph
 
-__all__ = ["tiny_config", "random_model", "random_molecule", "random_crystal", "evaluate"]
+__all__ = ["tiny_config", "tiny_equireann_config", "tiny_configs", "random_model", "random_molecule", "random_crystal", "evaluate"]
 
 
 def tiny_config(**overrides: Any) -> NEMPConfig:
@@ -29,14 +29,35 @@ def tiny_config(**overrides: Any) -> NEMPConfig:
     return NEMPConfig(**base)
 
 
-def random_model(config: NEMPConfig | None = None, seed: int = 0, dtype: torch.dtype = torch.float64) -> NEMP:
-    """A random-weight model whose every parameter matters.
+def tiny_equireann_config(**overrides: Any) -> EquiREANNConfig:
+    """A small EquiREANN configuration (L = 2, K = 4, M = 6, T = 2, narrow MLPs)."""
+    base = dict(species=(1, 6, 8), cutoff=3.5, sh_lmax=2, num_radial=4, num_orbitals=6, num_iterations=2,
+                pair_mlp=(4, 4), iter_mlp=(8,), readout_mlp=(8, 8), neigh_scale=2.0)
+    base.update(overrides)
+    return EquiREANNConfig(**base)
 
-    At initialisation the pair embedding barely depends on species (0.01 gains) and the
-    per-species readout is the identity; here they are moved away from those values
-    (as in the parity files) so that tests also catch species and pair-order mistakes.
+
+def tiny_configs(**overrides: Any) -> dict[str, ModelConfig]:
+    """One tiny configuration per architecture (and species input), by test id."""
+    return {
+        "nemp": tiny_config(**overrides),
+        "equireann": tiny_equireann_config(**overrides),
+        "equireann-atomic-number": tiny_equireann_config(species_input="atomic_number", **overrides),
+    }
+
+
+def random_model(config: ModelConfig | None = None, seed: int = 0, dtype: torch.dtype = torch.float64):
+    """A random-weight model whose every parameter matters (any architecture).
+
+    At initialisation some parts are constant by design (NEMP's pair embedding barely
+    depends on species, its per-species readout is the identity; EquiREANN's output
+    layers are zero and all species pairs share one embedding); here they are moved
+    away from those values so that tests also catch species and pair-order mistakes.
     """
-    model = NEMP(config or tiny_config(), dtype=torch.float64, seed=seed)
+    config = config or tiny_config()
+    if isinstance(config, EquiREANNConfig):
+        return _random_equireann(config, seed).to(dtype)
+    model = NEMP(config, dtype=torch.float64, seed=seed)
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for mlp in (model.pair_mlp, model.freq_mlp):
@@ -50,6 +71,29 @@ def random_model(config: NEMPConfig | None = None, seed: int = 0, dtype: torch.d
         e0 = -10.0 * torch.rand(model.atomic_energies.shape, generator=gen, dtype=torch.float64)
         model.set_reference_energies(e0.tolist(), force_rms=1.3)
     return model.to(dtype)
+
+
+def _random_equireann(config: EquiREANNConfig, seed: int) -> EquiREANN:
+    model = EquiREANN(config, dtype=torch.float64, seed=seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+
+    def noise(p: torch.Tensor, scale: float) -> torch.Tensor:
+        return scale * torch.randn(p.shape, generator=gen, dtype=p.dtype)
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("weight") and not p.abs().sum() > 0:  # the zero output layers
+                p.copy_(noise(p, 1.0 / p.shape[1] ** 0.5))
+            elif name in ("pair_table", "centre_table"):
+                p.add_(noise(p, 0.3))  # every pair and species its own start
+            elif name.endswith("beta"):
+                p.mul_(4.0)
+            elif name == "contraction":
+                p.mul_(3.0)  # densities of order one rather than 1e-2
+        e0 = -10.0 * torch.rand(model.atomic_energies.shape, generator=gen, dtype=torch.float64)
+        model.set_reference_energies(e0.tolist(), force_rms=1.3)
+        model.readout.net[-1].bias.fill_(0.7)
+    return model
 
 
 def _place(rng: np.random.Generator, n: int, box: np.ndarray, min_dist: float, cell: np.ndarray | None, pbc) -> np.ndarray:

@@ -256,7 +256,7 @@ def test_model_file_errors(model, tmp_path):
     torch.save(payload, tmp_path / "newer.pt")
     with pytest.raises(ValueError, match="format version 99"):
         NEMPCalculator(tmp_path / "newer.pt")
-    with pytest.raises(TypeError, match="NEMP module, a Committee or a path"):
+    with pytest.raises(TypeError, match=r"a model \(NEMP, EquiREANN...\), a Committee or a path"):
         NEMPCalculator(object())
     with pytest.raises(ValueError, match="dtype"):
         NEMPCalculator(model, dtype="float16")

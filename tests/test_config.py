@@ -44,7 +44,7 @@ def test_preset_values_and_overrides():
     assert NEMPConfig.preset("3bpa", species=[1, 6, 7, 8]).edge_mlp.linear
     over = NEMPConfig.preset("water", species=["H", "O"], cutoff=5.0, num_channels=12)
     assert over.cutoff == 5.0 and over.num_channels == 12 and over.num_radial == 12
-    with pytest.raises(ValueError, match="unknown preset 'foo'.*water-small"):
+    with pytest.raises(ValueError, match="unknown NEMPConfig preset 'foo'.*water-small"):
         NEMPConfig.preset("foo")
 
 

@@ -67,6 +67,35 @@ def test_two_epochs_lower_the_loss_and_write_outputs(data_file, tmp_path):
     assert best.metadata["num_train"] == 9 and best.metadata["num_valid"] == 3
 
 
+TINY_EQUIREANN = dict(architecture="equireann", cutoff=3.5, num_radial=4, num_orbitals=6, iter_mlp=[8],
+                      readout_mlp=[8, 8], neigh_scale=2.0)
+
+
+def test_equireann_trains_resumes_and_evaluates(data_file, tmp_path, capsys):
+    from ase_nemp.model import EquiREANN
+
+    def config(epochs):
+        return RunConfig.from_dict({"data": {"train": str(data_file), "valid_fraction": 0.25}, "model": TINY_EQUIREANN,
+                                    "training": dict(epochs=epochs, batch_size=3, dtype="float64", seed=1,
+                                                     lr_peak=5e-3, warmup_epochs=0, ema_decay=0.5),
+                                    "output": {"dir": str(tmp_path / "eq")}})
+
+    straight = trained(RunConfig.from_dict({**config(4).to_dict(), "output": {"dir": str(tmp_path / "eq4")}}))
+    history = straight.state["history"]
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+    trained(config(2))
+    resumed = trained(config(4), resume=True)  # the checkpoint records the architecture
+    assert isinstance(resumed.model, EquiREANN)
+    assert all(torch.equal(p, q) for p, q in zip(straight.model.parameters(), resumed.model.parameters()))
+    best = load(tmp_path / "eq" / "best.pt")
+    assert isinstance(best, EquiREANN) and best.config.num_orbitals == 6
+    assert main(["eval", str(tmp_path / "eq" / "best.pt"), str(data_file)]) == 0
+    assert "F RMSE (meV/Å)" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="for architecture 'equireann'.*num_orbitals"):
+        trained(RunConfig.from_dict({**config(1).to_dict(), "model": {**TINY_EQUIREANN, "num_channels": 4},
+                                     "output": {"dir": str(tmp_path / "bad")}}))
+
+
 def state_of(trainer):
     return {k: v.clone() for k, v in trainer.model.state_dict().items()} | {
         f"ema.{k}": v.clone() for k, v in trainer.ema.state_dict().items()}

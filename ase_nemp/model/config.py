@@ -33,7 +33,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from ase.data import atomic_numbers as _ATOMIC_NUMBERS
 from ase.data import chemical_symbols as _SYMBOLS
 
-__all__ = ["MLPSpec", "NEMPConfig", "PRESETS"]
+__all__ = ["MLPSpec", "ModelConfig", "NEMPConfig", "PRESETS", "parse_species"]
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 _PAIR_INPUTS = ("one_hot", "atomic_number")
 
 
-def _parse_species(species: Iterable[int | str]) -> tuple[int, ...]:
+def parse_species(species: Iterable[int | str]) -> tuple[int, ...]:
+    """Atomic numbers or symbols -> sorted tuple of atomic numbers (checked)."""
     out = []
     for s in species:
         if isinstance(s, str):
@@ -142,8 +143,71 @@ def _parse_species(species: Iterable[int | str]) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
+class ModelConfig:
+    """What the config dataclasses of all architectures share: ``species`` (sorted atomic
+    numbers) and ``cutoff`` fields, presets, and plain-dict conversion. A subclass sets
+    ``PRESETS`` (name -> field values)."""
+
+    PRESETS: dict[str, dict[str, Any]] = {}
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any):
+        """Build a config from a named preset, then apply ``overrides``.
+
+        >>> cfg = NEMPConfig.preset("water-small", species=["H", "O"])
+        >>> cfg.num_channels, cfg.num_layers, cfg.cutoff
+        (4, 2, 4.5)
+        """
+        key = name.lower().replace("_", "-")
+        if key not in cls.PRESETS:
+            raise ValueError(f"unknown {cls.__name__} preset {name!r}; available: {', '.join(cls.PRESETS)}")
+        return cls(**{**cls.PRESETS[key], **overrides})
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]):
+        """Inverse of :meth:`to_dict`; unknown keys are an error (names are listed)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys {unknown}; known keys: {sorted(known)}")
+        return cls(**dict(data))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python dict (ints, floats, strings, lists, dicts) for files and YAML."""
+        out = dataclasses.asdict(self)
+        out["species"] = list(self.species)
+        return out
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)
+
+    def _limit_problems(self) -> list[str]:
+        """Normalise and check the fields of :mod:`ase_nemp.model.limits` that every
+        architecture has: ``isolated_atom_switch``, ``zbl``, ``zbl_radius_scale``."""
+        set_ = object.__setattr__
+        problems = []
+        if self.isolated_atom_switch is not None:
+            set_(self, "isolated_atom_switch", float(self.isolated_atom_switch))
+            if not self.isolated_atom_switch > 0:
+                problems.append(f"isolated_atom_switch must be positive or None (got {self.isolated_atom_switch})")
+        if not isinstance(self.zbl, bool):
+            problems.append(f"zbl must be true or false (got {self.zbl!r})")
+        set_(self, "zbl_radius_scale", float(self.zbl_radius_scale))
+        if not 0.0 < self.zbl_radius_scale <= 2.0:
+            problems.append(f"zbl_radius_scale must be in (0, 2] (got {self.zbl_radius_scale})")
+        return problems
+
+    @property
+    def num_species(self) -> int:
+        return len(self.species)
+
+    @property
+    def symbols(self) -> list[str]:
+        return [_SYMBOLS[z] for z in self.species]
+
+
 @dataclass(frozen=True)
-class NEMPConfig:
+class NEMPConfig(ModelConfig):
     """Every hyperparameter of an NEMP model (names of design/nemp-model.md section 1.2).
 
     Attributes
@@ -216,7 +280,7 @@ class NEMPConfig:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        set_(self, "species", _parse_species(self.species))
+        set_(self, "species", parse_species(self.species))
         for name in ("pair_mlp", "edge_mlp", "coeff_mlp", "readout_mlp"):
             set_(self, name, MLPSpec.parse(getattr(self, name)))
         set_(self, "cutoff", float(self.cutoff))
@@ -239,55 +303,9 @@ class NEMPConfig:
             problems.append(f"pair_input must be one of {_PAIR_INPUTS} (got {self.pair_input!r})")
         if not self.eps > 0:
             problems.append("eps must be positive")
-        if self.isolated_atom_switch is not None:
-            set_(self, "isolated_atom_switch", float(self.isolated_atom_switch))
-            if not self.isolated_atom_switch > 0:
-                problems.append(f"isolated_atom_switch must be positive or None (got {self.isolated_atom_switch})")
-        if not isinstance(self.zbl, bool):
-            problems.append(f"zbl must be true or false (got {self.zbl!r})")
-        set_(self, "zbl_radius_scale", float(self.zbl_radius_scale))
-        if not 0.0 < self.zbl_radius_scale <= 2.0:
-            problems.append(f"zbl_radius_scale must be in (0, 2] (got {self.zbl_radius_scale})")
+        problems += self._limit_problems()
         if problems:
             raise ValueError("invalid NEMPConfig: " + "; ".join(problems))
 
-    # -- construction -----------------------------------------------------------------
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "NEMPConfig":
-        """Build a config from a named preset of the paper, then apply ``overrides``.
 
-        >>> cfg = NEMPConfig.preset("water-small", species=["H", "O"])
-        >>> cfg.num_channels, cfg.num_layers, cfg.cutoff
-        (4, 2, 4.5)
-        """
-        key = name.lower().replace("_", "-")
-        if key not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
-        return cls(**{**PRESETS[key], **overrides})
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "NEMPConfig":
-        """Inverse of :meth:`to_dict`; unknown keys are an error (names are listed)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown NEMPConfig keys {unknown}; known keys: {sorted(known)}")
-        return cls(**dict(data))
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-Python dict (ints, floats, strings, lists, dicts) for files and YAML."""
-        out = dataclasses.asdict(self)
-        out["species"] = list(self.species)
-        return out
-
-    def replace(self, **changes: Any) -> "NEMPConfig":
-        return dataclasses.replace(self, **changes)
-
-    # -- derived sizes ----------------------------------------------------------------
-    @property
-    def num_species(self) -> int:
-        return len(self.species)
-
-    @property
-    def symbols(self) -> list[str]:
-        return [_SYMBOLS[z] for z in self.species]
+NEMPConfig.PRESETS = PRESETS

@@ -40,6 +40,7 @@ from torch import nn
 
 from ..graph import AtomicGraph
 from .angular import coupling_paths, degrees, normalized_spherical_harmonics, real_clebsch_gordan
+from .base import AtomisticModel, scatter
 from .config import NEMPConfig
 from .limits import coordination_switch, zbl_energies, zbl_tables
 from . import kernels
@@ -49,15 +50,11 @@ from .radial import polynomial_envelope
 
 __all__ = ["NEMP"]
 
-_MAX_Z = 119
+
+_scatter = scatter
 
 
-def _scatter(src: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
-    """Sum the rows of ``src`` into ``n`` bins given by ``index`` (the sum over e -> i)."""
-    return src.new_zeros((n,) + src.shape[1:]).index_add_(0, index, src)
-
-
-class NEMP(nn.Module):
+class NEMP(AtomisticModel):
     """Node-equivariant message-passing potential.
 
     Parameters
@@ -71,43 +68,21 @@ class NEMP(nn.Module):
 
     The model maps a batch of graphs to per-atom and per-structure energies in eV; it
     knows nothing of ASE. Forces and stress come from
-    :func:`ase_nemp.model.energy_forces_stress`.
-
-    Buffers that come from data rather than training: ``force_rms`` (sigma_F, the RMS
-    force component of the training data; the energy scale of the readout) and
-    ``atomic_energies`` (per-species reference energy added to every atom; the
-    reference code's mean energy per atom is the special case of all-equal entries).
-
-    ``atomic_energies`` stays float64 whatever the model's dtype: reference energies of
-    ~1e3 eV would be rounded to ~1e-4 eV per atom in float32. The network part is
-    computed in the model's dtype and promoted when the reference is added, so energies
-    are float64 while forces keep the model's dtype.
+    :func:`ase_nemp.model.energy_forces_stress`. The reference energies and the force
+    scale ``force_rms`` (sigma_F, the readout's energy scale) are those of
+    :class:`~ase_nemp.model.base.AtomisticModel`.
     """
 
-    def __init__(self, config: NEMPConfig, dtype: torch.dtype = torch.float64, seed: int | None = None) -> None:
-        super().__init__()
-        if seed is None:
-            self._build(config)
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                self._build(config)
-        self.to(dtype)
+    architecture = "nemp"
 
     # ------------------------------------------------------------------------------
     # construction
     # ------------------------------------------------------------------------------
     def _build(self, cfg: NEMPConfig) -> None:
-        self.config = cfg
+        self._register_species(cfg)
         S, C, NR, P = cfg.num_species, cfg.num_channels, cfg.num_radial, cfg.pair_dim
         L, lf, T = cfg.sh_lmax, cfg.feat_lmax, cfg.num_layers
         f64 = torch.float64
-
-        # species lookup: atomic number -> species index, -1 for unknown elements
-        z_to_index = torch.full((_MAX_Z,), -1, dtype=torch.long)
-        z_to_index[list(cfg.species)] = torch.arange(S)
-        self.register_buffer("z_to_index", z_to_index, persistent=False)
-        self.register_buffer("species_z", torch.tensor(cfg.species, dtype=torch.long), persistent=False)
 
         # pair-embedding input for the S^2 ordered pairs (a, b), row a*S + b
         a_idx, b_idx = torch.meshgrid(torch.arange(S), torch.arange(S), indexing="ij")
@@ -143,8 +118,6 @@ class NEMP(nn.Module):
         self.readout = ScaledMLP((T + 2) * C, 1, cfg.readout_mlp, bias=cfg.readout_bias)
         self.scale = nn.Parameter(torch.ones(S, dtype=f64))
         self.shift = nn.Parameter(torch.zeros(S, dtype=f64))
-        self.register_buffer("force_rms", torch.tensor(1.0, dtype=f64))
-        self.register_buffer("atomic_energies", torch.zeros(S, dtype=f64))
         if cfg.zbl:  # derived from the species: not stored in model files
             for name, table in zbl_tables(cfg.species, cfg.zbl_radius_scale).items():
                 self.register_buffer(name, table, persistent=False)
@@ -176,108 +149,18 @@ class NEMP(nn.Module):
         self.register_buffer("tp_coef", torch.tensor(coef, dtype=torch.float64)[:, None], persistent=False)
         self.paths = paths
 
-    def _apply(self, fn, recurse=True):
-        # keep the reference energies in float64 through .to(dtype) / .float() / .double()
-        e0 = self._buffers["atomic_energies"]
-        out = super()._apply(fn, recurse)
-        device = fn(torch.zeros(1, dtype=torch.float64, device=e0.device)).device
-        self._buffers["atomic_energies"] = e0.to(device=device, dtype=torch.float64)
-        return out
-
-    # ------------------------------------------------------------------------------
-    # public helpers
-    # ------------------------------------------------------------------------------
-    @property
-    def cutoff(self) -> float:
-        return self.config.cutoff
-
     @property
     def dtype(self) -> torch.dtype:
         return self.w_sp.dtype
 
-    @property
-    def device(self) -> torch.device:
-        return self.w_sp.device
+    def set_energy_shift(self, shift_per_species) -> None:
+        """The readout's per-species shift, in units of ``force_rms`` (set that first)."""
+        with torch.no_grad():
+            self.shift.copy_(torch.as_tensor(shift_per_species, dtype=torch.float64) / self.force_rms.double())
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def species_index(self, numbers: torch.Tensor) -> torch.Tensor:
-        """Map atomic numbers to species indices; unknown elements raise ``ValueError``."""
-        if numbers.numel() == 0:
-            return numbers.new_zeros(0)
-        bad = (numbers < 0) | (numbers >= _MAX_Z)
-        index = self.z_to_index[numbers.clamp(0, _MAX_Z - 1)]
-        bad = bad | (index < 0)
-        if bool(bad.any()):
-            from ase.data import chemical_symbols
-
-            unknown = sorted({int(z) for z in numbers[bad].tolist()})
-            names = [chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z={z}" for z in unknown]
-            raise ValueError(
-                f"element(s) {', '.join(names)} not known to this model; "
-                f"it was built for {', '.join(self.config.symbols)}"
-            )
-        return index
-
-    def set_reference_energies(self, atomic_energies: Any = None, force_rms: float | None = None) -> None:
-        """Set the data-derived buffers.
-
-        Parameters
-        ----------
-        atomic_energies : float, sequence of S floats, or {element: energy}, optional
-            Reference energy per species added to every atom (eV). A float applies to
-            every species (the reference code's mean energy per atom).
-        force_rms : float, optional
-            RMS force component of the training data (eV/Å), the readout's energy scale.
-        """
-        if atomic_energies is not None:
-            if isinstance(atomic_energies, dict):
-                from ase.data import atomic_numbers
-
-                by_z = {(atomic_numbers[k] if isinstance(k, str) else int(k)): float(v) for k, v in atomic_energies.items()}
-                missing = [s for z, s in zip(self.config.species, self.config.symbols) if z not in by_z]
-                if missing:
-                    raise ValueError(f"atomic energies missing for element(s) {', '.join(missing)}")
-                values = [by_z[z] for z in self.config.species]
-            elif np.ndim(atomic_energies) == 0:
-                values = [float(atomic_energies)] * self.config.num_species
-            else:
-                values = [float(v) for v in atomic_energies]
-                if len(values) != self.config.num_species:
-                    raise ValueError(f"need {self.config.num_species} atomic energies, got {len(values)}")
-            self.atomic_energies.copy_(torch.tensor(values, dtype=torch.float64))
-        if force_rms is not None:
-            if not force_rms > 0:
-                raise ValueError(f"force_rms must be positive, got {force_rms}")
-            self.force_rms.fill_(float(force_rms))
-
-    # ------------------------------------------------------------------------------
-    # forward
-    # ------------------------------------------------------------------------------
-    def forward(self, graph: AtomicGraph, fused: bool = False) -> dict[str, torch.Tensor]:
-        """Energies of a batch.
-
-        Parameters
-        ----------
-        graph : AtomicGraph
-        fused : bool
-            Use the fused CPU kernels (:mod:`ase_nemp.model.kernels`) where possible. Their
-            backward gives first derivatives only (forces, stress): leave this off when a
-            loss on forces is back-propagated.
-
-        Returns
-        -------
-        dict with ``"energy"`` (B,) total energy per structure and ``"energies"`` (N,)
-        per-atom energies (eV), both including the per-species reference energies.
-        """
-        graph = graph.checked(self.dtype)
-        species = self.species_index(graph.numbers)
-        energies = self.atomic_energies_of(
-            graph.positions, species, graph.edge_index, graph.shifts, graph.cell, graph.batch, fused=fused
-        )
-        energy = _scatter(energies, graph.batch, graph.num_graphs)
-        return {"energy": energy, "energies": energies}
+    def network_energies(self, graph: AtomicGraph, species: torch.Tensor, fused: bool = False) -> torch.Tensor:
+        return self.atomic_energies_of(graph.positions, species, graph.edge_index, graph.shifts, graph.cell,
+                                       graph.batch, fused=fused)
 
     def edge_vectors(
         self, positions: torch.Tensor, edge_index: torch.Tensor, shifts: torch.Tensor, cell: torch.Tensor, batch: torch.Tensor
@@ -301,7 +184,8 @@ class NEMP(nn.Module):
         trace: dict[str, Any] | None = None,
         fused: bool = False,
     ) -> torch.Tensor:
-        """Per-atom energies (N,) from positions, species indices and the edge list.
+        """Per-atom energies (N,) of the network (without the reference energies) from
+        positions, species indices and the edge list.
 
         ``trace``, if a dict, receives intermediate arrays named as in the parity files
         (``n``, ``Yhat``, ``sigma``, ``k``, ``w``, ``V_in``, ``V_prenorm``,
@@ -376,7 +260,7 @@ class NEMP(nn.Module):
             energies = energies * coordination_switch(coordination, cfg.isolated_atom_switch)
         if cfg.zbl:
             energies = energies + zbl_energies(r, pair, i, N, self._zbl_tables(), eps)
-        return energies + self.atomic_energies.index_select(0, species)
+        return energies
 
     def _zbl_tables(self) -> dict[str, torch.Tensor]:
         return {"zbl_charge": self.zbl_charge, "zbl_length": self.zbl_length, "zbl_rmax": self.zbl_rmax}

@@ -12,21 +12,21 @@ from ase import Atoms
 
 from ..devices import resolve_device
 from ..io import load, resolve_dtype
-from ..model import NEMP, Committee, committee_energy_forces_stress, committee_statistics, energy_forces_stress
+from ..model import AtomisticModel, Committee, committee_energy_forces_stress, committee_statistics, energy_forces_stress
 from .data import LabelKeys, Sample, build_samples, make_batch, read_structures
 from .loss import ErrorStats
 
 __all__ = ["evaluate", "format_table", "predictions", "calibration", "format_calibration"]
 
 
-def _as_model(model: NEMP | Committee | str | os.PathLike, device, dtype) -> NEMP | Committee:
-    if isinstance(model, (NEMP, Committee)):
+def _as_model(model: AtomisticModel | Committee | str | os.PathLike, device, dtype) -> AtomisticModel | Committee:
+    if isinstance(model, (AtomisticModel, Committee)):
         return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     return load(model, device=device, dtype=dtype)
 
 
 def predictions(
-    model: NEMP | Committee | str | os.PathLike,
+    model: AtomisticModel | Committee | str | os.PathLike,
     frames: Sequence[Atoms] | Sequence[Sample] | str | os.PathLike,
     keys: LabelKeys = LabelKeys(),
     batch_size: int = 16,

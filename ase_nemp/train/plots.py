@@ -55,7 +55,7 @@ def parity_plot(pred: dict[str, np.ndarray], ref: dict[str, np.ndarray], path: s
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
         rmse = float(np.sqrt(np.mean((y - x) ** 2)))
         ax.set_xlabel(f"reference {name} ({unit})")
-        ax.set_ylabel(f"NEMP {name} ({unit})")
+        ax.set_ylabel(f"model {name} ({unit})")
         ax.set_title(f"{name}: RMSE {1e3 * rmse:.2f} m{unit}")
         ax.grid(alpha=0.3)
     if title:

@@ -30,7 +30,7 @@ import torch
 
 from ..io import FolderLock, atomic_write, load, resolve_dtype, save
 from ..signals import deferred_stop
-from ..model import NEMP, Committee, NEMPConfig, energy_forces_stress
+from ..model import AtomisticModel, Committee, ModelConfig, config_class, energy_forces_stress, model_class
 from .config import RunConfig, TrainConfig, _coerce
 from .data import (
     LabelKeys,
@@ -99,12 +99,13 @@ def prepare_data(run: RunConfig, cutoff: float, species: tuple[int, ...] | None,
 
 
 def build_model(run: RunConfig, train: list[Sample], valid: list[Sample], species: tuple[int, ...],
-                seed: int | None = None) -> NEMP:
-    """Model from the ``model`` section, with E0s, force scale and readout shift from the data.
+                seed: int | None = None) -> AtomisticModel:
+    """Model from the ``model`` section (``architecture``: nemp by default), with E0s, force
+    scale and readout shift from the data.
 
     ``seed`` (default ``training.seed``) seeds the initial parameters."""
-    cfg = model_config(run.model, species)
-    model = NEMP(cfg, dtype=torch.float64, seed=run.training.seed if seed is None else seed)
+    architecture, cfg = model_config(run.model, species)
+    model = model_class(architecture)(cfg, dtype=torch.float64, seed=run.training.seed if seed is None else seed)
     # reference energies: isolated atoms if given, else a least-squares fit on the training set
     numbers = [s.graph.numbers.numpy() for s in train]
     energies = [s.energy for s in train]
@@ -124,26 +125,31 @@ def build_model(run: RunConfig, train: list[Sample], valid: list[Sample], specie
     model.set_reference_energies(e0.tolist(), force_rms=max(force_rms, 1e-3))
     # start the per-species readout shift at the least-squares residual per atom
     residual = [e - float(np.sum(e0[np.searchsorted(cfg.species, n)])) for e, n in zip(energies, numbers)]
-    shift = fit_atomic_energies(numbers, residual, cfg.species) / model.force_rms.item()
-    with torch.no_grad():
-        model.shift.copy_(torch.as_tensor(shift))
+    model.set_energy_shift(fit_atomic_energies(numbers, residual, cfg.species))
     return model
 
 
-def model_config(section: dict, species: tuple[int, ...] | None) -> NEMPConfig:
-    """The ``model`` section as an NEMPConfig for data with elements ``species`` (None
-    before the data are read: a placeholder element, for settings such as the cutoff)."""
+def model_config(section: dict, species: tuple[int, ...] | None) -> tuple[str, ModelConfig]:
+    """``(architecture, config)`` from the ``model`` section for data with elements
+    ``species`` (None before the data are read: a placeholder element, for settings such
+    as the cutoff). ``architecture`` (default ``nemp``) picks the config class."""
     fields = dict(section)
     preset = fields.pop("preset", None)
-    known = {f.name for f in dataclasses.fields(NEMPConfig)}
+    architecture = str(fields.pop("architecture", "nemp")).lower()
+    try:
+        config_cls = config_class(architecture)
+    except ValueError as err:
+        raise ValueError(f"model.architecture: {err}") from None
+    known = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(fields) - known)
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in section 'model'; known keys: ['preset', {str(sorted(known))[1:]}")
-    hints = typing.get_type_hints(NEMPConfig)
+        raise ValueError(f"unknown key(s) {unknown} in section 'model' for architecture {architecture!r}; known keys: "
+                         f"['architecture', 'preset', {str(sorted(known))[1:]}")
+    hints = typing.get_type_hints(config_cls)
     fields = {k: _coerce(v, hints[k], f"model.{k}") for k, v in fields.items()}
     fields.setdefault("species", species or (1,))
     try:
-        cfg = NEMPConfig.preset(preset, **fields) if preset else NEMPConfig(**fields)
+        cfg = config_cls.preset(preset, **fields) if preset else config_cls(**fields)
     except TypeError as err:  # a wrong type inside a structured field (an MLP spec, the species)
         raise ValueError(f"invalid value in section 'model': {err}") from None
     missing = sorted(set(species or ()) - set(cfg.species))
@@ -152,7 +158,7 @@ def model_config(section: dict, species: tuple[int, ...] | None) -> NEMPConfig:
 
         raise ValueError(f"model.species {list(cfg.symbols)} lacks element(s) "
                          f"{', '.join(chemical_symbols[z] for z in missing)} found in the data")
-    return cfg
+    return architecture, cfg
 
 
 # ---------------------------------------------------------------------------------------
@@ -180,7 +186,7 @@ def _check_fresh_folder(out: Path, config_text: str | None = None) -> None:
 
 
 class Trainer:
-    """Train an NEMP model from a :class:`RunConfig`.
+    """Train a model (any architecture) from a :class:`RunConfig`.
 
     Parameters
     ----------
@@ -241,13 +247,15 @@ class Trainer:
             start = self._starting_model(load(self.cfg.init_from, dtype=torch.float64))
             species, cutoff = start.config.species, start.config.cutoff
         else:
-            species, cutoff = None, model_config(self.run.model, None).cutoff
+            species, cutoff = None, model_config(self.run.model, None)[1].cutoff
         if data is not None:
             self.train_set, self.valid_set, species = data
         else:
             self.train_set, self.valid_set, species = prepare_data(self.run, cutoff, species, self.progress)
         if ckpt:
-            model = NEMP(NEMPConfig.from_dict(ckpt["model_config"]), dtype=torch.float64)
+            architecture = ckpt.get("architecture", "nemp")  # checkpoints before the registry: NEMP
+            model = model_class(architecture)(config_class(architecture).from_dict(ckpt["model_config"]),
+                                              dtype=torch.float64)
             model.load_state_dict(ckpt["model"])
         elif start is not None:
             model = start
@@ -276,7 +284,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self._write_config()
 
-    def _starting_model(self, start) -> NEMP:
+    def _starting_model(self, start) -> AtomisticModel:
         """The model an ``init_from`` run starts from: the file's model, or member k of its committee."""
         size = self.cfg.committee
         if isinstance(start, Committee):
@@ -441,7 +449,7 @@ class Trainer:
         st["perm"], st["step_in_epoch"], st["epoch_loss_sum"], st["epoch_loss_count"] = None, 0, 0.0, 0
         return mean
 
-    def validate(self, model: NEMP | None = None, samples: list[Sample] | None = None) -> tuple[float, dict]:
+    def validate(self, model: AtomisticModel | None = None, samples: list[Sample] | None = None) -> tuple[float, dict]:
         """Validation loss sqrt(sum loss / n) and error statistics (EMA model).
 
         The loss uses the configured weights (``energy_weight``, ``force_weight``,
@@ -552,6 +560,7 @@ class Trainer:
         _atomic_torch_save({
             "version": CHECKPOINT_VERSION,
             "run": self.run.to_dict(),
+            "architecture": self.model.architecture,
             "model_config": self.model.config.to_dict(),
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),

@@ -1,0 +1,188 @@
+"""What every architecture shares: species indexing, float64 reference energies, the
+data-derived energy scale, and the forward pass from a graph to energies.
+
+An architecture subclasses :class:`AtomisticModel`, builds its network in ``_build`` from
+its frozen config (which has ``species``, ``cutoff`` and ``symbols``), calls
+:meth:`_register_species` there, and implements :meth:`network_energies`: the per-atom
+energies of the network, in eV, without the reference energies. The calculator, the
+derivatives, model files and the trainer only use this interface.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..graph import AtomicGraph
+
+__all__ = ["AtomisticModel", "scatter"]
+
+_MAX_Z = 119
+
+
+def scatter(src: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
+    """Sum the rows of ``src`` into ``n`` bins given by ``index`` (the sum over e -> i)."""
+    return src.new_zeros((n,) + src.shape[1:]).index_add_(0, index, src)
+
+
+class AtomisticModel(nn.Module):
+    """Base of the architectures: a batch of graphs in, per-atom and per-structure energies out.
+
+    Buffers that come from data rather than training: ``force_rms`` (the RMS force
+    component of the training data, eV/Å; an energy scale for the network's output) and
+    ``atomic_energies`` (the reference energy E0 of each species, eV, added to every
+    atom). ``atomic_energies`` stays float64 whatever the model's dtype: reference
+    energies of ~1e3 eV would be rounded to ~1e-4 eV per atom in float32. The network is
+    computed in the model's dtype and promoted when the reference is added, so energies
+    are float64 while forces keep the model's dtype.
+
+    Attributes
+    ----------
+    architecture : str
+        The registry name (``"nemp"``, ``"equireann"``...), stored in model files.
+    conservative : bool
+        Forces are ``-dE/dx`` by autograd (and stress the strain derivative). A
+        direct-force model sets it false and returns forces from :meth:`forward`.
+    """
+
+    architecture = ""
+    conservative = True
+
+    def __init__(self, config: Any, dtype: torch.dtype = torch.float64, seed: int | None = None) -> None:
+        super().__init__()
+        if seed is None:
+            self._build(config)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self._build(config)
+        self.to(dtype)
+
+    def _build(self, config: Any) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _register_species(self, config: Any) -> None:
+        """The species lookup and the data-derived buffers; call first in ``_build``."""
+        self.config = config
+        S = len(config.species)
+        z_to_index = torch.full((_MAX_Z,), -1, dtype=torch.long)
+        z_to_index[list(config.species)] = torch.arange(S)
+        self.register_buffer("z_to_index", z_to_index, persistent=False)
+        self.register_buffer("species_z", torch.tensor(config.species, dtype=torch.long), persistent=False)
+        self.register_buffer("force_rms", torch.tensor(1.0, dtype=torch.float64))
+        self.register_buffer("atomic_energies", torch.zeros(S, dtype=torch.float64))
+
+    def _apply(self, fn, recurse=True):
+        # keep the reference energies in float64 through .to(dtype) / .float() / .double()
+        e0 = self._buffers["atomic_energies"]
+        out = super()._apply(fn, recurse)
+        device = fn(torch.zeros(1, dtype=torch.float64, device=e0.device)).device
+        self._buffers["atomic_energies"] = e0.to(device=device, dtype=torch.float64)
+        return out
+
+    # -- properties ---------------------------------------------------------------------
+    @property
+    def cutoff(self) -> float:
+        return self.config.cutoff
+
+    @property
+    def species(self) -> tuple[int, ...]:
+        return tuple(self.config.species)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(p for p in self.parameters() if p.is_floating_point()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.force_rms.device
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # -- species and reference energies --------------------------------------------------
+    def species_index(self, numbers: torch.Tensor) -> torch.Tensor:
+        """Map atomic numbers to species indices; unknown elements raise ``ValueError``."""
+        if numbers.numel() == 0:
+            return numbers.new_zeros(0)
+        bad = (numbers < 0) | (numbers >= _MAX_Z)
+        index = self.z_to_index[numbers.clamp(0, _MAX_Z - 1)]
+        bad = bad | (index < 0)
+        if bool(bad.any()):
+            from ase.data import chemical_symbols
+
+            unknown = sorted({int(z) for z in numbers[bad].tolist()})
+            names = [chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z={z}" for z in unknown]
+            raise ValueError(
+                f"element(s) {', '.join(names)} not known to this model; "
+                f"it was built for {', '.join(self.config.symbols)}"
+            )
+        return index
+
+    def set_reference_energies(self, atomic_energies: Any = None, force_rms: float | None = None) -> None:
+        """Set the data-derived buffers.
+
+        Parameters
+        ----------
+        atomic_energies : float, sequence of S floats, or {element: energy}, optional
+            Reference energy per species added to every atom (eV). A float applies to
+            every species.
+        force_rms : float, optional
+            RMS force component of the training data (eV/Å), the network's energy scale.
+        """
+        if atomic_energies is not None:
+            if isinstance(atomic_energies, dict):
+                from ase.data import atomic_numbers
+
+                by_z = {(atomic_numbers[k] if isinstance(k, str) else int(k)): float(v) for k, v in atomic_energies.items()}
+                missing = [s for z, s in zip(self.config.species, self.config.symbols) if z not in by_z]
+                if missing:
+                    raise ValueError(f"atomic energies missing for element(s) {', '.join(missing)}")
+                values = [by_z[z] for z in self.config.species]
+            elif np.ndim(atomic_energies) == 0:
+                values = [float(atomic_energies)] * len(self.config.species)
+            else:
+                values = [float(v) for v in atomic_energies]
+                if len(values) != len(self.config.species):
+                    raise ValueError(f"need {len(self.config.species)} atomic energies, got {len(values)}")
+            self.atomic_energies.copy_(torch.tensor(values, dtype=torch.float64))
+        if force_rms is not None:
+            if not force_rms > 0:
+                raise ValueError(f"force_rms must be positive, got {force_rms}")
+            self.force_rms.fill_(float(force_rms))
+
+    def set_energy_shift(self, shift_per_species: Any) -> None:
+        """Start the network's per-atom output at ``shift_per_species`` (eV, S values):
+        the residual of the data after the reference energies. Architectures without a
+        per-species output shift ignore it."""
+
+    # -- forward -------------------------------------------------------------------------
+    def network_energies(self, graph: AtomicGraph, species: torch.Tensor, fused: bool = False) -> torch.Tensor:
+        """Per-atom energies (N,) of the network in eV, without the reference energies."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def forward(self, graph: AtomicGraph, fused: bool = False) -> dict[str, torch.Tensor]:
+        """Energies of a batch.
+
+        Parameters
+        ----------
+        graph : AtomicGraph
+        fused : bool
+            Use fused CPU kernels where the architecture has them (inference with first
+            derivatives only); leave off when a loss on forces is back-propagated.
+
+        Returns
+        -------
+        dict with ``"energy"`` (B,) total energy per structure and ``"energies"`` (N,)
+        per-atom energies (eV), both including the per-species reference energies.
+        """
+        graph = graph.checked(self.dtype)
+        species = self.species_index(graph.numbers)
+        energies = self.network_energies(graph, species, fused=fused) + self.atomic_energies.index_select(0, species)
+        return {"energy": scatter(energies, graph.batch, graph.num_graphs), "energies": energies}
+
+    def extra_repr(self) -> str:
+        return f"species={self.config.symbols}, cutoff={self.cutoff}, parameters={self.num_parameters():,}"
