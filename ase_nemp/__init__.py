@@ -4,7 +4,8 @@ Public API::
 
     NEMPConfig, NEMP            hyperparameters and the torch module (ase_nemp.model)
     EquiREANNConfig, EquiREANN  the EquiREANN architecture, behind the same interface
-    create_model                any architecture by name ("nemp", "equireann")
+    LEIGNNConfig, LEIGNN        LEIGNN (direct or conservative forces)
+    create_model                any architecture by name ("nemp", "equireann", "leignn")
     energy_forces_stress        forces and stress by autograd
     save, load                  model files (ase_nemp.io)
     convert.from_reference      models from the NEMP authors' parameter layout
@@ -22,7 +23,8 @@ from ._version import __version__
 from .calculator import NEMPCalculator
 from .graph import AtomicGraph, collate
 from .io import load, save
-from .model import NEMP, EquiREANN, EquiREANNConfig, NEMPConfig, create_model, energy_forces_stress
+from .model import (NEMP, LEIGNN, EquiREANN, EquiREANNConfig, LEIGNNConfig, NEMPConfig, create_model,
+                    energy_forces_stress)
 from .nl import NeighbourList, build_graph
 
 __all__ = [
@@ -31,6 +33,8 @@ __all__ = [
     "NEMPConfig",
     "EquiREANN",
     "EquiREANNConfig",
+    "LEIGNN",
+    "LEIGNNConfig",
     "create_model",
     "NEMPCalculator",
     "energy_forces_stress",

@@ -29,6 +29,11 @@ from .nl import NeighbourList, build_graph
 __all__ = ["NEMPCalculator", "StressUnavailableError"]
 
 
+_NO_STRESS = ("stress needs forces that are the gradient of the energy; this model reads its forces from a "
+              "direct head (LEIGNN force_mode 'direct'), so it has no stress. Use force_mode 'conservative' for "
+              "stress and cell relaxations.")
+
+
 def _chunks(indices: list[int], sizes: list[int], max_atoms: int) -> list[list[int]]:
     """Consecutive groups of ``indices`` of at most ``max_atoms`` atoms (a larger single
     structure forms a group alone)."""
@@ -132,8 +137,11 @@ class NEMPCalculator(Calculator):
             p.requires_grad_(False)
         self.model = model
         self.is_committee = isinstance(model, Committee)
-        self.implemented_properties = list(type(self).implemented_properties) + (
-            self.committee_properties if self.is_committee else [])
+        single = model.members[0] if self.is_committee else model
+        self.conservative = bool(getattr(single, "conservative", True))
+        self.implemented_properties = [p for p in type(self).implemented_properties
+                                       if self.conservative or p != "stress"]
+        self.implemented_properties += self.committee_properties if self.is_committee else []
         self.neighbour_list = NeighbourList(model.cutoff, skin=skin)
         self._lock = threading.RLock()
         if compile:
@@ -165,6 +173,8 @@ class NEMPCalculator(Calculator):
             self.neighbour_list.reset()
 
     def get_property(self, name, atoms=None, allow_calculation=True):
+        if name == "stress" and not self.conservative:
+            raise PropertyNotImplementedError(_NO_STRESS)
         if name in self.committee_properties and not self.is_committee:
             raise PropertyNotImplementedError(
                 f"{name!r} needs a committee model (several members whose spread estimates the error); this "
@@ -235,6 +245,8 @@ class NEMPCalculator(Calculator):
     def _evaluate(self, structures: list[Atoms], lists: list[NeighbourList | None], properties) -> list[dict]:
         """Results of ``structures`` (one disjoint graph, one model call), one dict each."""
         want_stress = "stress" in properties
+        if want_stress and not self.conservative:
+            raise PropertyNotImplementedError(_NO_STRESS)
         for k, atoms in enumerate(structures):
             if want_stress and not atoms.pbc.all():
                 which = "this one" if len(structures) == 1 else f"structure {k} of the batch"

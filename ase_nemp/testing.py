@@ -13,10 +13,11 @@ import torch
 from ase import Atoms
 
 from .graph import AtomicGraph
-from .model import NEMP, EquiREANN, EquiREANNConfig, ModelConfig, NEMPConfig, energy_forces_stress
+from .model import (NEMP, LEIGNN, EquiREANN, EquiREANNConfig, LEIGNNConfig, ModelConfig, NEMPConfig,
+                    energy_forces_stress)
 from .nl import build_graph
 
-__all__ = ["tiny_config", "tiny_equireann_config", "tiny_configs", "random_model", "random_molecule", "random_crystal", "evaluate"]
+__all__ = ["tiny_config", "tiny_equireann_config", "tiny_leignn_config", "tiny_configs", "random_model", "random_molecule", "random_crystal", "evaluate"]
 
 
 def tiny_config(**overrides: Any) -> NEMPConfig:
@@ -37,12 +38,21 @@ def tiny_equireann_config(**overrides: Any) -> EquiREANNConfig:
     return EquiREANNConfig(**base)
 
 
+def tiny_leignn_config(**overrides: Any) -> LEIGNNConfig:
+    """A small LEIGNN configuration (H = 8, T = 2, R = 8), direct forces unless overridden."""
+    base = dict(species=(1, 6, 8), cutoff=3.5, num_channels=8, num_layers=2, num_radial=8)
+    base.update(overrides)
+    return LEIGNNConfig(**base)
+
+
 def tiny_configs(**overrides: Any) -> dict[str, ModelConfig]:
-    """One tiny configuration per architecture (and species input), by test id."""
+    """One tiny configuration per architecture (and variant), by test id."""
     return {
         "nemp": tiny_config(**overrides),
         "equireann": tiny_equireann_config(**overrides),
         "equireann-atomic-number": tiny_equireann_config(species_input="atomic_number", **overrides),
+        "leignn-direct": tiny_leignn_config(**overrides),
+        "leignn-conservative": tiny_leignn_config(force_mode="conservative", **overrides),
     }
 
 
@@ -57,6 +67,12 @@ def random_model(config: ModelConfig | None = None, seed: int = 0, dtype: torch.
     config = config or tiny_config()
     if isinstance(config, EquiREANNConfig):
         return _random_equireann(config, seed).to(dtype)
+    if isinstance(config, LEIGNNConfig):  # PyTorch's default initialisation is random throughout
+        model = LEIGNN(config, dtype=torch.float64, seed=seed)
+        gen = torch.Generator().manual_seed(seed + 1)
+        model.set_reference_energies((-10.0 * torch.rand(config.num_species, generator=gen, dtype=torch.float64)).tolist(),
+                                     force_rms=1.3)
+        return model.to(dtype)
     model = NEMP(config, dtype=torch.float64, seed=seed)
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():

@@ -96,6 +96,25 @@ def test_equireann_trains_resumes_and_evaluates(data_file, tmp_path, capsys):
                                      "output": {"dir": str(tmp_path / "bad")}}))
 
 
+@pytest.mark.parametrize("force_mode", ["direct", "conservative"])
+def test_leignn_trains_in_both_force_modes(force_mode, data_file, tmp_path, capsys):
+    from ase_nemp.model import LEIGNN
+
+    run = RunConfig.from_dict({
+        "data": {"train": str(data_file), "valid_fraction": 0.25},
+        "model": dict(architecture="leignn", force_mode=force_mode, cutoff=3.5, num_channels=8, num_layers=2,
+                      num_radial=8),
+        "training": dict(epochs=4, batch_size=3, dtype="float64", seed=1, lr_peak=5e-3, warmup_epochs=0,
+                         ema_decay=0.5),
+        "output": {"dir": str(tmp_path / force_mode)}})
+    history = trained(run).state["history"]
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+    best = load(tmp_path / force_mode / "best.pt")
+    assert isinstance(best, LEIGNN) and best.conservative == (force_mode == "conservative")
+    assert main(["eval", str(tmp_path / force_mode / "best.pt"), str(data_file)]) == 0
+    assert "F RMSE (meV/Å)" in capsys.readouterr().out
+
+
 def state_of(trainer):
     return {k: v.clone() for k, v in trainer.model.state_dict().items()} | {
         f"ema.{k}": v.clone() for k, v in trainer.ema.state_dict().items()}

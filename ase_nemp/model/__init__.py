@@ -11,9 +11,10 @@ from .committee import Committee, committee_energy_forces_stress, committee_stat
 from .config import MLPSpec, ModelConfig, NEMPConfig, PRESETS
 from .derivatives import energy_forces_stress
 from .equireann import EquiREANN, EquiREANNConfig
+from .leignn import LEIGNN, LEIGNNConfig
 from .nemp import NEMP
 from .registry import ARCHITECTURES, config_class, create_model, model_class
 
 __all__ = ["NEMP", "NEMPConfig", "MLPSpec", "PRESETS", "energy_forces_stress", "Committee",
            "committee_energy_forces_stress", "committee_statistics", "AtomisticModel", "ModelConfig",
-           "EquiREANN", "EquiREANNConfig", "ARCHITECTURES", "create_model", "config_class", "model_class"]
+           "EquiREANN", "EquiREANNConfig", "LEIGNN", "LEIGNNConfig", "ARCHITECTURES", "create_model", "config_class", "model_class"]

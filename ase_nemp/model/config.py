@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 from ase.data import atomic_numbers as _ATOMIC_NUMBERS
 from ase.data import chemical_symbols as _SYMBOLS
@@ -143,12 +143,22 @@ def parse_species(species: Iterable[int | str]) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
+@dataclass(frozen=True)
 class ModelConfig:
     """What the config dataclasses of all architectures share: ``species`` (sorted atomic
-    numbers) and ``cutoff`` fields, presets, and plain-dict conversion. A subclass sets
-    ``PRESETS`` (name -> field values)."""
+    numbers), ``cutoff`` (Å), the guard ``eps`` and the fields of the limits that hold for
+    every architecture (:mod:`ase_nemp.model.limits`: ``isolated_atom_switch``, ``zbl``,
+    ``zbl_radius_scale``), presets and plain-dict conversion. A subclass sets ``PRESETS``
+    (name -> field values) and may change the defaults."""
 
-    PRESETS: dict[str, dict[str, Any]] = {}
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    species: tuple[int, ...] = field(default=(1, 8))
+    cutoff: float = 5.0
+    eps: float = 1e-6
+    isolated_atom_switch: float | None = 0.5
+    zbl: bool = False
+    zbl_radius_scale: float = 0.6
 
     @classmethod
     def preset(cls, name: str, **overrides: Any):
@@ -273,10 +283,6 @@ class NEMPConfig(ModelConfig):
     use_feature_norm: bool = True
     readout_bias: bool = False
     pair_input: str = "one_hot"
-    eps: float = 1e-6
-    isolated_atom_switch: float | None = 0.5
-    zbl: bool = False
-    zbl_radius_scale: float = 0.6
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__

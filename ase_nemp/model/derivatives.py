@@ -5,6 +5,9 @@ Stress uses a symmetric strain (spec section 1.1): positions and cells are repla
 ``eps = 0`` a (B, 3, 3) leaf; then ``stress = (1/V) dE/deps`` with ``V = |det H|``.
 This is ASE's sign convention (positive when stretching raises the energy; pressure
 is ``-trace(stress)/3``) and the virial is ``-V stress``.
+
+A model with ``conservative = False`` (LEIGNN with direct forces) returns its forces from
+``forward``; they are passed on as they are, and stress is refused (StressNotAvailable).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import torch
 
 from ..graph import AtomicGraph
 
-__all__ = ["energy_forces_stress"]
+__all__ = ["energy_forces_stress", "StressNotAvailable"]
 
 
 def energy_forces_stress(
@@ -45,6 +48,8 @@ def energy_forces_stress(
     dict with ``energy`` (B,), ``energies`` (N,) and, as requested, ``forces``,
     ``stress`` and ``virial``. Without ``training`` the results are detached.
     """
+    if not getattr(model, "conservative", True):
+        return _direct(model, graph, forces, stress, training)
     positions, cell = graph.positions, graph.cell
     inputs = []
     if forces or stress:
@@ -77,3 +82,20 @@ def energy_forces_stress(
     if not training:
         result = {k: v.detach() for k, v in result.items()}
     return result
+
+
+class StressNotAvailable(ValueError):
+    """Stress asked of a model whose forces are not the gradient of its energy."""
+
+
+def _direct(model, graph: AtomicGraph, forces: bool, stress: bool, training: bool) -> dict[str, torch.Tensor]:
+    """A direct-force model: forces are one of its outputs, and there is no stress."""
+    if stress:
+        raise StressNotAvailable(
+            "stress needs forces that are the gradient of the energy; this model reads its forces from a direct "
+            "head (LEIGNN force_mode 'direct'). Use force_mode 'conservative' for stress and cell relaxations.")
+    with torch.set_grad_enabled(training):
+        out = model(graph, fused=not training)
+    if not forces:
+        out = {k: v for k, v in out.items() if k != "forces"}
+    return out if training else {k: v.detach() for k, v in out.items()}

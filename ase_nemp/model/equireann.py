@@ -90,10 +90,6 @@ class EquiREANNConfig(ModelConfig):
     readout_layernorm: bool = False
     neigh_scale: float = 20.0
     species_input: str = "table"
-    eps: float = 1e-6
-    isolated_atom_switch: float | None = 0.5
-    zbl: bool = False
-    zbl_radius_scale: float = 0.6
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__

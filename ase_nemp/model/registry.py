@@ -15,6 +15,7 @@ import torch
 from .base import AtomisticModel
 from .config import ModelConfig, NEMPConfig
 from .equireann import EquiREANN, EquiREANNConfig
+from .leignn import LEIGNN, LEIGNNConfig
 from .nemp import NEMP
 
 __all__ = ["ARCHITECTURES", "create_model", "config_class", "model_class"]
@@ -23,6 +24,7 @@ __all__ = ["ARCHITECTURES", "create_model", "config_class", "model_class"]
 ARCHITECTURES: dict[str, tuple[type[AtomisticModel], type[ModelConfig]]] = {
     "nemp": (NEMP, NEMPConfig),
     "equireann": (EquiREANN, EquiREANNConfig),
+    "leignn": (LEIGNN, LEIGNNConfig),
 }
 
 
@@ -47,7 +49,7 @@ def create_model(architecture: str, species: Iterable[int | str], preset: str | 
 
     Parameters
     ----------
-    architecture : {"nemp", "equireann"}
+    architecture : {"nemp", "equireann", "leignn"}
     species : elements the model knows (symbols or atomic numbers)
     preset : str, optional
         A named preset of the architecture's config (``NEMPConfig.PRESETS``...).
@@ -56,7 +58,7 @@ def create_model(architecture: str, species: Iterable[int | str], preset: str | 
         from the global RNG.
     dtype : torch.dtype
     **overrides
-        Any field of the architecture's config.
+        Any field of the architecture's config (for LEIGNN e.g. ``force_mode="conservative"``).
     """
     model_cls, config_cls = _entry(architecture)
     fields = {**overrides, "species": species}

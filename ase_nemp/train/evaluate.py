@@ -45,6 +45,7 @@ def predictions(
     model = _as_model(model, device, dtype)
     model.eval()
     is_committee = isinstance(model, Committee)
+    conservative = bool(getattr(model.members[0] if is_committee else model, "conservative", True))
     if isinstance(frames, (str, os.PathLike)):
         frames = read_structures(frames)
     if len(frames) and isinstance(frames[0], Sample):
@@ -57,7 +58,7 @@ def predictions(
     ref = {k: [] for k in names}
     for start in range(0, len(samples), batch_size):
         batch = make_batch(samples[start : start + batch_size]).to(device, model.dtype)
-        want_stress = bool(batch.has_stress.any())
+        want_stress = bool(batch.has_stress.any()) and conservative
         if is_committee:
             out = committee_statistics(committee_energy_forces_stress(model, batch.graph, stress=want_stress))
             pred["energy_uncertainty"].append(out["energy_uncertainty"].double().cpu().numpy())

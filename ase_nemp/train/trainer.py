@@ -375,7 +375,9 @@ class Trainer:
     def _loss_and_grads(self, samples: list[Sample], weights: LossWeights, params: list[torch.Tensor]):
         """Loss of a set of structures and its gradient with respect to ``params``."""
         batch = make_batch(samples).to(self.device, self.dtype)
-        out = energy_forces_stress(self.model, batch.graph, stress=bool(weights.stress), training=True)
+        # a direct-force model (LEIGNN) has no stress: its stress labels are not used
+        out = energy_forces_stress(self.model, batch.graph, stress=bool(weights.stress) and self.model.conservative,
+                                   training=True)
         loss = batch_loss(out, batch, weights)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         return loss.detach(), [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
@@ -463,7 +465,7 @@ class Trainer:
         total = 0.0
         model.eval()
         for _, batch in self._batches(samples, list(range(len(samples))), self.cfg.valid_batch_size):
-            out = energy_forces_stress(model, batch.graph, stress=bool(batch.has_stress.any()))
+            out = energy_forces_stress(model, batch.graph, stress=bool(batch.has_stress.any()) and model.conservative)
             total += batch_loss(out, batch, weights).item()
             stats.add(out, batch)
         return math.sqrt(total / len(samples)), stats.summary()
