@@ -1,4 +1,5 @@
-"""Parameter count and cost of one energy+forces evaluation for every preset.
+"""Parameter count and cost of one energy+forces evaluation for every preset of every
+architecture (NEMP, EquiREANN, LEIGNN in both force modes).
 
 System: the 192-atom periodic water box ``../shared/data/water/water-64.extxyz``
 (elements of each preset's typical data set are added so the species tables have their
@@ -6,7 +7,7 @@ real size; the box itself only holds H and O). The neighbour list is built once,
 outside the timing; the time is the median of several energy+forces calls on random
 weights.
 
-    python benchmarks/model_cost.py [--threads 1] [--dtype float32] [--repeat 5]
+    python benchmarks/model_cost.py [--threads 1] [--dtype float32] [--repeat 5] [--architecture all]
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import torch
 from ase.data import chemical_symbols
 from ase.io import read
 
-from ase_nemp import NEMP, NEMPConfig, build_graph, energy_forces_stress
-from ase_nemp.model import PRESETS
+from ase_nemp import build_graph, create_model, energy_forces_stress
+from ase_nemp.model import ARCHITECTURES, config_class
 
 ROOT = Path(__file__).resolve().parents[1]
 WATER = ROOT.parent / "shared" / "data" / "water" / "water-64.extxyz"
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float64")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--structure", type=Path, default=WATER)
+    parser.add_argument("--architecture", choices=[*ARCHITECTURES, "all"], default="all")
     args = parser.parse_args()
     if not args.structure.exists():
         raise SystemExit(f"structure file not found: {args.structure}")
@@ -49,10 +51,16 @@ def main() -> None:
     atoms = read(args.structure)
 
     print(f"{len(atoms)}-atom water box, {args.dtype}, {args.threads} thread(s), median of {args.repeat}\n")
-    print(f"| preset | species | parameters | cutoff (Å) | edges | energy+forces (ms) | µs/atom |")
-    print(f"|---|---|---|---|---|---|---|")
-    for name in PRESETS:
-        model = NEMP(NEMPConfig.preset(name, species=SPECIES[name]), dtype=dtype, seed=0)
+    print("| architecture | preset | species | parameters | cutoff (Å) | edges | energy+forces (ms) | µs/atom |")
+    print("|---|---|---|---|---|---|---|---|")
+    rows = []
+    for arch in ARCHITECTURES if args.architecture == "all" else [args.architecture]:
+        for name in config_class(arch).PRESETS:
+            for mode in ("direct", "conservative") if arch == "leignn" else (None,):
+                rows.append((arch, name, {} if mode is None else {"force_mode": mode}))
+    for arch, name, extra in rows:
+        species = SPECIES.get(name, ["H", "O"]) if arch == "nemp" else ["H", "O"]
+        model = create_model(arch, species=species, preset=name, dtype=dtype, seed=0, **extra)
         graph = build_graph(atoms, model.cutoff, dtype=dtype)
         energy_forces_stress(model, graph)  # warm-up
         times = []
@@ -61,10 +69,9 @@ def main() -> None:
             energy_forces_stress(model, graph)
             times.append(time.perf_counter() - start)
         t = statistics.median(times)
-        print(
-            f"| {name} | {len(SPECIES[name])} | {model.num_parameters():,} | {model.cutoff} | {graph.num_edges:,} "
-            f"| {1e3 * t:.1f} | {1e6 * t / len(atoms):.0f} |"
-        )
+        label = arch + (f" ({extra['force_mode']} forces)" if extra else "")
+        print(f"| {label} | {name} | {len(species)} | {model.num_parameters():,} | {model.cutoff} | {graph.num_edges:,} "
+              f"| {1e3 * t:.1f} | {1e6 * t / len(atoms):.0f} |")
 
 
 if __name__ == "__main__":

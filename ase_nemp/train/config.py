@@ -12,8 +12,9 @@
       forces_key: forces
       stress_key: stress
     model:
-      preset: emlp                # a preset of NEMPConfig (optional) ...
-      cutoff: 5.0                 # ... and/or any NEMPConfig field; species default to the data's
+      architecture: nemp          # nemp (default), equireann or leignn
+      preset: emlp                # a preset of that architecture's config (optional) ...
+      cutoff: 5.0                 # ... and/or any field of it; species default to the data's
     training:                     # fields of TrainConfig (below)
       epochs: 200
       batch_size: 4
