@@ -14,6 +14,7 @@
  *   coefficient tensors (E, rows, C) with a row stride given explicitly (views of MLP outputs)
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -465,7 +466,7 @@ static inline REAL vexp(REAL x) {
 }
 
 /* v = silu(v), d = silu'(v) over a (F, LANES) block (d may be NULL) */
-ROW silu_block(const i64 F, REAL (*v)[LANES], REAL (*d)[LANES]) {
+ROW silu_block(const i64 F, REAL (*restrict v)[LANES], REAL (*restrict d)[LANES]) {
     for (i64 o = 0; o < F; ++o) {
         #pragma omp simd
         for (i64 q = 0; q < LANES; ++q) {
@@ -481,8 +482,8 @@ ROW silu_block(const i64 F, REAL (*v)[LANES], REAL (*d)[LANES]) {
  * nt accumulators stay in registers while the inputs stream past once. W (n_in, n_out)
  * row-major when wt == 0; with wt != 0 W is read transposed, W[o, p] of (n_out, n_in). */
 #define TILE 8
-ROW dense_tile(const i64 n_in, const i64 n_out, i64 o0, const i64 nt, const int wt, const REAL *W, const REAL *bias,
-               REAL (*in)[LANES], REAL (*out)[LANES]) {
+ROW dense_tile(const i64 n_in, const i64 n_out, i64 o0, const i64 nt, const int wt, const REAL *restrict W,
+               const REAL *restrict bias, REAL (*restrict in)[LANES], REAL (*restrict out)[LANES]) {
     REAL acc[TILE][LANES];
     for (i64 o = 0; o < nt; ++o) {
         const REAL b = bias ? bias[o0 + o] : 0;
@@ -502,8 +503,8 @@ ROW dense_tile(const i64 n_in, const i64 n_out, i64 o0, const i64 nt, const int 
 }
 
 /* out[o] = bias[o] + sum_p W[p, o] in[p] over a block of LANES rows (see dense_tile) */
-ROW dense_block(const i64 n_in, const i64 n_out, const int wt, const REAL *W, const REAL *bias, REAL (*in)[LANES],
-                REAL (*out)[LANES]) {
+ROW dense_block(const i64 n_in, const i64 n_out, const int wt, const REAL *restrict W, const REAL *restrict bias,
+                REAL (*restrict in)[LANES], REAL (*restrict out)[LANES]) {
     i64 o0 = 0;
     for (; o0 + TILE <= n_out; o0 += TILE) dense_tile(n_in, n_out, o0, TILE, wt, W, bias, in, out);
     for (; o0 < n_out; ++o0) dense_tile(n_in, n_out, o0, 1, wt, W, bias, in, out);
@@ -539,7 +540,7 @@ static inline void transpose16(__m512 r[16]) {
 }
 #endif
 
-ROW rows_to_block(const REAL *x, i64 ld, i64 e0, i64 n, i64 width, REAL (*io)[LANES]) {
+ROW rows_to_block(const REAL *restrict x, i64 ld, i64 e0, i64 n, i64 width, REAL (*restrict io)[LANES]) {
 #ifdef HAVE_TILE_TRANSPOSE
     for (i64 k0 = 0; k0 < width; k0 += 16) {
         const i64 nk = width - k0 < 16 ? width - k0 : 16;
@@ -557,7 +558,7 @@ ROW rows_to_block(const REAL *x, i64 ld, i64 e0, i64 n, i64 width, REAL (*io)[LA
 }
 
 /* the inverse: y[(e0 + q) * ld + k] = io[k][q] for q < n, k < width */
-ROW block_to_rows(REAL (*io)[LANES], i64 width, i64 e0, i64 n, REAL *y, i64 ld) {
+ROW block_to_rows(REAL (*restrict io)[LANES], i64 width, i64 e0, i64 n, REAL *restrict y, i64 ld) {
 #ifdef HAVE_TILE_TRANSPOSE
     for (i64 k0 = 0; k0 < width; k0 += 16) {
         const i64 nk = width - k0 < 16 ? width - k0 : 16;
@@ -573,22 +574,43 @@ ROW block_to_rows(REAL (*io)[LANES], i64 width, i64 e0, i64 n, REAL *y, i64 ld) 
 #endif
 }
 
-/* Per-thread scratch of the MLP blocks, on the heap: io (max(din, dout), LANES) and three
- * (F, LANES) arrays. On the stack they would take up to 224 KiB per thread, more than a
- * secondary thread is given on some systems (128 KiB on musl, 512 KiB on macOS). */
-static REAL (*mlp_scratch(i64 din, i64 F, i64 dout))[LANES] {
-    const i64 rows = (din > dout ? din : dout) + 3 * F;
-    /* aligned_alloc needs a size that is a multiple of the alignment: rows * LANES * sizeof(REAL) is */
-    return (REAL(*)[LANES])aligned_alloc(64, (size_t)rows * LANES * sizeof(REAL));
+/* Per-thread scratch of the MLP blocks, on the heap. On the stack these arrays took up to
+ * 224 KiB per thread, more than a secondary thread is given on some systems (128 KiB on
+ * musl, 512 KiB on macOS). Each thread allocates its block once and keeps it until it
+ * exits (a pthread key frees it then): an allocation per call, above malloc's mmap
+ * threshold, faulted its pages in again on every call. */
+typedef struct {
+    REAL io[MLP_MAX_IO][LANES];
+    REAL a[MLP_MAX_WIDTH][LANES], b[MLP_MAX_WIDTH][LANES], c[MLP_MAX_WIDTH][LANES];
+} mlp_scratch_t;
+
+static pthread_key_t mlp_scratch_key;
+static pthread_once_t mlp_scratch_once = PTHREAD_ONCE_INIT;
+
+static void mlp_scratch_make_key(void) {
+    pthread_key_create(&mlp_scratch_key, free);
+}
+
+static mlp_scratch_t *mlp_scratch(void) {
+    pthread_once(&mlp_scratch_once, mlp_scratch_make_key);
+    mlp_scratch_t *sc = (mlp_scratch_t *)pthread_getspecific(mlp_scratch_key);
+    if (!sc) {
+        sc = (mlp_scratch_t *)aligned_alloc(64, sizeof(mlp_scratch_t)); /* a multiple of 64 bytes */
+        if (sc && pthread_setspecific(mlp_scratch_key, sc) != 0) {
+            free(sc);
+            sc = NULL;
+        }
+    }
+    return sc;
 }
 
 ROW mlp_fwd_block(i64 blk, const i64 F, i64 E, i64 din, i64 dout, i64 nb, i64 nl, const REAL *x, i64 ldx,
                   const REAL *Win, const REAL *bin, const REAL *Wh, const REAL *bh, const REAL *Wout,
-                  const REAL *bout, REAL *y, REAL *D, REAL (*io)[LANES]) {
-    REAL(*h)[LANES] = io + (din > dout ? din : dout), (*r)[LANES] = h + F, (*s)[LANES] = r + F;
+                  const REAL *bout, REAL *y, REAL *D, mlp_scratch_t *sc) {
+    REAL(*io)[LANES] = sc->io, (*h)[LANES] = sc->a, (*r)[LANES] = sc->b, (*s)[LANES] = sc->c;
     const REAL isq2 = (REAL)0.70710678118654752440;
     const i64 nh = nb * nl, e0 = blk * LANES, n = E - e0 < LANES ? E - e0 : LANES;
-    REAL(*Db)[LANES] = D ? (REAL(*)[LANES])(D + blk * (nh + 1) * F * LANES) : NULL;
+    REAL(*restrict Db)[LANES] = D ? (REAL(*)[LANES])(D + blk * (nh + 1) * F * LANES) : NULL;
     rows_to_block(x, ldx, e0, n, din, io);
     dense_block(din, F, 0, Win, bin, io, h);
     i64 kk = 0;
@@ -610,11 +632,11 @@ ROW mlp_fwd_block(i64 blk, const i64 F, i64 E, i64 din, i64 dout, i64 nb, i64 nl
 }
 
 ROW mlp_bwd_block(i64 blk, const i64 F, i64 E, i64 din, i64 dout, i64 nb, i64 nl, const REAL *Win,
-                  const REAL *Wh, const REAL *Wout, const REAL *D, const REAL *gy, REAL *gx, REAL (*io)[LANES]) {
-    REAL(*g)[LANES] = io + (din > dout ? din : dout), (*gr)[LANES] = g + F, (*gs)[LANES] = gr + F;
+                  const REAL *Wh, const REAL *Wout, const REAL *D, const REAL *gy, REAL *gx, mlp_scratch_t *sc) {
+    REAL(*io)[LANES] = sc->io, (*g)[LANES] = sc->a, (*gr)[LANES] = sc->b, (*gs)[LANES] = sc->c;
     const REAL isq2 = (REAL)0.70710678118654752440;
     const i64 nh = nb * nl, e0 = blk * LANES, n = E - e0 < LANES ? E - e0 : LANES;
-    const REAL(*Db)[LANES] = (const REAL(*)[LANES])(D + blk * (nh + 1) * F * LANES);
+    const REAL(*restrict Db)[LANES] = (const REAL(*)[LANES])(D + blk * (nh + 1) * F * LANES);
     rows_to_block(gy, dout, e0, n, dout, io);
     dense_block(dout, F, 1, Wout, NULL, io, g);
     for (i64 p = 0; p < F; ++p) {
@@ -664,14 +686,13 @@ int nemp_mlp_fwd(i64 E, i64 din, i64 F, i64 dout, i64 nb, i64 nl, const REAL *x,
     int failed = 0;
 #pragma omp parallel num_threads(nemp_nt()) reduction(|| : failed)
     {
-        REAL(*io)[LANES] = mlp_scratch(din, F, dout);
-        failed = io == NULL;
-#define CALL(FF) mlp_fwd_block(blk, FF, E, din, dout, nb, nl, x, ldx, Win, bin, Wh, bh, Wout, bout, y, D, io)
+        mlp_scratch_t *sc = mlp_scratch();
+        failed = sc == NULL;
+#define CALL(FF) mlp_fwd_block(blk, FF, E, din, dout, nb, nl, x, ldx, Win, bin, Wh, bh, Wout, bout, y, D, sc)
 #pragma omp for schedule(static)
         for (i64 blk = 0; blk < nblk; ++blk)
-            if (io) BY_WIDTH(F, CALL)
+            if (sc) BY_WIDTH(F, CALL)
 #undef CALL
-        free(io);
     }
     return failed ? NEMP_NO_MEMORY : NEMP_OK;
 }
@@ -683,14 +704,13 @@ int nemp_mlp_bwd(i64 E, i64 din, i64 F, i64 dout, i64 nb, i64 nl, const REAL *Wi
     int failed = 0;
 #pragma omp parallel num_threads(nemp_nt()) reduction(|| : failed)
     {
-        REAL(*io)[LANES] = mlp_scratch(din, F, dout);
-        failed = io == NULL;
-#define CALL(FF) mlp_bwd_block(blk, FF, E, din, dout, nb, nl, Win, Wh, Wout, D, gy, gx, io)
+        mlp_scratch_t *sc = mlp_scratch();
+        failed = sc == NULL;
+#define CALL(FF) mlp_bwd_block(blk, FF, E, din, dout, nb, nl, Win, Wh, Wout, D, gy, gx, sc)
 #pragma omp for schedule(static)
         for (i64 blk = 0; blk < nblk; ++blk)
-            if (io) BY_WIDTH(F, CALL)
+            if (sc) BY_WIDTH(F, CALL)
 #undef CALL
-        free(io);
     }
     return failed ? NEMP_NO_MEMORY : NEMP_OK;
 }

@@ -156,7 +156,7 @@ def _compile(cc: str, flags: list[str], real: str, out: Path) -> str | None:
         fh.write(_SOURCE_TEXT)
     fd, tmp = tempfile.mkstemp(prefix=out.stem + ".", suffix=".tmp.so", dir=out.parent)
     os.close(fd)
-    cmd = [*cc.split(), "-O3", *flags, "-fPIC", "-shared", f"-DREAL={real}", src, "-o", tmp, "-lm"]
+    cmd = [*cc.split(), "-O3", *flags, "-fPIC", "-shared", f"-DREAL={real}", src, "-o", tmp, "-lm", "-lpthread"]
     try:
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if run.returncode != 0:
