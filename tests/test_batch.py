@@ -164,3 +164,21 @@ def test_nemp_relax_command(tmp_path, capsys):
     assert main(["relax", str(tmp_path / "in.extxyz"), "--model", str(tmp_path / "m.pt"),
                  "--output", str(tmp_path / "out.extxyz")]) == 2  # never overwrites
     assert "exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("architecture", ["nemp", "equireann", "leignn-direct", "leignn-conservative"])
+def test_every_architecture_drives_neb_and_md_through_the_calculator(architecture):
+    from ase import units
+    from ase.md.verlet import VelocityVerlet
+
+    from ase_nemp.testing import tiny_configs
+
+    model = random_model(tiny_configs(cutoff=3.0)[architecture], seed=2)
+    images, neb = make_band(model, batched=True)
+    FIRE(neb, logfile=None).run(fmax=0.05, steps=5)
+    assert np.isfinite([im.get_potential_energy() for im in images]).all()
+    atoms = random_molecule(n=6, seed=3, symbols="HCO", min_dist=1.0)
+    atoms.calc = NEMPCalculator(model)
+    start = atoms.positions.copy()
+    VelocityVerlet(atoms, 0.2 * units.fs).run(10)
+    assert np.isfinite(atoms.get_potential_energy()) and np.abs(atoms.positions - start).max() > 0
