@@ -87,6 +87,7 @@ def main() -> int:
     parser.add_argument("--results", type=Path, default=HERE / "results" / "architectures",
                         help="file stem of the table and plot")
     args = parser.parse_args()
+    args.out = args.out.resolve()  # the configs written there name their output folders absolutely
     if not (DATA / "train_300K.xyz").exists():
         print(f"data not found under {DATA}", file=sys.stderr)
         return 1
