@@ -24,14 +24,10 @@ from .devices import resolve_device
 from .io import load, resolve_dtype
 from .model import AtomisticModel, Committee, committee_energy_forces_stress, committee_statistics, energy_forces_stress
 from .graph import collate
+from .model.derivatives import NO_STRESS_MESSAGE as _NO_STRESS
 from .nl import NeighbourList, build_graph
 
 __all__ = ["NEMPCalculator", "StressUnavailableError"]
-
-
-_NO_STRESS = ("stress needs forces that are the gradient of the energy; this model reads its forces from a "
-              "direct head (LEIGNN force_mode 'direct'), so it has no stress. Use force_mode 'conservative' for "
-              "stress and cell relaxations.")
 
 
 def _chunks(indices: list[int], sizes: list[int], max_atoms: int) -> list[list[int]]:

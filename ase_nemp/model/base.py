@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from ..graph import AtomicGraph
+from .limits import zbl_tables
 
-__all__ = ["AtomisticModel", "scatter"]
+__all__ = ["AtomisticModel", "scatter", "edge_vectors"]
 
 _MAX_Z = 119
 
@@ -26,6 +27,17 @@ _MAX_Z = 119
 def scatter(src: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
     """Sum the rows of ``src`` into ``n`` bins given by ``index`` (the sum over e -> i)."""
     return src.new_zeros((n,) + src.shape[1:]).index_add_(0, index, src)
+
+
+def edge_vectors(positions: torch.Tensor, edge_index: torch.Tensor, shifts: torch.Tensor, cell: torch.Tensor,
+                 batch: torch.Tensor) -> torch.Tensor:
+    """``r_e = x_j - x_i + n_e @ H_g(i)``, shape (E, 3)."""
+    i, j = edge_index[0], edge_index[1]
+    if cell.shape[0] == 1:
+        offset = shifts @ cell[0]
+    else:
+        offset = torch.bmm(shifts.unsqueeze(1), cell[batch[i]]).squeeze(1)
+    return positions.index_select(0, j) - positions.index_select(0, i) + offset
 
 
 class AtomisticModel(nn.Module):
@@ -65,7 +77,8 @@ class AtomisticModel(nn.Module):
         raise NotImplementedError
 
     def _register_species(self, config: Any) -> None:
-        """The species lookup and the data-derived buffers; call first in ``_build``."""
+        """The species lookup, the data-derived buffers and, with ``config.zbl``, the ZBL
+        tables (derived from the species, not stored in model files); call first in ``_build``."""
         self.config = config
         S = len(config.species)
         z_to_index = torch.full((_MAX_Z,), -1, dtype=torch.long)
@@ -74,6 +87,13 @@ class AtomisticModel(nn.Module):
         self.register_buffer("species_z", torch.tensor(config.species, dtype=torch.long), persistent=False)
         self.register_buffer("force_rms", torch.tensor(1.0, dtype=torch.float64))
         self.register_buffer("atomic_energies", torch.zeros(S, dtype=torch.float64))
+        if config.zbl:
+            for name, table in zbl_tables(config.species, config.zbl_radius_scale).items():
+                self.register_buffer(name, table, persistent=False)
+
+    def _zbl_tables(self) -> dict[str, torch.Tensor]:
+        """The per-pair ZBL tables for :func:`~ase_nemp.model.limits.zbl_energies`."""
+        return {"zbl_charge": self.zbl_charge, "zbl_length": self.zbl_length, "zbl_rmax": self.zbl_rmax}
 
     def _apply(self, fn, recurse=True):
         # keep the reference energies in float64 through .to(dtype) / .float() / .double()

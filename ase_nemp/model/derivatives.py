@@ -88,12 +88,15 @@ class StressNotAvailable(ValueError):
     """Stress asked of a model whose forces are not the gradient of its energy."""
 
 
+NO_STRESS_MESSAGE = ("stress needs forces that are the gradient of the energy; this model reads its forces from a "
+                     "direct head (LEIGNN force_mode 'direct'), so it has no stress. Use force_mode 'conservative' "
+                     "for stress and cell relaxations.")
+
+
 def _direct(model, graph: AtomicGraph, forces: bool, stress: bool, training: bool) -> dict[str, torch.Tensor]:
     """A direct-force model: forces are one of its outputs, and there is no stress."""
     if stress:
-        raise StressNotAvailable(
-            "stress needs forces that are the gradient of the energy; this model reads its forces from a direct "
-            "head (LEIGNN force_mode 'direct'). Use force_mode 'conservative' for stress and cell relaxations.")
+        raise StressNotAvailable(NO_STRESS_MESSAGE)
     with torch.set_grad_enabled(training):
         out = model(graph, fused=not training)
     if not forces:

@@ -31,9 +31,9 @@ from torch import nn
 
 from ..graph import AtomicGraph
 from .angular import degrees, normalized_spherical_harmonics
-from .base import AtomisticModel, scatter
+from .base import AtomisticModel, edge_vectors, scatter
 from .config import ModelConfig, parse_species
-from .limits import coordination_switch, zbl_energies, zbl_tables
+from .limits import coordination_switch, zbl_energies
 
 __all__ = ["EquiREANN", "EquiREANNConfig"]
 
@@ -212,9 +212,6 @@ class EquiREANN(AtomisticModel):
             ReannMLP(M, cfg.iter_mlp, K, cfg.iter_layernorm, torch.randn(K, dtype=f64)) for _ in range(T))
         self.readout = ReannMLP(M, cfg.readout_mlp, 1, cfg.readout_layernorm, torch.zeros(1, dtype=f64))
         self.register_buffer("l_of_lm", torch.from_numpy(degrees(L)), persistent=False)
-        if cfg.zbl:  # derived from the species: not stored in model files
-            for name, table in zbl_tables(cfg.species, cfg.zbl_radius_scale).items():
-                self.register_buffer(name, table, persistent=False)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -242,12 +239,7 @@ class EquiREANN(AtomisticModel):
         cfg = self.config
         K, S, N = cfg.num_radial, cfg.num_species, graph.num_atoms
         i, j = graph.edge_index[0], graph.edge_index[1]
-        cell, shifts = graph.cell, graph.shifts
-        if cell.shape[0] == 1:
-            offset = shifts @ cell[0]
-        else:
-            offset = torch.bmm(shifts.unsqueeze(1), cell[graph.batch[i]]).squeeze(1)
-        r = graph.positions.index_select(0, j) - graph.positions.index_select(0, i) + offset  # (E, 3)
+        r = edge_vectors(graph.positions, graph.edge_index, graph.shifts, graph.cell, graph.batch)  # (E, 3)
         q = (r * r).sum(-1)
         d = torch.sqrt(q + cfg.eps)  # never sqrt(q): finite gradients for zero-length edges
         inside = (q > cfg.eps) & (d < cfg.cutoff)
@@ -270,8 +262,7 @@ class EquiREANN(AtomisticModel):
         if cfg.isolated_atom_switch is not None:
             energies = energies * coordination_switch(scatter(fc, i, N), cfg.isolated_atom_switch)
         if cfg.zbl:
-            tables = {k: getattr(self, k) for k in ("zbl_charge", "zbl_length", "zbl_rmax")}
-            energies = energies + zbl_energies(r, ordered, i, N, tables, cfg.eps)
+            energies = energies + zbl_energies(r, ordered, i, N, self._zbl_tables(), cfg.eps)
         return energies
 
     def extra_repr(self) -> str:

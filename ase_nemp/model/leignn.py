@@ -33,9 +33,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..graph import AtomicGraph
-from .base import AtomisticModel, scatter
+from .base import AtomisticModel, edge_vectors, scatter
 from .config import ModelConfig, parse_species
-from .limits import coordination_switch, zbl_energies, zbl_tables
+from .limits import coordination_switch, zbl_energies
 from .radial import polynomial_envelope
 
 __all__ = ["LEIGNN", "LEIGNNConfig"]
@@ -183,9 +183,6 @@ class LEIGNN(AtomisticModel):
             self.force_head = nn.Linear(H, 1, bias=False)
         R = cfg.num_radial
         self.register_buffer("rbf_centres", torch.arange(R, dtype=torch.float64) / (R - 1), persistent=False)
-        if cfg.zbl:
-            for name, table in zbl_tables(cfg.species, cfg.zbl_radius_scale).items():
-                self.register_buffer(name, table, persistent=False)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -201,9 +198,8 @@ class LEIGNN(AtomisticModel):
         cfg = self.config
         H, N, B = cfg.num_channels, graph.num_atoms, graph.num_graphs
         i, j = graph.edge_index[0], graph.edge_index[1]
-        cell, shifts, batch = graph.cell, graph.shifts, graph.batch
-        offset = shifts @ cell[0] if B == 1 else torch.bmm(shifts.unsqueeze(1), cell[batch[i]]).squeeze(1)
-        r = graph.positions.index_select(0, j) - graph.positions.index_select(0, i) + offset
+        batch = graph.batch
+        r = edge_vectors(graph.positions, graph.edge_index, graph.shifts, graph.cell, batch)
         q2 = (r * r).sum(-1)
         d = torch.sqrt(q2 + cfg.eps)
         u = -r / d[:, None]  # neighbour -> centre (the authors' direction)
@@ -255,9 +251,8 @@ class LEIGNN(AtomisticModel):
             energies = energies * coordination_switch(scatter(fc, i, N), cfg.isolated_atom_switch)
         if cfg.zbl:
             S = cfg.num_species
-            tables = {k: getattr(self, k) for k in ("zbl_charge", "zbl_length", "zbl_rmax")}
             pair = species.index_select(0, i) * S + species.index_select(0, j)
-            energies = energies + zbl_energies(r, pair, i, N, tables, cfg.eps)
+            energies = energies + zbl_energies(r, pair, i, N, self._zbl_tables(), cfg.eps)
         if self.conservative:
             return energies, None
         forces = self.force_head(v).squeeze(-1)  # (N, 3)

@@ -40,18 +40,15 @@ from torch import nn
 
 from ..graph import AtomicGraph
 from .angular import coupling_paths, degrees, normalized_spherical_harmonics, real_clebsch_gordan
-from .base import AtomisticModel, scatter
+from .base import AtomisticModel, edge_vectors, scatter
 from .config import NEMPConfig
-from .limits import coordination_switch, zbl_energies, zbl_tables
+from .limits import coordination_switch, zbl_energies
 from . import kernels
 from .kernels import edge_geometry, edge_invariants, mlp, node_densities, species_matmul, tensor_product
 from .mlp import ScaledMLP
 from .radial import polynomial_envelope
 
 __all__ = ["NEMP"]
-
-
-_scatter = scatter
 
 
 class NEMP(AtomisticModel):
@@ -118,9 +115,6 @@ class NEMP(AtomisticModel):
         self.readout = ScaledMLP((T + 2) * C, 1, cfg.readout_mlp, bias=cfg.readout_bias)
         self.scale = nn.Parameter(torch.ones(S, dtype=f64))
         self.shift = nn.Parameter(torch.zeros(S, dtype=f64))
-        if cfg.zbl:  # derived from the species: not stored in model files
-            for name, table in zbl_tables(cfg.species, cfg.zbl_radius_scale).items():
-                self.register_buffer(name, table, persistent=False)
 
         # constant index tables
         deg_L = torch.from_numpy(degrees(L))
@@ -166,12 +160,7 @@ class NEMP(AtomisticModel):
         self, positions: torch.Tensor, edge_index: torch.Tensor, shifts: torch.Tensor, cell: torch.Tensor, batch: torch.Tensor
     ) -> torch.Tensor:
         """``r_e = x_j - x_i + n_e @ H_g(i)``, shape (E, 3)."""
-        i, j = edge_index[0], edge_index[1]
-        if cell.shape[0] == 1:
-            offset = shifts @ cell[0]
-        else:
-            offset = torch.bmm(shifts.unsqueeze(1), cell[batch[i]]).squeeze(1)
-        return positions[j] - positions[i] + offset
+        return edge_vectors(positions, edge_index, shifts, cell, batch)
 
     def atomic_energies_of(
         self,
@@ -206,14 +195,14 @@ class NEMP(AtomisticModel):
         k_tab, w_tab = self.freq_mlp(sigma), self.pw_mlp(sigma)  # (S^2, N_R), (S^2, C+N_R)
         pair = species.index_select(0, i) * S + species.index_select(0, j)
         Y, f, X0, e0 = self._geometry(r, pair, k_tab, w_tab, csr)
-        coordination = _scatter(f, i, N)  # (N,) sum of cutoff weights, 0 for an isolated atom
+        coordination = scatter(f, i, N)  # (N,) sum of cutoff weights, 0 for an isolated atom
         n = coordination + eps
         inv_n = (1.0 / n)[:, None]  # (N, 1)
 
         # -- initial edge coefficients (3.3)
         G = mlp(self.edge_mlp, X0, csr).view(E, lf + 3, C)
         e_feat = torch.cat([e0, G[:, lf + 2]], dim=1)  # (E, 2C)
-        rho = [_scatter(G[:, lf + 1], i, N)]  # rho^(0): (N, C)
+        rho = [scatter(G[:, lf + 1], i, N)]  # rho^(0): (N, C)
 
         # -- initial node-equivariant features (3.4)
         A0 = self._density(Y, G, lf + 1, i, N, csr)  # (N, n_l, C), rows 0..l of G
@@ -262,9 +251,6 @@ class NEMP(AtomisticModel):
             energies = energies + zbl_energies(r, pair, i, N, self._zbl_tables(), eps)
         return energies
 
-    def _zbl_tables(self) -> dict[str, torch.Tensor]:
-        return {"zbl_charge": self.zbl_charge, "zbl_length": self.zbl_length, "zbl_rmax": self.zbl_rmax}
-
     # -- the edge blocks, each with its eager formula and the fused kernel ---------------
     def _geometry(self, r, pair, k_tab, w_tab, csr):
         """Per-edge inputs from the edge vectors ``r`` (E, 3) and the pair tables.
@@ -303,7 +289,7 @@ class NEMP(AtomisticModel):
         i, j = edge_index[0], edge_index[1]
         Yf = Y[:, : Vt.shape[1], None]
         a = self._contract_m(Yf * Vt.index_select(0, i))  # (E, l+1, C)
-        rho = _scatter((Q[:, -1] * a).sum(1), i, N)
+        rho = scatter((Q[:, -1] * a).sum(1), i, N)
         if Q.shape[1] == 1:
             return None, rho
         b = self._contract_m(Yf * Vt.index_select(0, j))
@@ -318,15 +304,15 @@ class NEMP(AtomisticModel):
             return node_densities(Y, Z, B, lf1, lf1, L1, csr)
         i, j = edge_index[0], edge_index[1]
         beta, alpha = B[:, :lf1], B[:, lf1:]
-        U = _scatter(beta.index_select(1, self.l_of_f) * Z.index_select(0, j), i, N)
-        A = _scatter(alpha.index_select(1, self.l_of_L) * Y[:, :, None], i, N)
+        U = scatter(beta.index_select(1, self.l_of_f) * Z.index_select(0, j), i, N)
+        A = scatter(alpha.index_select(1, self.l_of_L) * Y[:, :, None], i, N)
         return U, A
 
     def _density(self, Y, G, rows, i, N, csr):
         """Eq. 5 density ``sum_e g_l Yhat_lm`` from the first ``rows`` = l+1 rows of ``G``."""
         if csr is not None:
             return node_densities(Y, None, G, 0, 0, rows, csr)
-        return _scatter(G[:, :rows].index_select(1, self.l_of_f) * Y[:, : rows * rows, None], i, N)
+        return scatter(G[:, :rows].index_select(1, self.l_of_f) * Y[:, : rows * rows, None], i, N)
 
     @staticmethod
     def _mix(X: torch.Tensor, W: torch.Tensor, species: torch.Tensor, scale: float, csr) -> torch.Tensor:
