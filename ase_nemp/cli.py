@@ -7,6 +7,7 @@ Each subcommand imports what it needs when it runs, so ``nemp --help`` is fast.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -48,6 +49,8 @@ def _train(args: argparse.Namespace) -> int:
     except TrainingInterrupted as err:
         print(f"nemp train: {err}; continue with: nemp train {args.config} --resume", file=sys.stderr)
         return 130
+    if os.environ.get("RANK", "0") != "0":  # under torchrun the first process reports
+        return 0
     best = trainer.out / "best.pt"
     if not best.exists():
         print(f"nemp train: no epoch was completed, so no model was written (see {trainer.out})", file=sys.stderr)
@@ -74,11 +77,11 @@ def _learn(args: argparse.Namespace) -> int:
 
 
 def _relax(args: argparse.Namespace) -> int:
-    import torch
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.io import write
 
     from . import NEMPCalculator
+    from .devices import set_threads
     from .io import check_writable_folder
     from .relax import relax_many
     from .train.data import read_structures
@@ -87,10 +90,7 @@ def _relax(args: argparse.Namespace) -> int:
     if output.exists():
         raise FileExistsError(f"{output} exists; choose another --output (nothing is overwritten)")
     check_writable_folder(output.parent)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     frames = read_structures(args.structures)
     if args.model:
         model = args.model

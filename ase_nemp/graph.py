@@ -16,7 +16,16 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-__all__ = ["AtomicGraph", "collate"]
+__all__ = ["AtomicGraph", "collate", "values_known"]
+
+
+def values_known(t: torch.Tensor) -> bool:
+    """False while ``t`` stands for the input of a graph being traced or compiled
+    (``make_fx``, ``torch.compile``): its values, and so checks on them, exist only when
+    the graph runs. Whoever runs such a graph checks its inputs first."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    return not (torch.compiler.is_compiling() or is_fake(t))
 
 
 class AtomicGraph(NamedTuple):
@@ -107,6 +116,8 @@ class AtomicGraph(NamedTuple):
         edge_index = edge_index.to(torch.int64).contiguous()
         batch = batch.to(torch.int64).contiguous()
         numbers = numbers.to(torch.int64).contiguous()
+        if not values_known(edge_index):
+            return AtomicGraph(positions, numbers, cell, pbc, edge_index, shifts, batch)
         if E > 0 and (int(edge_index.min()) < 0 or int(edge_index.max()) >= N):
             raise ValueError(f"edge_index holds atom indices outside [0, {N}): "
                              f"min {int(edge_index.min())}, max {int(edge_index.max())}")

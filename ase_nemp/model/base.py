@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..graph import AtomicGraph
+from ..graph import AtomicGraph, values_known
 from .limits import zbl_tables
 
 __all__ = ["AtomisticModel", "scatter", "edge_vectors"]
@@ -131,7 +131,7 @@ class AtomisticModel(nn.Module):
         bad = (numbers < 0) | (numbers >= _MAX_Z)
         index = self.z_to_index[numbers.clamp(0, _MAX_Z - 1)]
         bad = bad | (index < 0)
-        if bool(bad.any()):
+        if values_known(numbers) and bool(bad.any()):
             from ase.data import chemical_symbols
 
             unknown = sorted({int(z) for z in numbers[bad].tolist()})

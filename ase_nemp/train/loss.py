@@ -87,6 +87,17 @@ class ErrorStats:
                 if stress is not None and bool(batch.has_stress[g]):
                     acc.s.append((stress[g].detach().double().cpu().numpy() - batch.stress[g].double().cpu().numpy()).ravel())
 
+    @classmethod
+    def combined(cls, parts: "list[ErrorStats]") -> "ErrorStats":
+        """One ErrorStats holding the errors of ``parts`` (e.g. of several processes), in order."""
+        out = cls()
+        for part in parts:
+            for key, acc in part.groups.items():
+                mine = out.groups.setdefault(key, _Acc())
+                for name in ("e_atom", "e_struct", "f", "s"):
+                    getattr(mine, name).extend(getattr(acc, name))
+        return out
+
     def summary(self) -> dict[str, dict[str, float]]:
         """``{"all": {...}, config_type: {...}}`` with RMSE/MAE in eV, eV/atom, eV/Å, eV/Å^3."""
         ordered = ["all"] + sorted(k for k in self.groups if k != "all")

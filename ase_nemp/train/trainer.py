@@ -42,6 +42,8 @@ from .data import (
     read_structures,
     split_indices,
 )
+from .compiled import compiled_or_none
+from .distributed import ProcessGroup
 from .loss import ErrorStats, LossWeights, batch_loss
 
 __all__ = ["Trainer", "TrainingInterrupted", "prepare_data", "build_model", "train", "train_committee"]
@@ -202,11 +204,12 @@ class Trainer:
     def __init__(self, run: RunConfig, progress: bool = True, member: int | None = None) -> None:
         self.run = run
         self.cfg: TrainConfig = run.training
-        self.progress = progress
         self.member = member
         self.seed = self.cfg.seed + (member or 0)
         self.out = Path(run.output_dir) if member is None else Path(run.output_dir) / f"member-{member}"
-        self.device = torch.device(self.cfg.device)
+        self.group = ProcessGroup(self.cfg.device)  # one process, or this one of a torchrun
+        self.progress = progress and self.group.main
+        self.device = self.group.device(self.cfg.device)
         self.dtype = resolve_dtype(self.cfg.dtype)
         self._stop_signal: int | None = None
         self._pool: ThreadPoolExecutor | None = None  # shard workers, made on first use
@@ -216,14 +219,27 @@ class Trainer:
         """Read the data (or take ``data`` = (train, valid, species) from :func:`prepare_data`),
         build or load the model, and restore the checkpoint when resuming. The output
         folder stays locked against other runs until :meth:`fit` returns."""
-        self._lock = FolderLock(self.out)
+        self._lock = FolderLock(self.out) if self.group.main else None
         try:
-            self._setup(resume, data)
+            try:
+                self._setup(resume, data)  # no collective call in here: a process may fail alone
+            except BaseException as err:
+                self.group.agree(err)
+            self.group.agree(None)
+            for module in (self.model, self.ema):  # one start for all processes, whatever happened
+                self.group.broadcast_parameters(module)
         except BaseException:
-            self._lock.release()
+            self._release()
             raise
 
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+
     def _setup(self, resume: bool, data: tuple | None) -> None:
+        if self.group.world > self.cfg.batch_size:
+            raise ValueError(f"training.batch_size {self.cfg.batch_size} is the batch of all {self.group.world} "
+                             "processes together: give every process at least one structure per step")
         ckpt_path = self.out / "checkpoint.pt"
         ckpt = None
         if resume:
@@ -237,7 +253,7 @@ class Trainer:
             if not isinstance(ckpt, dict) or "run" not in ckpt:
                 raise ValueError(f"cannot resume: {ckpt_path} is not an ase-nemp training checkpoint")
             self._check_compatible(ckpt)
-        else:
+        elif self.group.main:
             _check_fresh_folder(self.out, self._config_text())
 
         start = None
@@ -266,6 +282,7 @@ class Trainer:
         for p in self.ema.parameters():
             p.requires_grad_(False)
         self.optimizer = self._make_optimizer()
+        self._compiled = compiled_or_none(self.model) if self.cfg.compile else None
         self.generator = torch.Generator().manual_seed(self.seed)
         self.state = {
             "epoch": 0, "step_in_epoch": 0, "perm": None, "plateau_scale": 1.0, "best_val": math.inf,
@@ -281,8 +298,9 @@ class Trainer:
             if ckpt.get("best_state") is not None:
                 self._best_state = ckpt["best_state"]
         self._digests = ckpt.get("data_digests") if ckpt else self._data_digests()
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._write_config()
+        if self.group.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._write_config()
 
     def _starting_model(self, start) -> AtomisticModel:
         """The model an ``init_from`` run starts from: the file's model, or member k of its committee."""
@@ -306,7 +324,7 @@ class Trainer:
             if old[section] != new[section]:
                 raise ValueError(f"cannot resume: the '{section}' section changed since the checkpoint was written "
                                  f"(was {old[section]}, now {new[section]})")
-        allowed = {"epochs", "max_time", "checkpoint_every", "threads", "workers"}
+        allowed = {"epochs", "max_time", "checkpoint_every", "threads", "workers", "compile"}
         changed = [k for k in new["training"] if old["training"].get(k) != new["training"][k] and k not in allowed]
         if changed:
             raise ValueError(f"cannot resume: training settings {changed} changed; only {sorted(allowed)} may change")
@@ -321,9 +339,11 @@ class Trainer:
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         params = list(self.model.parameters())
+        # one fused kernel for all parameters: half the time of the per-tensor loop here
+        fused = self.device.type in ("cpu", "cuda")
         if self.cfg.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=self.cfg.lr_peak, weight_decay=self.cfg.weight_decay)
-        return torch.optim.Adam(params, lr=self.cfg.lr_peak, amsgrad=True, weight_decay=0.0)
+            return torch.optim.AdamW(params, lr=self.cfg.lr_peak, weight_decay=self.cfg.weight_decay, fused=fused)
+        return torch.optim.Adam(params, lr=self.cfg.lr_peak, amsgrad=True, weight_decay=0.0, fused=fused)
 
     def _config_text(self) -> str:
         import yaml
@@ -376,15 +396,21 @@ class Trainer:
         """Loss of a set of structures and its gradient with respect to ``params``."""
         batch = make_batch(samples).to(self.device, self.dtype)
         # a direct-force model (LEIGNN) has no stress: its stress labels are not used
-        out = energy_forces_stress(self.model, batch.graph, stress=bool(weights.stress) and self.model.conservative,
-                                   training=True)
+        stress = bool(weights.stress) and self.model.conservative
+        if self._compiled is not None:
+            out = self._compiled(batch.graph, stress)
+        else:
+            out = energy_forces_stress(self.model, batch.graph, stress=stress, training=True)
         loss = batch_loss(out, batch, weights)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         return loss.detach(), [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
 
     def _step_gradients(self, samples: list[Sample], weights: LossWeights, params: list[torch.Tensor]):
-        """Loss and gradient of one batch: in ``workers`` shards computed concurrently and
-        summed in shard order (deterministic), or in one pass."""
+        """Loss and gradient of this process's share of one batch: in ``workers`` shards
+        computed concurrently and summed in shard order (deterministic), or in one pass."""
+        samples = self.group.share(samples)
+        if not samples:  # a last, short batch with fewer structures than processes
+            return torch.zeros((), dtype=self.dtype, device=self.device), [torch.zeros_like(p) for p in params]
         k = self.cfg.workers
         if k == 1 or len(samples) == 1:
             return self._loss_and_grads(samples, weights, params)
@@ -421,13 +447,14 @@ class Trainer:
         for start in range(st["step_in_epoch"] * c.batch_size, len(order), c.batch_size):
             samples = [self.train_set[k] for k in order[start : start + c.batch_size]]
             loss, grads = self._step_gradients(samples, weights, params)
+            loss, grads, stop = self.group.sum_step(loss, grads, self._stop_signal is not None)
             with torch.no_grad():
                 for p, g in zip(params, grads):
                     p.grad = g
                 if c.optimizer == "amsgrad" and c.weight_decay:
                     for p in params:
                         p.grad.add_(p, alpha=c.weight_decay)
-                torch.nn.utils.clip_grad_norm_(params, c.clip_norm)
+                torch.nn.utils.clip_grad_norm_(params, c.clip_norm, foreach=True)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             with torch.no_grad():
@@ -441,11 +468,13 @@ class Trainer:
             st["epoch_loss_count"] += 1
             bar.update(1)
             bar.set_postfix(loss=f"{st['epoch_loss_sum'] / st['epoch_loss_count']:.4g}", lr=f"{lr:.2e}")
-            if self._stop_signal is not None:
+            # a signal to this process (alone: at once), or to any process of the run as
+            # agreed in the step's all-reduce (several: all stop after the same step)
+            if stop or (self.group.world == 1 and self._stop_signal is not None):
                 bar.close()
                 self.save_checkpoint()
-                raise TrainingInterrupted(f"stopped by signal {self._stop_signal}; checkpoint written to "
-                                          f"{self.out / 'checkpoint.pt'}")
+                cause = f"signal {self._stop_signal}" if self._stop_signal is not None else "another process's signal"
+                raise TrainingInterrupted(f"stopped by {cause}; checkpoint written to {self.out / 'checkpoint.pt'}")
         bar.close()
         mean = st["epoch_loss_sum"] / max(st["epoch_loss_count"], 1)
         st["perm"], st["step_in_epoch"], st["epoch_loss_sum"], st["epoch_loss_count"] = None, 0, 0.0, 0
@@ -464,10 +493,14 @@ class Trainer:
         stats = ErrorStats()
         total = 0.0
         model.eval()
-        for _, batch in self._batches(samples, list(range(len(samples))), self.cfg.valid_batch_size):
+        mine = self.group.share(samples)  # each process validates its share
+        for _, batch in self._batches(mine, list(range(len(mine))), self.cfg.valid_batch_size):
             out = energy_forces_stress(model, batch.graph, stress=bool(batch.has_stress.any()) and model.conservative)
             total += batch_loss(out, batch, weights).item()
             stats.add(out, batch)
+        if self.group.world > 1:
+            total = self.group.sum_float(total)
+            stats = ErrorStats.combined(self.group.gather(stats))
         return math.sqrt(total / len(samples)), stats.summary()
 
     # -- the loop ----------------------------------------------------------------------
@@ -480,7 +513,7 @@ class Trainer:
                 return self._fit()
             finally:
                 self._stop_signal = None
-                self._lock.release()
+                self._release()
 
     def _fit(self) -> list[dict]:
         from tqdm.auto import tqdm
@@ -501,7 +534,8 @@ class Trainer:
                 t0 = time.perf_counter()
                 train_loss = self._train_epoch(lr)
                 val_loss, stats = self.validate()
-                st["elapsed"] += time.perf_counter() - t0
+                # every process follows the first one's clock: the time schedule must agree
+                st["elapsed"] = self.group.from_main(st["elapsed"] + time.perf_counter() - t0)
                 if not math.isfinite(val_loss) or val_loss > 10.0 * st["best_val"]:
                     self._restore_best(val_loss)
                     st["epoch"] += 1
@@ -551,6 +585,8 @@ class Trainer:
 
     def _save_best(self, metrics: dict, epoch: int) -> None:
         self._best_state = self._snapshot()
+        if not self.group.main:
+            return
         meta = {"epoch": epoch, "valid_e_rmse_per_atom_eV": metrics["e_rmse_atom"], "valid_f_rmse_eV_per_A": metrics["f_rmse"],
                 "train_data": os.path.basename(self.run.data.train), "num_train": len(self.train_set),
                 "num_valid": len(self.valid_set)}
@@ -558,7 +594,11 @@ class Trainer:
 
     # -- files ---------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
+        """Write ``checkpoint.pt`` (the first process of a multi-process run; the others hold
+        the same state). Returns its path."""
         path = self.out / "checkpoint.pt"
+        if not self.group.main:
+            return path
         _atomic_torch_save({
             "version": CHECKPOINT_VERSION,
             "run": self.run.to_dict(),
@@ -579,7 +619,8 @@ class Trainer:
                "val_loss": val_loss, "val_e_rmse_atom": metrics["e_rmse_atom"], "val_e_rmse": metrics["e_rmse"],
                "val_f_rmse": metrics["f_rmse"], "val_f_mae": metrics["f_mae"], "elapsed_s": self.state["elapsed"]}
         self.state["history"].append(row)
-        self._write_metrics()
+        if self.group.main:
+            self._write_metrics()
         return row
 
     def _write_metrics(self) -> None:
@@ -598,7 +639,7 @@ class Trainer:
 
     def plot_learning_curve(self) -> Path | None:
         history = self.state["history"]
-        if not history:
+        if not history or not self.group.main:
             return None
         from .plots import learning_curve
 
@@ -623,7 +664,7 @@ def train(run: RunConfig, resume: bool = False, progress: bool = True) -> "Train
         result = Trainer(run, progress=progress)
         result.setup(resume=resume)
         result.fit()
-    if run.data.test and (result.out / "best.pt").exists():
+    if run.data.test and ProcessGroup(run.training.device).main and (result.out / "best.pt").exists():
         _write_test_metrics(run, result.out, progress)
     return result
 
@@ -678,11 +719,12 @@ def train_committee(run: RunConfig, resume: bool = False, progress: bool = True)
     uncertainty and error), ``calibration.png`` the plot. The output folder is locked
     against other runs meanwhile.
     """
-    lock = FolderLock(run.output_dir)
+    lock = FolderLock(run.output_dir) if ProcessGroup(run.training.device).main else None
     try:
         return _train_committee(run, resume, progress)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def _train_committee(run: RunConfig, resume: bool, progress: bool) -> CommitteeRun:
@@ -693,8 +735,15 @@ def _train_committee(run: RunConfig, resume: bool, progress: bool) -> CommitteeR
 
     out = Path(run.output_dir)
     size = run.training.committee
-    if not resume:
-        _check_fresh_folder(out)
+    group = ProcessGroup(run.training.device)
+    progress = progress and group.main
+    refusal = None
+    if not resume and group.main:
+        try:
+            _check_fresh_folder(out)
+        except FileExistsError as err:
+            refusal = err
+    group.agree(refusal)
     data = None
     trainers = []
     for k in range(size):
@@ -710,6 +759,8 @@ def _train_committee(run: RunConfig, resume: bool, progress: bool) -> CommitteeR
                                "give it more epochs or time")
         trainers.append(trainer)
         trainer.model = trainer.ema = None  # the member's files hold it; free the memory
+    if not group.main:  # the first process assembles and evaluates the committee
+        return CommitteeRun(out, trainers, {})
     committee = Committee([load(t.out / "best.pt", dtype=torch.float64) for t in trainers])
     valid = trainers[0].valid_set
     stats, pred, ref = predictions(committee, valid)

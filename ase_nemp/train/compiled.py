@@ -1,0 +1,142 @@
+"""The training step's energy, forces and stress as one compiled graph.
+
+A loss on forces needs the gradient of a gradient: forces are -dE/dx, and the loss's
+gradient with respect to the parameters goes through them. ``torch.compile`` cannot
+differentiate a compiled function twice, so the step is prepared in two stages:
+
+1. ``make_fx`` traces :func:`~ase_nemp.model.derivatives.energy_forces_stress`, autograd's
+   backward pass included, into one flat graph of tensor operations. Its inputs are the
+   model's parameters and buffers and the batch's tensors, with symbolic sizes, so one
+   graph serves batches of any number of atoms, edges and structures.
+   Autograd's ``detach`` of the results it keeps for the backward pass is taken out of
+   that graph, so that the forces are differentiable through them (:func:`_without_detach`).
+2. ``torch.compile`` (inductor) compiles that graph like any forward function; the
+   loss's gradient with respect to the parameters is then an ordinary first derivative,
+   which it compiles too.
+
+The first call of each kind (with or without stress) traces and compiles, which takes one
+to a few minutes on a CPU; every later call is the compiled code. The parameters are
+inputs of the graph, not constants in it: the optimiser's updates are seen, and one
+compiled step serves any module of the same architecture and sizes (the EMA copy too).
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+
+import torch
+
+from ..graph import AtomicGraph
+from ..model.derivatives import energy_forces_stress
+
+__all__ = ["CompiledDerivatives"]
+
+
+class _Step(torch.nn.Module):
+    """``energy_forces_stress`` of the wrapped model as a module, for ``functional_call``."""
+
+    def __init__(self, model: torch.nn.Module, stress: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.stress = stress
+
+    def forward(self, *tensors: torch.Tensor) -> dict[str, torch.Tensor]:
+        return energy_forces_stress(self.model, AtomicGraph(*tensors), stress=self.stress, training=True)
+
+
+class CompiledDerivatives:
+    """``energy_forces_stress(model, graph, stress=..., training=True)``, compiled.
+
+    Parameters
+    ----------
+    model : AtomisticModel
+        Any architecture. Its parameters are read at every call.
+    backend : str or None
+        ``torch.compile`` backend: ``"inductor"`` (generated C++/Triton code), or
+        ``"aot_eager"`` to check compilation without code generation, or None to run
+        the traced graph as it is (no compilation: quick to check, not faster).
+
+    Calling it with an :class:`AtomicGraph` and ``stress`` returns the same dict as
+    ``energy_forces_stress`` (``energy``, ``energies``, ``forces`` and, with stress,
+    ``stress`` and ``virial``), differentiable with respect to the model's parameters.
+    The graph's values are checked (:meth:`AtomicGraph.checked`, the species) before the
+    compiled code sees them.
+    """
+
+    def __init__(self, model: torch.nn.Module, backend: str | None = "inductor") -> None:
+        self.model = model
+        self.backend = backend
+        self._steps: dict[bool, tuple[object, tuple[str, ...]]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, graph: AtomicGraph, stress: bool = False) -> dict[str, torch.Tensor]:
+        model = self.model
+        graph = graph.checked(model.dtype)
+        model.species_index(graph.numbers)  # unknown elements raise here, not in compiled code
+        params = list(model.parameters())
+        buffers = list(model.buffers())
+        if stress not in self._steps:
+            with self._lock:  # shard threads: one traces and compiles, the others wait
+                if stress not in self._steps:
+                    self._steps[stress] = self._prepare(graph, stress, params, buffers)
+        step, keys = self._steps[stress]
+        return dict(zip(keys, step(params, buffers, *graph)))
+
+    def _prepare(self, graph: AtomicGraph, stress: bool, params, buffers):
+        from torch.fx.experimental.proxy_tensor import make_fx
+        from torch.func import functional_call
+
+        module = _Step(self.model, stress)
+        names = [f"model.{n}" for n, _ in self.model.named_parameters()]
+        buffer_names = [f"model.{n}" for n, _ in self.model.named_buffers()]
+        keys: list[str] = []
+
+        def step(params, buffers, *tensors):
+            state = dict(zip(names, params)) | dict(zip(buffer_names, buffers))
+            with torch.enable_grad():
+                out = functional_call(module, state, tensors, strict=True)
+            keys[:] = list(out)
+            return tuple(out.values())
+
+        # every size its own symbol: with duck shaping, a batch of 2 structures would share
+        # the symbol of edge_index's leading 2 and the graph would only serve 2 structures
+        from torch.fx.experimental import _config as fx_config
+
+        with fx_config.patch(use_duck_shape=False):
+            traced = make_fx(step, tracing_mode="symbolic")(params, buffers, *graph)
+        traced = _without_detach(traced)
+        if self.backend is None:
+            return traced, tuple(keys)
+        return torch.compile(traced, backend=self.backend, dynamic=True), tuple(keys)
+
+
+def _without_detach(traced: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """The traced graph with every ``detach`` replaced by its input.
+
+    When autograd keeps a forward result for its backward (sigmoid, sqrt, exp, ...) it
+    stores a detached alias, and the trace records that ``detach``: the forces would then
+    carry no gradient through those results, and the loss's gradient with respect to the
+    parameters would be wrong. The only other ``detach`` is the fresh leaf made of the
+    positions in ``energy_forces_stress``, whose outer derivative is never asked for; the
+    models stop no gradient of their own (test_compiled.py compares every architecture's
+    parameter gradient with eager autograd).
+    """
+    for node in list(traced.graph.nodes):
+        if node.op == "call_function" and node.target is torch.ops.aten.detach.default:
+            node.replace_all_uses_with(node.args[0])
+            traced.graph.erase_node(node)
+    traced.recompile()
+    return traced
+
+
+def compiled_or_none(model: torch.nn.Module, backend: str = "inductor") -> CompiledDerivatives | None:
+    """A :class:`CompiledDerivatives` of ``model``, or None (after a warning that says why)
+    where ``torch.compile`` is not available (e.g. Python versions it does not support)."""
+    try:
+        import torch._dynamo  # noqa: F401
+    except Exception as err:  # pragma: no cover - depends on the installation
+        warnings.warn(f"training.compile: torch.compile is not available here ({err}); training uses eager PyTorch",
+                      stacklevel=2)
+        return None
+    return CompiledDerivatives(model, backend)

@@ -1,0 +1,91 @@
+"""The compiled training step (ase_nemp.train.compiled) against eager autograd: same
+energies, forces and stress, and the same gradient of a loss with respect to the
+parameters, on batches of different sizes (one traced graph with symbolic sizes)."""
+
+import pytest
+import torch
+
+from ase_nemp import collate
+from ase_nemp.model import energy_forces_stress
+from ase_nemp.nl import build_graph
+from ase_nemp.testing import random_crystal, random_model, random_molecule, tiny_configs
+from ase_nemp.train.compiled import CompiledDerivatives
+
+
+def batch(structures, cutoff):
+    return collate([build_graph(atoms, cutoff) for atoms in structures]).to(dtype=torch.float64)
+
+
+def loss_of(out):
+    """A loss that reaches every output, as the training loss does."""
+    total = (out["energy"] ** 2).sum() + (out["forces"] ** 2).sum()
+    if "stress" in out:
+        total = total + (out["stress"] ** 2).sum()
+    return total
+
+
+@pytest.mark.parametrize("name, backend", [(name, None) for name in tiny_configs()] + [("nemp", "aot_eager")])
+def test_compiled_step_matches_eager(name, backend):
+    """The traced graph for every architecture; compiled by AOTAutograd for NEMP on two
+    batches (each new batch shape compiles anew, slowly)."""
+    model = random_model(tiny_configs()[name], seed=5)
+    step = CompiledDerivatives(model, backend=backend)
+    params = list(model.parameters())
+    stress = model.conservative
+    batches = [
+        batch([random_crystal(n=6, seed=1), random_crystal(n=4, seed=2)], model.cutoff),
+        batch([random_crystal(n=5, seed=3), random_molecule(n=7, seed=4), random_crystal(n=3, seed=6)], model.cutoff),
+        batch([random_crystal(n=4, seed=7)], model.cutoff),
+    ][: 3 if backend is None else 2]
+    for graph in batches:  # the second batch has other numbers of atoms, edges and structures
+        ref = energy_forces_stress(model, graph, stress=stress, training=True)
+        out = step(graph, stress=stress)
+        assert set(out) == set(ref)
+        for key in ref:
+            torch.testing.assert_close(out[key], ref[key], rtol=1e-12, atol=1e-12, msg=key)
+        g_ref = torch.autograd.grad(loss_of(ref), params, allow_unused=True)
+        g_out = torch.autograd.grad(loss_of(out), params, allow_unused=True)
+        for a, b in zip(g_out, g_ref):
+            if b is None:
+                assert a is None or not a.any()
+            else:
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_compiled_step_sees_parameter_updates_and_checks_its_input():
+    model = random_model(tiny_configs()["nemp"], seed=5)
+    step = CompiledDerivatives(model, backend=None)
+    graph = batch([random_molecule(n=5, seed=1)], model.cutoff)
+    before = step(graph)["energy"].detach().clone()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.1)
+    after = step(graph)["energy"]
+    torch.testing.assert_close(after, energy_forces_stress(model, graph)["energy"], rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(before, after)
+    bad = graph._replace(edge_index=graph.edge_index.clone().fill_(99))
+    with pytest.raises(ValueError, match="outside"):
+        step(bad)
+
+
+def test_training_with_the_compiled_step_follows_eager_training(tmp_path, monkeypatch):
+    """``training.compile: true`` in the trainer: the same steps as eager training (the
+    traced graph, run without code generation here; inductor is timed by benchmarks/acac)."""
+    from ase.io import write
+
+    from .test_train import labelled, run_config, trained
+
+    data = tmp_path / "train.extxyz"
+    write(data, labelled(8, seed=300))
+    built = []
+
+    def traced_only(model, backend="inductor"):
+        built.append(CompiledDerivatives(model, backend=None))
+        return built[-1]
+
+    monkeypatch.setattr("ase_nemp.train.trainer.compiled_or_none", traced_only)
+    eager = trained(run_config(data, tmp_path / "eager", epochs=2))
+    fast = trained(run_config(data, tmp_path / "compiled", epochs=2, compile=True))
+    assert len(built) == 1 and built[0]._steps  # the compiled step was made and used
+    for (name, p), q in zip(eager.model.state_dict().items(), fast.model.state_dict().values()):
+        torch.testing.assert_close(q, p, rtol=1e-10, atol=1e-12, msg=name)
