@@ -17,7 +17,12 @@ from .model import (NEMP, LEIGNN, EquiREANN, EquiREANNConfig, LEIGNNConfig, Mode
                     energy_forces_stress)
 from .nl import build_graph
 
-__all__ = ["tiny_config", "tiny_equireann_config", "tiny_leignn_config", "tiny_configs", "random_model", "random_molecule", "random_crystal", "evaluate"]
+__all__ = ["devices", "tiny_config", "tiny_equireann_config", "tiny_leignn_config", "tiny_configs", "random_model", "random_molecule", "random_crystal", "evaluate"]
+
+
+def devices() -> list[str]:
+    """The devices the tests run on: the CPU always, and CUDA where torch finds it."""
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def tiny_config(**overrides: Any) -> NEMPConfig:
@@ -154,10 +159,12 @@ def random_crystal(n: int = 6, seed: int = 0, symbols: str = "HCO", pbc=(True, T
 
 
 def evaluate(model: NEMP, atoms: Atoms | AtomicGraph, stress: bool = False) -> dict[str, np.ndarray]:
-    """Energy, per-atom energies, forces (and stress as a 3x3 matrix) as float64 numpy."""
-    graph = atoms if isinstance(atoms, AtomicGraph) else build_graph(atoms, model.cutoff, dtype=model.dtype)
+    """Energy, per-atom energies, forces (and stress as a 3x3 matrix) as float64 numpy,
+    computed on the model's device."""
+    graph = atoms if isinstance(atoms, AtomicGraph) else build_graph(atoms, model.cutoff, dtype=model.dtype,
+                                                                    device=model.device)
     out = energy_forces_stress(model, graph, stress=stress)
-    res = {k: v.detach().to(torch.float64).numpy() for k, v in out.items()}
+    res = {k: v.detach().to(device="cpu", dtype=torch.float64).numpy() for k, v in out.items()}
     res["energy"] = res["energy"][0] if res["energy"].shape == (1,) else res["energy"]
     if stress:
         res["stress"] = res["stress"][0] if res["stress"].shape[0] == 1 else res["stress"]
