@@ -102,15 +102,11 @@ def write_outputs(result: dict, output: Path, confidence: dict, title: str) -> l
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    import torch
-
     from . import NEMPCalculator
+    from .devices import set_threads
     from .io import check_writable_folder, load
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     protocol = DEMO_PROTOCOL.replace(**{k: v for k, v in (("images", args.images), ("fmax", args.fmax),
                                                           ("steps", args.steps)) if v is not None})
     check_writable_folder(args.output)

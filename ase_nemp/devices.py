@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["resolve_device"]
+__all__ = ["resolve_device", "set_threads"]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -28,3 +28,13 @@ def resolve_device(device: str | torch.device) -> torch.device:
         if backend is None or not getattr(backend, "is_available", lambda: False)():
             raise ValueError(f"device {str(device)!r} is not available here; use 'cpu'")
     return dev
+
+
+def set_threads(threads: int | None, option: str = "--threads") -> None:
+    """``torch.set_num_threads(threads)`` for a command's ``option``; None leaves torch's
+    default, and a count below 1 is a ValueError that names the option."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"{option} must be at least 1, got {threads}")
+    torch.set_num_threads(threads)

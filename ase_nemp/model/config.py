@@ -191,11 +191,20 @@ class ModelConfig:
     def replace(self, **changes: Any):
         return dataclasses.replace(self, **changes)
 
-    def _limit_problems(self) -> list[str]:
-        """Normalise and check the fields of :mod:`ase_nemp.model.limits` that every
-        architecture has: ``isolated_atom_switch``, ``zbl``, ``zbl_radius_scale``."""
+    def _shared_problems(self) -> list[str]:
+        """Normalise and check the fields every architecture has: ``species`` (sorted
+        atomic numbers), ``cutoff`` and ``eps`` (positive floats) and those of
+        :mod:`ase_nemp.model.limits` (``isolated_atom_switch``, ``zbl``,
+        ``zbl_radius_scale``). Returns the problems found, for the subclass's message."""
         set_ = object.__setattr__
+        set_(self, "species", parse_species(self.species))
+        set_(self, "cutoff", float(self.cutoff))
+        set_(self, "eps", float(self.eps))
         problems = []
+        if not self.cutoff > 0:
+            problems.append(f"cutoff must be positive (got {self.cutoff})")
+        if not self.eps > 0:
+            problems.append("eps must be positive")
         if self.isolated_atom_switch is not None:
             set_(self, "isolated_atom_switch", float(self.isolated_atom_switch))
             if not self.isolated_atom_switch > 0:
@@ -286,16 +295,11 @@ class NEMPConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        set_(self, "species", parse_species(self.species))
         for name in ("pair_mlp", "edge_mlp", "coeff_mlp", "readout_mlp"):
             set_(self, name, MLPSpec.parse(getattr(self, name)))
-        set_(self, "cutoff", float(self.cutoff))
-        set_(self, "eps", float(self.eps))
         if self.num_radial is None:
             set_(self, "num_radial", self.num_channels)
-        problems = []
-        if not self.cutoff > 0:
-            problems.append(f"cutoff must be positive (got {self.cutoff})")
+        problems = self._shared_problems()
         if self.sh_lmax < 0 or self.feat_lmax < 0:
             problems.append("sh_lmax and feat_lmax must be >= 0")
         if self.feat_lmax > self.sh_lmax:
@@ -307,9 +311,6 @@ class NEMPConfig(ModelConfig):
             problems.append("pair_mlp cannot be linear")
         if self.pair_input not in _PAIR_INPUTS:
             problems.append(f"pair_input must be one of {_PAIR_INPUTS} (got {self.pair_input!r})")
-        if not self.eps > 0:
-            problems.append("eps must be positive")
-        problems += self._limit_problems()
         if problems:
             raise ValueError("invalid NEMPConfig: " + "; ".join(problems))
 

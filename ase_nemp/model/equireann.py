@@ -32,7 +32,7 @@ from torch import nn
 from ..graph import AtomicGraph
 from .angular import degrees, normalized_spherical_harmonics
 from .base import AtomisticModel, edge_vectors, scatter
-from .config import ModelConfig, parse_species
+from .config import ModelConfig
 from .limits import coordination_switch, zbl_energies
 
 __all__ = ["EquiREANN", "EquiREANNConfig"]
@@ -93,14 +93,10 @@ class EquiREANNConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        set_(self, "species", parse_species(self.species))
         for name in ("pair_mlp", "iter_mlp", "readout_mlp"):
             set_(self, name, tuple(int(w) for w in getattr(self, name)))
-        for name in ("cutoff", "neigh_scale", "eps"):
-            set_(self, name, float(getattr(self, name)))
-        problems = self._limit_problems()
-        if not self.cutoff > 0:
-            problems.append(f"cutoff must be positive (got {self.cutoff})")
+        set_(self, "neigh_scale", float(self.neigh_scale))
+        problems = self._shared_problems()
         if self.sh_lmax < 1:
             problems.append(f"sh_lmax must be >= 1 (got {self.sh_lmax})")
         for name in ("num_radial", "num_orbitals"):
@@ -112,8 +108,8 @@ class EquiREANNConfig(ModelConfig):
             problems.append("MLP widths must be >= 1")
         if self.species_input not in _INPUTS:
             problems.append(f"species_input must be one of {_INPUTS} (got {self.species_input!r})")
-        if not self.neigh_scale > 0 or not self.eps > 0:
-            problems.append("neigh_scale and eps must be positive")
+        if not self.neigh_scale > 0:
+            problems.append(f"neigh_scale must be positive (got {self.neigh_scale})")
         if problems:
             raise ValueError("invalid EquiREANNConfig: " + "; ".join(problems))
 

@@ -34,7 +34,7 @@ from torch.nn import functional as F
 
 from ..graph import AtomicGraph
 from .base import AtomisticModel, edge_vectors, scatter
-from .config import ModelConfig, parse_species
+from .config import ModelConfig
 from .limits import coordination_switch, zbl_energies
 from .radial import polynomial_envelope
 
@@ -90,14 +90,10 @@ class LEIGNNConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        set_(self, "species", parse_species(self.species))
-        for name in ("cutoff", "norm_eps", "eps"):
-            set_(self, name, float(getattr(self, name)))
+        set_(self, "norm_eps", float(self.norm_eps))
         if self.radial_bias is None:
             set_(self, "radial_bias", self.force_mode == "direct")
-        problems = self._limit_problems()
-        if not self.cutoff > 0:
-            problems.append(f"cutoff must be positive (got {self.cutoff})")
+        problems = self._shared_problems()
         if self.num_channels < 2 or self.num_channels % 2:
             problems.append(f"num_channels must be even and >= 2 (got {self.num_channels})")
         for name in ("num_layers", "num_radial", "envelope_p"):
