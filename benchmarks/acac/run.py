@@ -3,6 +3,10 @@ test_MD_300K.xyz, print the RMSEs and the wall time.
 
     python benchmarks/acac/run.py [--config benchmarks/acac/config.yaml] [--minutes 60]
 
+The configuration trains with the compiled step in two processes of one thread each:
+
+    OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 benchmarks/acac/run.py
+
 Writes the run into ``runs/acac`` (model, checkpoint, metrics) and copies the learning
 curve and the printed figures to ``benchmarks/acac/`` (``learning_curve.png``,
 ``results.md``). Needs the data under ``../shared/data/botnet/acac``.
@@ -47,6 +51,8 @@ def main() -> int:
     start = time.perf_counter()
     trainer = train(run, resume=args.resume)
     wall = time.perf_counter() - start
+    if not trainer.group.main:  # under torchrun the first process reports
+        return 0
     test = json.loads((args.out / "test_metrics.json").read_text())["all"]
     history = trainer.state["history"]
     epochs = len(history)
