@@ -7,7 +7,6 @@ Each subcommand imports what it needs when it runs, so ``nemp --help`` is fast.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -42,6 +41,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from .train import RunConfig, TrainingInterrupted, train
+    from .train.distributed import is_main_process
 
     run = RunConfig.from_yaml(args.config)
     try:
@@ -49,7 +49,7 @@ def _train(args: argparse.Namespace) -> int:
     except TrainingInterrupted as err:
         print(f"nemp train: {err}; continue with: nemp train {args.config} --resume", file=sys.stderr)
         return 130
-    if os.environ.get("RANK", "0") != "0":  # under torchrun the first process reports
+    if not is_main_process():  # under torchrun the first process reports
         return 0
     best = trainer.out / "best.pt"
     if not best.exists():

@@ -156,12 +156,6 @@ class NEMP(AtomisticModel):
         return self.atomic_energies_of(graph.positions, species, graph.edge_index, graph.shifts, graph.cell,
                                        graph.batch, fused=fused)
 
-    def edge_vectors(
-        self, positions: torch.Tensor, edge_index: torch.Tensor, shifts: torch.Tensor, cell: torch.Tensor, batch: torch.Tensor
-    ) -> torch.Tensor:
-        """``r_e = x_j - x_i + n_e @ H_g(i)``, shape (E, 3)."""
-        return edge_vectors(positions, edge_index, shifts, cell, batch)
-
     def atomic_energies_of(
         self,
         positions: torch.Tensor,
@@ -188,7 +182,7 @@ class NEMP(AtomisticModel):
         i, j = edge_index[0], edge_index[1]
 
         # -- geometry (3.1) and pair tables (3.2), computed on the S^2 ordered pairs
-        r = self.edge_vectors(positions, edge_index, shifts, cell, batch)  # (E, 3)
+        r = edge_vectors(positions, edge_index, shifts, cell, batch)  # (E, 3)
         use_kernels = fused and trace is None and kernels.fits(C, cfg.num_radial, L)
         csr = kernels.build_csr(edge_index, N, positions.dtype) if use_kernels else None
         sigma = self.pair_mlp(self.pair_inputs)  # (S^2, P)

@@ -16,8 +16,8 @@ differentiate a compiled function twice, so the step is prepared in two stages:
 
 The first call of each kind (with or without stress) traces and compiles, which takes one
 to a few minutes on a CPU; every later call is the compiled code. The parameters are
-inputs of the graph, not constants in it: the optimiser's updates are seen, and one
-compiled step serves any module of the same architecture and sizes (the EMA copy too).
+inputs of the graph, not constants in it: the optimiser's updates are seen without
+compiling again.
 """
 
 from __future__ import annotations

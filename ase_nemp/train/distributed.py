@@ -19,7 +19,13 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["ProcessGroup"]
+__all__ = ["ProcessGroup", "is_main_process"]
+
+
+def is_main_process() -> bool:
+    """Whether this process writes the files and prints: rank 0 of a torchrun, or a process
+    started alone. Reads torchrun's environment only (nothing is initialised)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 class ProcessGroup:
@@ -27,7 +33,7 @@ class ProcessGroup:
 
     def __init__(self, device: str = "cpu") -> None:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
+        self.rank = int(os.environ.get("RANK", "0"))  # 0 exactly when is_main_process()
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if self.world > 1 and not torch.distributed.is_initialized():
             cuda = str(device).startswith("cuda")

@@ -43,7 +43,7 @@ from .data import (
     split_indices,
 )
 from .compiled import compiled_or_none
-from .distributed import ProcessGroup
+from .distributed import ProcessGroup, is_main_process
 from .loss import ErrorStats, LossWeights, batch_loss
 
 __all__ = ["Trainer", "TrainingInterrupted", "prepare_data", "build_model", "train", "train_committee"]
@@ -664,7 +664,7 @@ def train(run: RunConfig, resume: bool = False, progress: bool = True) -> "Train
         result = Trainer(run, progress=progress)
         result.setup(resume=resume)
         result.fit()
-    if run.data.test and ProcessGroup(run.training.device).main and (result.out / "best.pt").exists():
+    if run.data.test and is_main_process() and (result.out / "best.pt").exists():
         _write_test_metrics(run, result.out, progress)
     return result
 
@@ -719,7 +719,7 @@ def train_committee(run: RunConfig, resume: bool = False, progress: bool = True)
     uncertainty and error), ``calibration.png`` the plot. The output folder is locked
     against other runs meanwhile.
     """
-    lock = FolderLock(run.output_dir) if ProcessGroup(run.training.device).main else None
+    lock = FolderLock(run.output_dir) if is_main_process() else None
     try:
         return _train_committee(run, resume, progress)
     finally:
