@@ -68,6 +68,57 @@ def test_compiled_step_sees_parameter_updates_and_checks_its_input():
         step(bad)
 
 
+@pytest.mark.parametrize("fault, message", [
+    (lambda t: t * 1.01, "forces: largest difference"),  # wrong values
+    (lambda t: t.detach() + 2 * (t - t.detach()), "parameter gradient"),  # right values, wrong derivative
+])
+def test_a_compiled_step_that_disagrees_with_eager_is_not_used(monkeypatch, fault, message):
+    """Code generation can be wrong (inductor in torch 2.13 miscompiles LEIGNN's update):
+    the first call compares with eager autograd, warns, and eager serves from then on."""
+    model = random_model(tiny_configs()["nemp"], seed=5)
+    step = CompiledDerivatives(model, backend=None)
+    prepare = step._prepare
+
+    def faulty(*args):
+        traced, keys = prepare(*args)
+        return (lambda *a: tuple(fault(t) if k == "forces" else t for k, t in zip(keys, traced(*a)))), keys
+
+    monkeypatch.setattr(step, "_prepare", faulty)
+    graph = batch([random_crystal(n=5, seed=1), random_molecule(n=6, seed=2)], model.cutoff)
+    with pytest.warns(RuntimeWarning, match=message):
+        out = step(graph)
+    assert step.eager
+    params = list(model.parameters())
+    for later in (out, step(graph)):  # the first call's answer and every later one are eager's
+        ref = energy_forces_stress(model, graph, training=True)
+        torch.testing.assert_close(later["forces"], ref["forces"], rtol=1e-12, atol=1e-12)
+        for a, b in zip(torch.autograd.grad(loss_of(later), params), torch.autograd.grad(loss_of(ref), params)):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_compiled_step_evaluates_another_copy_without_grad():
+    """Validation's use: the EMA copy (other parameter values, same layout) through the
+    training step's graph under no_grad gives eager's energies and forces of that copy."""
+    import copy
+
+    model = random_model(tiny_configs()["nemp"], seed=5)
+    step = CompiledDerivatives(model, backend=None)
+    graph = batch([random_crystal(n=5, seed=1), random_molecule(n=6, seed=2)], model.cutoff)
+    step(graph, stress=True)  # traced by the training call first, as in the trainer
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(0.9)
+        out = step(graph, stress=True, model=other)
+    ref = energy_forces_stress(other, graph, stress=True)
+    for key in ("energy", "forces", "stress"):
+        torch.testing.assert_close(out[key], ref[key], rtol=1e-12, atol=1e-12, msg=key)
+        assert not torch.allclose(out[key], energy_forces_stress(model, graph, stress=True)[key])
+    stranger = random_model(tiny_configs()["nemp"].replace(num_channels=2), seed=5)
+    with pytest.raises(ValueError, match="class and config"):
+        step(graph, model=stranger)
+
+
 def test_training_with_the_compiled_step_follows_eager_training(tmp_path, monkeypatch):
     """``training.compile: true`` in the trainer: the same steps as eager training (the
     traced graph, run without code generation here; inductor is timed by benchmarks/acac)."""
@@ -89,3 +140,8 @@ def test_training_with_the_compiled_step_follows_eager_training(tmp_path, monkey
     assert len(built) == 1 and built[0]._steps  # the compiled step was made and used
     for (name, p), q in zip(eager.model.state_dict().items(), fast.model.state_dict().values()):
         torch.testing.assert_close(q, p, rtol=1e-10, atol=1e-12, msg=name)
+    # validation (the EMA copy through the compiled graph) reports eager's losses
+    assert len(fast.state["history"]) == 2
+    for a, b in zip(eager.state["history"], fast.state["history"]):
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-10)
+        assert b["val_f_rmse"] == pytest.approx(a["val_f_rmse"], rel=1e-10)
