@@ -76,14 +76,23 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-def _strict(cls, values: Mapping[str, Any], section: str):
-    """``cls(**values)`` with unknown keys refused and values converted to the field types."""
+def checked_fields(cls, values: Mapping[str, Any], section: str, also: tuple[str, ...] = (),
+                   where: str = "") -> dict[str, Any]:
+    """``values`` converted to the field types of dataclass ``cls``; keys that are not its
+    fields are refused, naming the known ones (``also``: keys the caller handles itself;
+    ``where``: words after the section's name in the message)."""
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in section '{section}'; known keys: {sorted(known)}")
+        raise ValueError(f"unknown key(s) {unknown} in section '{section}'{where}; known keys: "
+                         f"{list(also) + sorted(known)}")
     hints = typing.get_type_hints(cls)
-    return cls(**{k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()})
+    return {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
+
+
+def _strict(cls, values: Mapping[str, Any], section: str):
+    """``cls(**values)`` with unknown keys refused and values converted to the field types."""
+    return cls(**checked_fields(cls, values, section))
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -177,7 +186,8 @@ class TrainConfig:
         Compile the training step (energy, forces, stress and the loss's gradient) with
         ``torch.compile`` (:mod:`ase_nemp.train.compiled`): about twice the steps per
         second on a CPU, after one to a few minutes of compilation at the start (and at
-        every resume). Validation stays eager. Needs a C++ compiler on the CPU. On a
+        every resume). Validation runs through the same graph, compiled once more without
+        the parameters' backward. Needs a C++ compiler on the CPU. On a
         2-core CPU, run two processes of one thread each under ``torchrun``.
     checkpoint_every : int
         Write the resumable checkpoint every this many epochs (and always on exit).

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import copy
 import csv
-import dataclasses
 import math
 import os
 import time
-import typing
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -31,7 +29,7 @@ import torch
 from ..io import FolderLock, atomic_write, load, resolve_dtype, save
 from ..signals import deferred_stop
 from ..model import AtomisticModel, Committee, ModelConfig, config_class, energy_forces_stress, model_class
-from .config import RunConfig, TrainConfig, _coerce
+from .config import RunConfig, TrainConfig, checked_fields
 from .data import (
     LabelKeys,
     Sample,
@@ -142,13 +140,8 @@ def model_config(section: dict, species: tuple[int, ...] | None) -> tuple[str, M
         config_cls = config_class(architecture)
     except ValueError as err:
         raise ValueError(f"model.architecture: {err}") from None
-    known = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in section 'model' for architecture {architecture!r}; known keys: "
-                         f"['architecture', 'preset', {str(sorted(known))[1:]}")
-    hints = typing.get_type_hints(config_cls)
-    fields = {k: _coerce(v, hints[k], f"model.{k}") for k, v in fields.items()}
+    fields = checked_fields(config_cls, fields, "model", also=("architecture", "preset"),
+                            where=f" for architecture {architecture!r}")
     fields.setdefault("species", species or (1,))
     try:
         cfg = config_cls.preset(preset, **fields) if preset else config_cls(**fields)
@@ -495,7 +488,12 @@ class Trainer:
         model.eval()
         mine = self.group.share(samples)  # each process validates its share
         for _, batch in self._batches(mine, list(range(len(mine))), self.cfg.valid_batch_size):
-            out = energy_forces_stress(model, batch.graph, stress=bool(batch.has_stress.any()) and model.conservative)
+            stress = bool(batch.has_stress.any()) and model.conservative
+            if self._compiled is not None and model.config == self.model.config:
+                with torch.no_grad():  # the training step's graph, compiled without its parameter backward
+                    out = self._compiled(batch.graph, stress, model=model)
+            else:
+                out = energy_forces_stress(model, batch.graph, stress=stress)
             total += batch_loss(out, batch, weights).item()
             stats.add(out, batch)
         if self.group.world > 1:
