@@ -6,7 +6,9 @@ time, and the cost of an MD step, in one run.
 For each architecture, one after another (run it on a quiet machine):
 
 1. ``nemp train`` on ``../shared/data/botnet/acac/train_300K.xyz`` with the split, batch
-   size, EMA, force weight and float32 of ``benchmarks/acac/config.yaml``, a cosine
+   size, EMA, force weight, float32 and compiled training step of
+   ``benchmarks/acac/config.yaml``, in ``--processes`` data-parallel processes of one
+   thread each under ``torchrun`` (2 by default, one per core), a cosine
    learning rate over ``--minutes`` of training, and the model below (sizes comparable in
    parameters; the learning rate suits each parametrisation: NEMP's scaled MLPs take the
    paper's 0.02, plain ``nn.Linear`` models the authors' 5e-3 (EquiREANN) and 5e-4 (LEIGNN));
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -48,11 +51,22 @@ MODELS = {
 LEARNING_RATE = {"nemp": 0.02, "equireann": 5e-3, "leignn": 5e-4, "leignn-conservative": 5e-4}
 
 
-def train_one(name: str, minutes: float, out: Path) -> dict:
+def train_command(config: Path, processes: int) -> tuple[list[str], dict]:
+    """The command (and environment) that trains ``config`` in ``processes`` processes."""
+    env = dict(os.environ)
+    if processes == 1:
+        return [sys.executable, "-m", "ase_nemp.cli", "train", str(config), "--quiet"], env
+    env["OMP_NUM_THREADS"] = "1"
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+            "-m", "ase_nemp.cli", "train", str(config), "--quiet"], env
+
+
+def train_one(name: str, minutes: float, out: Path, processes: int) -> dict:
     raw = yaml.safe_load((HERE / "acac" / "config.yaml").read_text())
     lr = LEARNING_RATE[name]
     raw["model"] = MODELS[name]
-    raw["training"].update(max_time=60.0 * minutes, lr_peak=lr, lr_warm=lr / 10, lr_min=lr / 100)
+    threads = 1 if processes > 1 else (os.cpu_count() or 1)
+    raw["training"].update(max_time=60.0 * minutes, lr_peak=lr, lr_warm=lr / 10, lr_min=lr / 100, threads=threads)
     raw["output"] = {"dir": str(out / name)}
     config = out / f"{name}.yaml"
     config.parent.mkdir(parents=True, exist_ok=True)
@@ -60,7 +74,8 @@ def train_one(name: str, minutes: float, out: Path) -> dict:
         raw["data"][key] = str((HERE / "acac" / raw["data"][key]).resolve())
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "ase_nemp.cli", "train", str(config), "--quiet"], check=True)
+    command, env = train_command(config, processes)
+    subprocess.run(command, check=True, env=env)
     test = json.loads((out / name / "test_metrics.json").read_text())["all"]
     from ase_nemp import load
 
@@ -82,7 +97,10 @@ def md_cost(name: str, out: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=30.0, help="training time per architecture")
-    parser.add_argument("--architectures", nargs="+", default=["nemp", "equireann", "leignn"], choices=list(MODELS))
+    parser.add_argument("--architectures", nargs="+", default=["nemp", "equireann", "leignn"], choices=list(MODELS),
+                        help="the ones to train now; the table also shows those run earlier into --out")
+    parser.add_argument("--processes", type=int, default=2,
+                        help="data-parallel training processes of one thread each (1: one process, all cores)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "architectures")
     parser.add_argument("--results", type=Path, default=HERE / "results" / "architectures",
                         help="file stem of the table and plot")
@@ -91,14 +109,20 @@ def main() -> int:
     if not (DATA / "train_300K.xyz").exists():
         print(f"data not found under {DATA}", file=sys.stderr)
         return 1
-    rows = []
+    # rows are kept in the output folder, so that one architecture can be run again alone
+    # and the table still shows every architecture that has been run there
+    stored = args.out / "rows.json"
+    done = json.loads(stored.read_text()) if stored.exists() else {}
     for name in args.architectures:
-        row = train_one(name, args.minutes, args.out)
-        row.update(md_cost(name, args.out))
-        rows.append(row)
+        row = train_one(name, args.minutes, args.out, args.processes)
+        row.update(md_cost(name, args.out), minutes=args.minutes, processes=args.processes)
+        done[name] = row
+        stored.write_text(json.dumps(done, indent=1))
         print(row, flush=True)
+    rows = [done[name] for name in MODELS if name in done]
     lines = [f"# Three architectures on acetylacetone ({args.minutes:g} min of training each) and in MD", "",
-             "`python benchmarks/architectures.py --minutes " f"{args.minutes:g}`; test set test_MD_300K.xyz "
+             f"`python benchmarks/architectures.py --minutes {args.minutes:g} --processes {args.processes}`; "
+             f"training in {args.processes} process(es); test set test_MD_300K.xyz "
              "(650 structures); MD: 1,536-atom water box, 1 thread, float32, skin 1 Å.", "",
              "| architecture | parameters | E RMSE (meV/atom) | F RMSE (meV/Å) | F MAE (meV/Å) | MD µs/atom/step "
              "| peak kB/atom |", "|---|---|---|---|---|---|---|"]
