@@ -227,9 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    from .train.distributed import OtherProcessFailed
+
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
+    except (FileNotFoundError, FileExistsError, ValueError, OtherProcessFailed) as err:
         print(f"nemp {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -19,13 +19,17 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["ProcessGroup", "is_main_process"]
+__all__ = ["ProcessGroup", "OtherProcessFailed", "is_main_process"]
 
 
 def is_main_process() -> bool:
     """Whether this process writes the files and prints: rank 0 of a torchrun, or a process
     started alone. Reads torchrun's environment only (nothing is initialised)."""
     return os.environ.get("RANK", "0") == "0"
+
+
+class OtherProcessFailed(RuntimeError):
+    """Raised on the processes of a run that did not fail themselves when another did."""
 
 
 class ProcessGroup:
@@ -115,7 +119,7 @@ class ProcessGroup:
         if error is not None:
             raise error
         if failed:
-            raise RuntimeError("another process of this training run failed; its message says why")
+            raise OtherProcessFailed("another process of this training run failed; its message says why")
 
     def _comm_device(self) -> torch.device:
         return torch.device("cuda", torch.cuda.current_device()) if torch.distributed.get_backend() == "nccl" \
