@@ -19,14 +19,15 @@ to a few minutes on a CPU; every later call is the compiled code. The parameters
 inputs of the graph, not constants in it: the optimiser's updates are seen without
 compiling again.
 
-The compiler is trusted only after it has been checked: the first call of each kind is
-also evaluated eagerly, and the outputs and the parameters' gradient must agree to the
-dtype's rounding. If they do not (code generation has bugs: inductor in torch 2.13 gets
+The compiler is trusted only after it has been checked: on the first call of each kind a
+copy of the model with noise on its parameters is evaluated compiled and eagerly, and the
+outputs and the parameters' gradient must agree to the dtype's rounding. If they do not (code generation has bugs: inductor in torch 2.13 gets
 LEIGNN's update wrong), a warning says by how much and every later call runs eagerly.
 """
 
 from __future__ import annotations
 
+import copy
 import threading
 import warnings
 
@@ -101,8 +102,10 @@ class CompiledDerivatives:
                     self._steps[stress] = self._prepare(graph, stress, params, buffers)
                 if kind not in self._checked:
                     step, keys = self._steps[stress]
-                    out = dict(zip(keys, step(params, buffers, *graph)))
-                    problem = _disagreement(out, _eager(model, graph, stress), params, model.dtype)
+                    probe = _perturbed(model)  # every path carries a value (a fresh readout may be zero)
+                    probe_params = list(probe.parameters())
+                    out = dict(zip(keys, step(probe_params, list(probe.buffers()), *graph)))
+                    problem = _disagreement(out, _eager(probe, graph, stress), probe_params, model.dtype)
                     self._checked.add(kind)
                     if problem:
                         self.eager = True
@@ -139,6 +142,19 @@ class CompiledDerivatives:
         if self.backend is None:
             return traced, tuple(keys)
         return torch.compile(traced, backend=self.backend, dynamic=True), tuple(keys)
+
+
+def _perturbed(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` with noise on every parameter, for the check against eager: a
+    freshly built model may hold zeros (EquiREANN's readout) that hide the rest of the
+    graph from its outputs and their gradient."""
+    probe = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in probe.parameters():
+            noise = torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device)
+            p.add_(noise * (0.1 * float(p.abs().mean()) + 0.02))
+    return probe
 
 
 def _eager(model: torch.nn.Module, graph: AtomicGraph, stress: bool) -> dict[str, torch.Tensor]:
