@@ -120,14 +120,16 @@ def main() -> int:
         stored.write_text(json.dumps(done, indent=1))
         print(row, flush=True)
     rows = [done[name] for name in MODELS if name in done]
-    lines = [f"# Three architectures on acetylacetone ({args.minutes:g} min of training each) and in MD", "",
-             f"`python benchmarks/architectures.py --minutes {args.minutes:g} --processes {args.processes}`; "
-             f"training in {args.processes} process(es); test set test_MD_300K.xyz "
+    # each row says how it was trained: rows kept from an earlier run may differ from this one's
+    lines = ["# Three architectures on acetylacetone and in MD", "",
+             "`python benchmarks/architectures.py --minutes M --processes P`; test set test_MD_300K.xyz "
              "(650 structures); MD: 1,536-atom water box, 1 thread, float32, skin 1 Å.", "",
-             "| architecture | parameters | E RMSE (meV/atom) | F RMSE (meV/Å) | F MAE (meV/Å) | MD µs/atom/step "
-             "| peak kB/atom |", "|---|---|---|---|---|---|---|"]
+             "| architecture | training | epochs | parameters | E RMSE (meV/atom) | F RMSE (meV/Å) | F MAE (meV/Å) "
+             "| MD µs/atom/step | peak kB/atom |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['parameters']:,} | {r['e_rmse_meV_atom']:.2f} | {r['f_rmse_meV_A']:.1f} | "
+        epochs = sum(1 for _ in open(args.out / r["name"] / "metrics.csv")) - 1  # header line
+        lines.append(f"| {r['name']} | {r['minutes']:g} min, {r['processes']} process(es) | {epochs} | "
+                     f"{r['parameters']:,} | {r['e_rmse_meV_atom']:.2f} | {r['f_rmse_meV_A']:.1f} | "
                      f"{r['f_mae_meV_A']:.1f} | {r['us_atom_step']:.0f} | {r['peak_kB_atom']:.0f} |")
     text = "\n".join(lines)
     print("\n" + text)
@@ -142,7 +144,8 @@ def main() -> int:
     ax.set_xscale("log")
     ax.set_xlabel("MD cost, µs per atom per step (1 thread, float32)")
     ax.set_ylabel("acac test force RMSE (meV/Å)")
-    ax.set_title(f"accuracy against cost, {args.minutes:g} min of training each")
+    ax.set_title("accuracy against cost, " + ", ".join(sorted({f"{r['minutes']:g} min" for r in rows}))
+                 + " of training each")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(args.results.with_suffix(".png"), dpi=130)

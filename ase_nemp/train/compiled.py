@@ -21,8 +21,9 @@ compiling again.
 
 The compiler is trusted only after it has been checked: on the first call of each kind a
 copy of the model with noise on its parameters is evaluated compiled and eagerly, and the
-outputs and the parameters' gradient must agree to the dtype's rounding. If they do not (code generation has bugs: inductor in torch 2.13 gets
-LEIGNN's update wrong), a warning says by how much and every later call runs eagerly.
+outputs and the parameters' gradient must agree to the dtype's rounding. If they do not
+(code generation has bugs: inductor in torch 2.13 gets LEIGNN's update wrong), a warning
+says by how much and every later call runs eagerly.
 """
 
 from __future__ import annotations
