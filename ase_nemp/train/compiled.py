@@ -142,7 +142,10 @@ class CompiledDerivatives:
         traced = _without_detach(traced)
         if self.backend is None:
             return traced, tuple(keys)
-        return torch.compile(traced, backend=self.backend, dynamic=True), tuple(keys)
+        # on a CPU, inductor's C++ wrapper (instead of Python calling each generated kernel)
+        # makes the acac training step 6 % faster (45 -> 42.5 ms on 4 molecules, one core)
+        options = {"cpp_wrapper": True} if self.backend == "inductor" and graph.positions.device.type == "cpu" else None
+        return torch.compile(traced, backend=self.backend, dynamic=True, options=options), tuple(keys)
 
 
 def _perturbed(model: torch.nn.Module) -> torch.nn.Module:

@@ -459,8 +459,10 @@ class Trainer:
             st["step_in_epoch"] += 1
             st["epoch_loss_sum"] += loss.item() / len(samples)
             st["epoch_loss_count"] += 1
+            # the postfix waits for the bar's next redraw (at most one a second): refreshing at
+            # every step would write to the terminal at every step
+            bar.set_postfix(loss=f"{st['epoch_loss_sum'] / st['epoch_loss_count']:.4g}", lr=f"{lr:.2e}", refresh=False)
             bar.update(1)
-            bar.set_postfix(loss=f"{st['epoch_loss_sum'] / st['epoch_loss_count']:.4g}", lr=f"{lr:.2e}")
             # a signal to this process (alone: at once), or to any process of the run as
             # agreed in the step's all-reduce (several: all stop after the same step)
             if stop or (self.group.world == 1 and self._stop_signal is not None):
