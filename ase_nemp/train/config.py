@@ -185,8 +185,9 @@ class TrainConfig:
     compile : bool
         Compile the training step (energy, forces, stress and the loss's gradient) with
         ``torch.compile`` (:mod:`ase_nemp.train.compiled`): about twice the steps per
-        second on a CPU, after one to a few minutes of compilation at the start (and at
-        every resume). Validation runs through the same graph, compiled once more without
+        second on a CPU, after compilation at the start (and at every resume): about
+        half a minute from inductor's on-disk cache, four to five minutes without it on a
+        2-core CPU (the C++ wrapper it generates on a CPU is slow to build). Validation runs through the same graph, compiled once more without
         the parameters' backward. Needs a C++ compiler on the CPU. On a
         2-core CPU, run two processes of one thread each under ``torchrun``.
     checkpoint_every : int
