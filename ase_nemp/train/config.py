@@ -187,9 +187,10 @@ class TrainConfig:
         ``torch.compile`` (:mod:`ase_nemp.train.compiled`): about twice the steps per
         second on a CPU, after compilation at the start (and at every resume): about
         half a minute from inductor's on-disk cache, four to five minutes without it on a
-        2-core CPU (the C++ wrapper it generates on a CPU is slow to build). Validation runs through the same graph, compiled once more without
-        the parameters' backward. Needs a C++ compiler on the CPU. On a
-        2-core CPU, run two processes of one thread each under ``torchrun``.
+        2-core CPU (the C++ wrapper it generates on a CPU is slow to build). Validation
+        runs through the same graph, compiled once more without the parameters' backward.
+        Needs a C++ compiler on the CPU. On a 2-core CPU, run two processes of one thread
+        each under ``torchrun``.
     checkpoint_every : int
         Write the resumable checkpoint every this many epochs (and always on exit).
     init_from : str or None
