@@ -52,6 +52,24 @@ def test_compiled_step_matches_eager(name, backend):
                 torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", ["nemp", "equireann"])
+def test_a_first_batch_of_one_structure_does_not_fix_the_batch_size(name):
+    """Symbolic tracing turns sizes of 0 and 1 into constants: a graph traced on a batch of
+    one structure (each process's share of a batch of 2 under torchrun) serves only
+    batches of one. Later batches of other sizes must get a graph of their own."""
+    model = random_model(tiny_configs()[name], seed=5)
+    step = CompiledDerivatives(model, backend=None)
+    stress = model.conservative
+    for graph in (batch([random_molecule(n=5, seed=1)], model.cutoff),
+                  batch([random_crystal(n=4, seed=2), random_molecule(n=6, seed=3)], model.cutoff),
+                  batch([random_crystal(n=3, seed=4)], model.cutoff)):
+        ref = energy_forces_stress(model, graph, stress=stress, training=True)
+        out = step(graph, stress=stress)
+        for key in ref:
+            torch.testing.assert_close(out[key], ref[key], rtol=1e-12, atol=1e-12, msg=key)
+    assert len(step._steps) == 2  # one graph for single structures, one for the rest
+
+
 def test_compiled_step_sees_parameter_updates_and_checks_its_input():
     model = random_model(tiny_configs()["nemp"], seed=5)
     step = CompiledDerivatives(model, backend=None)
