@@ -1,5 +1,6 @@
 """Training and evaluation on a tiny synthetic data set (EMT labels)."""
 
+import math
 import signal
 
 import numpy as np
@@ -13,6 +14,7 @@ from ase.io import write
 from ase_nemp import load
 from ase_nemp.cli import main
 from ase_nemp.train import RunConfig, TrainingInterrupted, evaluate, fit_atomic_energies
+from ase_nemp.train.config import TrainConfig
 from ase_nemp.train.trainer import Trainer
 from ase_nemp.testing import evaluate as evaluate_model
 from ase_nemp.testing import random_molecule
@@ -128,6 +130,40 @@ def test_resume_continues_exactly(data_file, tmp_path):
     a, b = state_of(straight), state_of(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["val_loss"] for r in straight.state["history"]] == [r["val_loss"] for r in resumed.state["history"]]
+    # metrics.csv: written whole after the resume, appended to after that; the same rows
+    def rows(run):
+        lines = (tmp_path / run / "metrics.csv").read_text().splitlines()
+        return [line.rsplit(",", 1)[0] for line in lines]  # less the elapsed_s column
+
+    assert rows("split") == rows("straight") and len(rows("split")) == 5
+
+
+def test_valid_every_skips_validation_but_not_training(data_file, tmp_path):
+    """valid_every=2 validates epochs 1 and 3, and the last one (4); the training itself,
+    and the validations it does, are those of a run that validates every epoch."""
+    every = trained(run_config(data_file, tmp_path / "every", epochs=5))
+    sparse = trained(run_config(data_file, tmp_path / "sparse", epochs=5, valid_every=2))
+    a, b = state_of(every), state_of(sparse)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = sparse.state["history"]
+    assert [r["epoch"] for r in rows if math.isfinite(r["val_loss"])] == [1, 3, 4]
+    for r, ref in zip(rows, every.state["history"]):
+        assert r["train_loss"] == ref["train_loss"]
+        if math.isfinite(r["val_loss"]):
+            assert r["val_loss"] == ref["val_loss"] and r["val_f_rmse"] == ref["val_f_rmse"]
+        else:
+            assert math.isnan(r["val_f_rmse"])
+    assert sparse.state["best_epoch"] in (1, 3, 4)
+    assert (tmp_path / "sparse" / "metrics.csv").read_text().count("nan") == 2 * 5  # 5 validation columns, 2 rows
+    # a timed run validates its last epoch whatever valid_every says
+    timed = trained(run_config(data_file, tmp_path / "timed", epochs=50, valid_every=10, max_time=1e-9))
+    assert len(timed.state["history"]) == 1 and math.isfinite(timed.state["history"][0]["val_loss"])
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True])
+def test_valid_every_must_be_a_positive_whole_number(value):
+    with pytest.raises(ValueError, match="valid_every"):
+        TrainConfig(valid_every=value)
 
 
 def test_sharded_batches_give_the_same_training(data_file, tmp_path):

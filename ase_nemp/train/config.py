@@ -193,6 +193,11 @@ class TrainConfig:
         each under ``torchrun``.
     checkpoint_every : int
         Write the resumable checkpoint every this many epochs (and always on exit).
+    valid_every : int
+        Validate (and so pick the best model, check for divergence and count plateau
+        patience) every this many epochs, and always after the last one. 1 validates
+        every epoch; a larger value saves the validation's time when epochs are short.
+        The skipped epochs have NaN in the validation columns of ``metrics.csv``.
     init_from : str or None
         Start from the parameters of this model file (fine-tuning, e.g. a second stage
         with a larger energy weight): its architecture, elements and reference energies
@@ -235,6 +240,7 @@ class TrainConfig:
     workers: int = 1
     compile: bool = False
     checkpoint_every: int = 1
+    valid_every: int = 1
     init_from: str | None = None
     committee: int = 1
 
@@ -244,6 +250,10 @@ class TrainConfig:
             problems.append(f"threads must be a whole number >= 1 or null (torch's default), not {self.threads!r}")
         if not isinstance(self.epochs, int) or self.epochs < 1:
             problems.append(f"epochs must be a whole number >= 1, not {self.epochs!r}")
+        for name in ("checkpoint_every", "valid_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                problems.append(f"{name} must be a whole number >= 1, not {value!r}")
         if not isinstance(self.committee, int) or self.committee < 1:
             problems.append(f"committee must be a whole number >= 1, not {self.committee!r}")
         if self.lr_schedule not in ("plateau", "cosine"):

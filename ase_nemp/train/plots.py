@@ -21,19 +21,22 @@ def figure(nrows: int = 1, ncols: int = 1, figsize=(6, 4)):
 
 
 def learning_curve(history: list[dict], path: str | Path) -> Path:
-    """Losses, validation errors and learning rate against epoch."""
+    """Losses, validation errors and learning rate against epoch (the validation curves
+    join the validated epochs only)."""
     epoch = np.array([r["epoch"] for r in history])
+    checked = [r for r in history if np.isfinite(r["val_loss"])]
+    val_epoch = np.array([r["epoch"] for r in checked])
     fig, (ax_l, ax_e) = figure(1, 2, figsize=(11, 4))
     ax_l.semilogy(epoch, [r["train_loss"] for r in history], label="train loss")
-    ax_l.semilogy(epoch, [r["val_loss"] ** 2 for r in history], label="validation loss")
+    ax_l.semilogy(val_epoch, [r["val_loss"] ** 2 for r in checked], label="validation loss")
     ax_l.set_xlabel("epoch")
     ax_l.set_ylabel("weighted loss per structure")
     lr_ax = ax_l.twinx()
     lr_ax.semilogy(epoch, [r["lr"] for r in history], color="0.6", ls="--", label="learning rate")
     lr_ax.set_ylabel("learning rate")
     ax_l.legend(loc="upper right", fontsize=8)
-    ax_e.semilogy(epoch, [1e3 * r["val_e_rmse_atom"] for r in history], label="energy RMSE (meV/atom)")
-    ax_e.semilogy(epoch, [1e3 * r["val_f_rmse"] for r in history], label="force RMSE (meV/Å)")
+    ax_e.semilogy(val_epoch, [1e3 * r["val_e_rmse_atom"] for r in checked], label="energy RMSE (meV/atom)")
+    ax_e.semilogy(val_epoch, [1e3 * r["val_f_rmse"] for r in checked], label="force RMSE (meV/Å)")
     ax_e.set_xlabel("epoch")
     ax_e.set_title("validation (EMA parameters)")
     ax_e.legend(fontsize=8)

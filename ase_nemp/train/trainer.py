@@ -206,6 +206,7 @@ class Trainer:
         self.dtype = resolve_dtype(self.cfg.dtype)
         self._stop_signal: int | None = None
         self._pool: ThreadPoolExecutor | None = None  # shard workers, made on first use
+        self._metrics_rows = 0  # rows of metrics.csv written by this process since set-up
 
     # -- set-up ------------------------------------------------------------------------
     def setup(self, resume: bool = False, data: tuple | None = None) -> None:
@@ -317,7 +318,7 @@ class Trainer:
             if old[section] != new[section]:
                 raise ValueError(f"cannot resume: the '{section}' section changed since the checkpoint was written "
                                  f"(was {old[section]}, now {new[section]})")
-        allowed = {"epochs", "max_time", "checkpoint_every", "threads", "workers", "compile"}
+        allowed = {"epochs", "max_time", "checkpoint_every", "valid_every", "threads", "workers", "compile"}
         changed = [k for k in new["training"] if old["training"].get(k) != new["training"][k] and k not in allowed]
         if changed:
             raise ValueError(f"cannot resume: training settings {changed} changed; only {sorted(allowed)} may change")
@@ -364,12 +365,15 @@ class Trainer:
             return min(max((self.state["elapsed"] - warm_time) / max(c.max_time - warm_time, 1e-9), 0.0), 1.0)
         return min((epoch - c.warmup_epochs) / max(c.epochs - c.warmup_epochs, 1), 1.0)
 
-    def _after_epoch_schedules(self, epoch: int, lr: float, val_loss: float) -> None:
+    def _after_epoch_schedules(self, epoch: int, lr: float, val_loss: float | None) -> None:
+        """Plateau count (``val_loss`` None: an epoch without validation) and force weight."""
         c, st = self.cfg, self.state
-        if val_loss < (1.0 - 1e-4) * st["best_val"]:
+        if val_loss is None:
+            pass
+        elif val_loss < (1.0 - 1e-4) * st["best_val"]:
             st["bad_epochs"] = 0
         else:
-            st["bad_epochs"] += 1
+            st["bad_epochs"] += c.valid_every  # patience counts epochs, validated or not
             if st["bad_epochs"] >= c.plateau_patience:
                 st["plateau_scale"] = max(st["plateau_scale"] * c.plateau_factor, c.lr_min / c.lr_peak)
                 st["bad_epochs"] = 0
@@ -533,8 +537,21 @@ class Trainer:
                     break
                 t0 = time.perf_counter()
                 train_loss = self._train_epoch(lr)
+                validate = (epoch + 1) % c.valid_every == 0 or epoch + 1 >= c.epochs
+                if not validate:
+                    # every process follows the first one's clock: the time schedule must agree
+                    st["elapsed"] = self.group.from_main(st["elapsed"] + time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    # the last epoch of a timed run is always validated
+                    validate = c.max_time is not None and st["elapsed"] >= c.max_time
+                    if not validate:
+                        self._after_epoch_schedules(epoch, lr, None)
+                        self._record(epoch, lr, train_loss, math.nan, {})
+                        st["epoch"] += 1
+                        if st["epoch"] % c.checkpoint_every == 0:
+                            self.save_checkpoint()
+                        continue
                 val_loss, stats = self.validate()
-                # every process follows the first one's clock: the time schedule must agree
                 st["elapsed"] = self.group.from_main(st["elapsed"] + time.perf_counter() - t0)
                 if not math.isfinite(val_loss) or val_loss > 10.0 * st["best_val"]:
                     self._restore_best(val_loss)
@@ -615,27 +632,45 @@ class Trainer:
         return path
 
     def _record(self, epoch: int, lr: float, train_loss: float, val_loss: float, metrics: dict) -> dict:
+        """Append an epoch's row to the history and metrics.csv; the validation columns are
+        NaN for an epoch without validation (``valid_every``)."""
+        def val(key):
+            return metrics.get(key, math.nan)
+
         row = {"epoch": epoch, "lr": lr, "force_weight": self.state["force_weight"], "train_loss": train_loss,
-               "val_loss": val_loss, "val_e_rmse_atom": metrics["e_rmse_atom"], "val_e_rmse": metrics["e_rmse"],
-               "val_f_rmse": metrics["f_rmse"], "val_f_mae": metrics["f_mae"], "elapsed_s": self.state["elapsed"]}
+               "val_loss": val_loss, "val_e_rmse_atom": val("e_rmse_atom"), "val_e_rmse": val("e_rmse"),
+               "val_f_rmse": val("f_rmse"), "val_f_mae": val("f_mae"), "elapsed_s": self.state["elapsed"]}
         self.state["history"].append(row)
         if self.group.main:
             self._write_metrics()
         return row
 
     def _write_metrics(self) -> None:
-        """Rewrite metrics.csv from the history (a resumed run never duplicates rows)."""
+        """Write metrics.csv from the history: whole at the first call after set-up (so a
+        resumed run never duplicates rows), then by appending the new rows (rewriting a
+        file of thousands of rows at every short epoch would cost a percent of the run)."""
         history = self.state["history"]
         if not history:
             return
-        def write(tmp):
-            with open(tmp, "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=list(history[0]))
-                writer.writeheader()
-                for row in history:
-                    writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+        path = self.out / "metrics.csv"
 
-        atomic_write(self.out / "metrics.csv", write)
+        def write_rows(fh, rows, header):
+            writer = csv.DictWriter(fh, fieldnames=list(history[0]))
+            if header:
+                writer.writeheader()
+            for row in rows:
+                writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+
+        if 0 < self._metrics_rows <= len(history) and path.exists():
+            with open(path, "a", newline="") as fh:
+                write_rows(fh, history[self._metrics_rows :], header=False)
+        else:
+            def write(tmp):
+                with open(tmp, "w", newline="") as fh:
+                    write_rows(fh, history, header=True)
+
+            atomic_write(path, write)
+        self._metrics_rows = len(history)
 
     def plot_learning_curve(self) -> Path | None:
         history = self.state["history"]
