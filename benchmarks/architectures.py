@@ -80,7 +80,10 @@ def train_one(name: str, minutes: float, out: Path, processes: int) -> dict:
     from ase_nemp import load
 
     model = load(out / name / "best.pt")
-    return {"name": name, "parameters": model.num_parameters(), "train_minutes": (time.perf_counter() - start) / 60,
+    t = raw["training"]
+    recipe = f"batch {t['batch_size']}, force weight {t['force_weight']:g}"  # these follow the acac config
+    return {"name": name, "recipe": recipe, "parameters": model.num_parameters(),
+            "train_minutes": (time.perf_counter() - start) / 60,
             "e_rmse_meV_atom": 1e3 * test["e_rmse_atom"], "f_rmse_meV_A": 1e3 * test["f_rmse"],
             "f_mae_meV_A": 1e3 * test["f_mae"]}
 
@@ -128,7 +131,8 @@ def main() -> int:
              "| MD µs/atom/step | peak kB/atom |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         epochs = sum(1 for _ in open(args.out / r["name"] / "metrics.csv")) - 1  # header line
-        lines.append(f"| {r['name']} | {r['minutes']:g} min, {r['processes']} process(es) | {epochs} | "
+        recipe = r.get("recipe", "recipe not recorded")
+        lines.append(f"| {r['name']} | {r['minutes']:g} min, {r['processes']} process(es), {recipe} | {epochs} | "
                      f"{r['parameters']:,} | {r['e_rmse_meV_atom']:.2f} | {r['f_rmse_meV_A']:.1f} | "
                      f"{r['f_mae_meV_A']:.1f} | {r['us_atom_step']:.0f} | {r['peak_kB_atom']:.0f} |")
     text = "\n".join(lines)
