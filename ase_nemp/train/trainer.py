@@ -538,36 +538,32 @@ class Trainer:
                 t0 = time.perf_counter()
                 train_loss = self._train_epoch(lr)
                 validate = (epoch + 1) % c.valid_every == 0 or epoch + 1 >= c.epochs
-                if not validate:
+                if not validate:  # unless this epoch used up the time budget: the last one is always validated
                     # every process follows the first one's clock: the time schedule must agree
                     st["elapsed"] = self.group.from_main(st["elapsed"] + time.perf_counter() - t0)
                     t0 = time.perf_counter()
-                    # the last epoch of a timed run is always validated
                     validate = c.max_time is not None and st["elapsed"] >= c.max_time
-                    if not validate:
-                        self._after_epoch_schedules(epoch, lr, None)
-                        self._record(epoch, lr, train_loss, math.nan, {})
+                if validate:
+                    val_loss, stats = self.validate()
+                    st["elapsed"] = self.group.from_main(st["elapsed"] + time.perf_counter() - t0)
+                    if not math.isfinite(val_loss) or val_loss > 10.0 * st["best_val"]:
+                        self._restore_best(val_loss)
                         st["epoch"] += 1
-                        if st["epoch"] % c.checkpoint_every == 0:
-                            self.save_checkpoint()
                         continue
-                val_loss, stats = self.validate()
-                st["elapsed"] = self.group.from_main(st["elapsed"] + time.perf_counter() - t0)
-                if not math.isfinite(val_loss) or val_loss > 10.0 * st["best_val"]:
-                    self._restore_best(val_loss)
-                    st["epoch"] += 1
-                    continue
-                improved = val_loss < st["best_val"]
-                self._after_epoch_schedules(epoch, lr, val_loss)
-                if improved:
-                    st["best_val"], st["best_epoch"] = val_loss, epoch
-                    self._save_best(stats["all"], epoch)
-                row = self._record(epoch, lr, train_loss, val_loss, stats["all"])
-                tqdm.write(
-                    f"epoch {epoch:4d}  lr {lr:.2e}  w_F {row['force_weight']:.3g}  train {train_loss:.4g}  "
-                    f"val {val_loss:.4g}  E {1e3 * row['val_e_rmse_atom']:.3f} meV/atom  "
-                    f"F {1e3 * row['val_f_rmse']:.2f} meV/Å{'  *' if improved else ''}"
-                ) if self.progress else None
+                    improved = val_loss < st["best_val"]
+                    self._after_epoch_schedules(epoch, lr, val_loss)
+                    if improved:
+                        st["best_val"], st["best_epoch"] = val_loss, epoch
+                        self._save_best(stats["all"], epoch)
+                    row = self._record(epoch, lr, train_loss, val_loss, stats["all"])
+                    tqdm.write(
+                        f"epoch {epoch:4d}  lr {lr:.2e}  w_F {row['force_weight']:.3g}  train {train_loss:.4g}  "
+                        f"val {val_loss:.4g}  E {1e3 * row['val_e_rmse_atom']:.3f} meV/atom  "
+                        f"F {1e3 * row['val_f_rmse']:.2f} meV/Å{'  *' if improved else ''}"
+                    ) if self.progress else None
+                else:
+                    self._after_epoch_schedules(epoch, lr, None)
+                    self._record(epoch, lr, train_loss, math.nan, {})
                 st["epoch"] += 1
                 if st["epoch"] % c.checkpoint_every == 0:
                     self.save_checkpoint()
