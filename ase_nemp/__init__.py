@@ -13,6 +13,10 @@ Public API::
     NEMPCalculator              the ASE calculator (calculate_batch: many structures per call)
     BatchedNEB                  ASE's NEB with all moving images in one model call
     relax_many                  ASE optimizers on many structures in lockstep, one call per step
+    hessian                     the model's Hessian as ASE's VibrationsData (ase_nemp.vibrations)
+    refine_saddle, verify_saddle  P-RFO saddle search and its check (ase_nemp.saddle)
+    elementary_steps            end points -> verified elementary steps with rates (ase_nemp.reaction)
+    harmonic_rate               Vineyard's harmonic TST (ase_nemp.rates)
 
 Importing the package has no side effects: no global dtype, environment variables or
 downloads.
@@ -47,17 +51,21 @@ __all__ = [
     "NeighbourList",
     "BatchedNEB",
     "relax_many",
+    "hessian",
+    "refine_saddle",
+    "verify_saddle",
+    "elementary_steps",
+    "harmonic_rate",
 ]
+
+_LAZY = {"BatchedNEB": "neb", "relax_many": "relax", "hessian": "vibrations", "refine_saddle": "saddle",
+         "verify_saddle": "saddle", "elementary_steps": "reaction", "harmonic_rate": "rates"}
 
 
 def __getattr__(name: str):
-    # these build on ase.mep / ase.optimize, which take most of a second to import
-    if name == "BatchedNEB":
-        from .neb import BatchedNEB
+    # these build on ase.mep / ase.optimize / ase.vibrations, which take most of a second to import
+    if name in _LAZY:
+        import importlib
 
-        return BatchedNEB
-    if name == "relax_many":
-        from .relax import relax_many
-
-        return relax_many
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
