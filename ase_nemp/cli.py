@@ -1,5 +1,5 @@
 """The ``nemp`` command line: ``nemp demo``, ``nemp info``, ``nemp train``, ``nemp learn``, ``nemp eval``,
-``nemp relax``.
+``nemp relax``, ``nemp neb``.
 
 Each subcommand imports what it needs when it runs, so ``nemp --help`` is fast.
 """
@@ -117,6 +117,56 @@ def _relax(args: argparse.Namespace) -> int:
     return 0 if converged == len(results) else 3
 
 
+def _neb(args: argparse.Namespace) -> int:
+    from . import NEMPCalculator
+    from .devices import set_threads
+    from .io import check_writable_folder
+    from .neb import NEBProtocol
+    from .reaction import ReactionSettings, check_end_points, elementary_steps
+    from .report import refuse_existing, summarise
+    from .train.data import read_structures
+
+    ends = []
+    for name, file in (("initial", args.initial), ("final", args.final)):
+        frames = read_structures(file)
+        if len(frames) != 1:
+            raise ValueError(f"the {name} file {str(file)!r} holds {len(frames)} structures; give one per file")
+        ends.append(frames[0])
+    check_end_points(*ends)
+    refuse_existing(args.output)
+    check_writable_folder(args.output)
+    set_threads(args.threads)
+    if args.model:
+        model = args.model
+    else:
+        from .pretrained import model_path
+
+        model = model_path("pd-co-o")
+    calc = NEMPCalculator(model, dtype=args.dtype)
+    known = set(calc.model.config.symbols)
+    for name, atoms in zip(("initial", "final"), ends):
+        unknown = sorted(set(atoms.get_chemical_symbols()) - known)
+        if unknown:
+            raise ValueError(f"the {name} structure has element(s) {', '.join(unknown)} that the model does not "
+                             f"know (it knows {', '.join(sorted(known))})")
+    protocol = NEBProtocol(**{k: v for k, v in (("images", args.images), ("fmax", args.fmax)) if v is not None})
+    settings = ReactionSettings(protocol=protocol, temperatures=tuple(args.temperature))
+    path = elementary_steps(ends[0], ends[1], calc, settings, progress=not args.quiet, log=print)
+    confidence = _confidence(calc.model)
+    title = f"{args.initial.name} -> {args.final.name}: {len(path.steps)} elementary step(s)"
+    summarise(path, args.output, title, confidence)
+    return 0 if all(st.verified for st in path.steps) else 3
+
+
+def _confidence(model) -> dict | None:
+    """A committee's confidence thresholds (its metadata, or the defaults); None for a single model."""
+    if not hasattr(model, "members"):
+        return None
+    from .demo import DEFAULT_CONFIDENCE
+
+    return {**DEFAULT_CONFIDENCE, **(getattr(model, "metadata", {}).get("confidence") or {})}
+
+
 def _eval(args: argparse.Namespace) -> int:
     from .devices import resolve_device
     from .io import check_writable_folder
@@ -157,11 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
 
-    demo = sub.add_parser("demo", help="CO oxidation barrier on Pd(111) with the shipped model (NEB)")
-    demo.add_argument("--output", type=Path, default=Path("nemp-demo"), help="folder for the plot and the band")
+    demo = sub.add_parser("demo", help="CO oxidation on Pd(111) with the shipped model: elementary steps, saddles, rates")
+    demo.add_argument("--output", type=Path, default=Path("nemp-demo"),
+                      help="folder for the bands, saddles, table and plot (files already there are not overwritten)")
     demo.add_argument("--images", type=int, help="images in the band, end points included (default: the protocol's)")
     demo.add_argument("--fmax", type=float, help="force tolerance of the band in eV/Å")
-    demo.add_argument("--steps", type=int, help="at most this many optimiser steps for the band")
+    demo.add_argument("--steps", type=int, help="at most this many optimiser steps per band")
+    demo.add_argument("--max-steps", type=int, help="at most this many elementary steps (default 4)")
+    demo.add_argument("--saddle-steps", type=int, help="at most this many P-RFO steps per saddle (default 100)")
     demo.add_argument("--model", type=Path, help="a model file instead of the shipped pd-co-o model")
     demo.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                       help="float32 (default) halves the cost of the committee; float64 for checks")
@@ -194,6 +247,20 @@ def build_parser() -> argparse.ArgumentParser:
     rx.add_argument("--threads", type=int, help="torch CPU threads")
     rx.add_argument("--quiet", action="store_true", help="no progress bar")
     rx.set_defaults(func=_relax)
+
+    nb = sub.add_parser("neb", help="a reaction between two structures: elementary steps, verified saddles, rates")
+    nb.add_argument("initial", type=Path, help="initial state (one structure, any format ase.io.read understands)")
+    nb.add_argument("final", type=Path, help="final state: the same atoms in the same order")
+    nb.add_argument("--model", type=Path, help="a model file (default: the shipped pd-co-o model)")
+    nb.add_argument("--images", type=int, help="images per band, end points included (default 7)")
+    nb.add_argument("--fmax", type=float, help="force tolerance of the bands in eV/Å (default 0.05)")
+    nb.add_argument("--temperature", type=float, nargs="+", default=[300.0, 500.0, 700.0],
+                    help="temperatures of the rates in K")
+    nb.add_argument("--output", type=Path, default=Path("nemp-neb"), help="folder for the bands, saddles and plot")
+    nb.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    nb.add_argument("--threads", type=int, help="torch CPU threads")
+    nb.add_argument("--quiet", action="store_true", help="no progress bars")
+    nb.set_defaults(func=_neb)
 
     ev = sub.add_parser("eval", help="errors of a model on labelled structures")
     ev.add_argument("model", type=Path)

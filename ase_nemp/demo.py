@@ -1,17 +1,24 @@
-"""``nemp demo``: CO oxidation on Pd(111) with the shipped committee, through ASE's NEB.
+"""``nemp demo``: CO oxidation on Pd(111) with the shipped committee, from a band to rates.
 
-1. relax the initial state (CO + O on Pd(111)) and the final state (CO2 above the slab),
-2. run a nudged elastic band (first plain, then with a climbing image; :mod:`ase_nemp.neb`),
-3. print the forward barrier with its committee uncertainty, the reaction energy, the
-   convergence and every image's uncertainty, and warn when an image lies outside the
-   model's confidence; write the energy profile (``neb_profile.png``, with the members'
-   spread) and the band (``neb_band.extxyz``, with the uncertainties per image).
+The demo runs :func:`ase_nemp.reaction.elementary_steps` on the example end points (CO +
+O on Pd(111), CO2 above the slab):
 
-An image is **outside the model's confidence** when its largest atomic force uncertainty
-exceeds the committee's force threshold, or the spread of its energy relative to the
-initial state exceeds the energy threshold. The thresholds are those the shipped model
-was trained to (its metadata ``confidence``); a band with such an image may pass through
-a configuration the model has not seen, and its barrier is not to be trusted.
+1. relax both end points (BFGS to 0.01 eV/Å) and check that they are minima;
+2. run a climbing-image band between them; where an interior image relaxes to a deeper
+   minimum (the O adatom hopping to the neighbouring hollow before the C-O bond forms),
+   split the band there and run each part again, so that every step is elementary;
+3. refine each step's climbing image to a saddle (P-RFO on the model's exact Hessian),
+   check that it has exactly one imaginary mode and leads downhill to the step's minima;
+4. report each step's barrier from the minimum it starts from, its imaginary frequency,
+   harmonic-TST prefactor and rates, each with its committee spread, and write the
+   minima, bands, saddles (with their modes), the table (``steps.md``) and the profile
+   of the whole path (``profile.png``).
+
+An image or saddle is **outside the model's confidence** when its largest atomic force
+uncertainty exceeds the committee's force threshold, or the spread of its energy exceeds
+the energy threshold. The thresholds are those the shipped model was trained to (its
+metadata ``confidence``); a step with such a point may pass through a configuration the
+model has not seen, and its barrier is not to be trusted.
 """
 
 from __future__ import annotations
@@ -22,12 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .neb import NEBProtocol, run_neb
+from .neb import NEBProtocol
+from .reaction import ReactionSettings
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 # used when a model file carries no "confidence" metadata
 DEFAULT_CONFIDENCE = {"forces_uncertainty": 0.15, "energy_uncertainty": 0.05}
 DEMO_PROTOCOL = NEBProtocol()  # batched images (one model call per step): the same band, 1.5x faster than threads
+DEMO_SETTINGS = ReactionSettings(protocol=DEMO_PROTOCOL)
 
 
 def example_structures():
@@ -42,7 +51,8 @@ def example_structures():
 
 
 def outside_confidence(result: dict, confidence: dict) -> list[int]:
-    """Indices of the images whose uncertainty exceeds the thresholds (committees only)."""
+    """Indices of a band's images (:func:`ase_nemp.neb.run_neb`'s result) whose uncertainty
+    exceeds the thresholds (committees only)."""
     if "forces_uncertainty" not in result:
         return []
     f_bad = result["forces_uncertainty"] > confidence["forces_uncertainty"]
@@ -50,65 +60,37 @@ def outside_confidence(result: dict, confidence: dict) -> list[int]:
     return [int(k) for k in np.flatnonzero(f_bad | e_bad)]
 
 
-def write_outputs(result: dict, output: Path, confidence: dict, title: str) -> list[Path]:
-    """The band (extxyz, with per-image uncertainties in ``info``) and the energy profile."""
-    from ase.io import write
-    from ase.utils.forcecurve import fit_images
+def oxidation_step(path) -> int | None:
+    """Index of the step in which the C-O bond of CO2 forms (None if no step does)."""
+    from .report import describe_step
 
-    from .train.plots import figure
+    for k, step in enumerate(path.steps):
+        words = describe_step(step.initial, step.final)
+        if "bond forms" in words and "C" in words and "O" in words:
+            return k
+    return None
 
-    images = result["images"]
-    committee = "energy_uncertainty" in result
-    bad = outside_confidence(result, confidence)
-    frames = []
-    for k, image in enumerate(images):
-        frame = image.copy()
-        frame.calc = image.calc
-        frame.info.update(image=k, relative_energy=float(result["energies"][k] - result["energies"][0]))
-        if committee:
-            frame.info.update(energy_uncertainty=float(result["energy_uncertainty"][k]),
-                              max_forces_uncertainty=float(result["forces_uncertainty"][k]),
-                              outside_confidence=k in bad)
-        frames.append(frame)
-    write(output / "neb_band.extxyz", frames)
 
-    # the profile: ASE's NEB fit (ase.utils.forcecurve, what NEBTools draws): cubic pieces
-    # through the image energies with the slopes of the tangential forces, so no overshoot
-    # where forces and energies agree
-    fit = fit_images(images)
-    path, energies = np.asarray(fit.path), np.asarray(fit.energies)
-    fig, ax = figure(figsize=(6.5, 4.5))
-    ax.plot(fit.fit_path, fit.fit_energies, "-", color="C0", lw=1.5, label="fit (energies + tangential forces)")
-    if committee:
-        for m, members in enumerate(result["member_energies"].T):
-            ax.plot(path, members, "-", color="0.6", lw=0.6, alpha=0.8, label="committee members" if m == 0 else None)
-        ax.errorbar(path, energies, yerr=result["energy_uncertainty"], fmt="o", color="C0", capsize=3,
-                    label="images: committee mean ± spread")
-        if bad:
-            ax.plot(path[bad], energies[bad], "o", ms=11, mfc="none", mec="red", mew=2,
-                    label="outside the model's confidence")
-            ax.text(0.02, 0.97, f"WARNING: {len(bad)} image(s) outside the model's confidence:\n"
-                    "the barrier is not to be trusted", transform=ax.transAxes, va="top", color="red", fontsize=9)
-    else:
-        ax.plot(path, energies, "o", color="C0", label="images")
-    ax.set_xlabel("reaction path (Å)")
-    ax.set_ylabel("energy relative to the initial state (eV)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="center right")
-    fig.tight_layout()
-    fig.savefig(output / "neb_profile.png", dpi=130)
-    return [output / "neb_band.extxyz", output / "neb_profile.png"]
+def _rates(step) -> str:
+    r = step.rate
+    spreads = r.log10_rate_spread if r.log10_rate_spread is not None else [None] * len(r.log10_rate)
+    return ", ".join(f"{t:.0f} K: {k:.2e} s^-1" + (f" (x/÷ {10 ** sp:.1f})" if sp is not None else "")
+                     for t, k, sp in zip(r.temperatures, r.rate, spreads))
 
 
 def run_demo(args: argparse.Namespace) -> int:
     from . import NEMPCalculator
     from .devices import set_threads
     from .io import check_writable_folder, load
+    from .reaction import elementary_steps
+    from .report import confidence_flags, describe_step, refuse_existing, summarise
 
     set_threads(args.threads)
-    protocol = DEMO_PROTOCOL.replace(**{k: v for k, v in (("images", args.images), ("fmax", args.fmax),
-                                                          ("steps", args.steps)) if v is not None})
+    protocol = DEMO_SETTINGS.protocol.replace(**{k: v for k, v in (("images", args.images), ("fmax", args.fmax),
+                                                                   ("steps", args.steps)) if v is not None})
+    settings = DEMO_SETTINGS.replace(protocol=protocol, **{k: v for k, v in (
+        ("max_steps", args.max_steps), ("saddle_steps", args.saddle_steps)) if v is not None})
+    refuse_existing(args.output)
     check_writable_folder(args.output)
     if args.model:
         path, name = args.model, str(args.model)
@@ -120,46 +102,37 @@ def run_demo(args: argparse.Namespace) -> int:
             return 1
         path, name = model_path("pd-co-o"), "pd-co-o (shipped)"
     model = load(path, dtype=args.dtype)
+    committee = hasattr(model, "members")
     confidence = {**DEFAULT_CONFIDENCE, **(getattr(model, "metadata", {}).get("confidence") or {})}
-    template = NEMPCalculator(model, dtype=args.dtype)
-
-    def factory():
-        return NEMPCalculator(template.model, dtype=args.dtype)
-
-    kind = f"committee of {model.size}" if hasattr(model, "members") else "single model (no uncertainty)"
-    print(f"CO oxidation on Pd(111) with NEMP model {name}, {kind}: relax IS and FS, then a "
-          f"{protocol.images}-image climbing-image NEB (fmax {protocol.fmax} eV/Å, at most {protocol.steps} steps)")
+    calc = NEMPCalculator(model, dtype=args.dtype)
+    kind = f"committee of {model.size}" if committee else "single model (no uncertainty)"
+    print(f"CO oxidation on Pd(111) with NEMP model {name}, {kind}: relax the end points, run "
+          f"{protocol.images}-image climbing-image bands (fmax {protocol.fmax} eV/Å), split them into elementary "
+          "steps, refine and verify every saddle, and give each step its harmonic-TST rate")
     initial, final = example_structures()
-    res = run_neb(initial, final, factory, protocol, progress=not args.quiet)
-    committee = "energy_uncertainty" in res
-    bad = outside_confidence(res, confidence)
-    rel = res["energies"] - res["energies"][0]
-    print(f"initial state   E = {res['E_initial']:.4f} eV  ({res['relax_steps'][0]} BFGS steps)")
-    print(f"final state     E = {res['E_final']:.4f} eV  ({res['relax_steps'][1]} BFGS steps)")
-    if committee:
-        print("image   E - E_IS (eV)   spread (eV)   largest force spread (eV/Å)")
-        for k in range(len(rel)):
-            flag = "  <- outside the model's confidence" if k in bad else ""
-            print(f"{k:5d}   {rel[k]:+12.3f}   {res['energy_uncertainty'][k]:11.3f}   "
-                  f"{res['forces_uncertainty'][k]:27.3f}{flag}")
-        print(f"forward barrier {res['barrier']:.3f} ± {res['barrier_uncertainty']:.3f} eV (image {res['peak']}; "
-              "± the committee spread)")
-    else:
-        print("band energies   " + " ".join(f"{e:+.3f}" for e in rel) + " eV")
-        print(f"forward barrier {res['barrier']:.3f} eV (a single model: no uncertainty)")
-    print(f"reaction energy {res['reaction_energy']:+.3f} eV")
-    status = "converged" if res["converged"] else "NOT converged"
-    print(f"NEB             {status} after {res['neb_steps']} {protocol.optimizer} steps "
-          f"(largest NEB force {res['fmax']:.3f} eV/Å)")
-    print(f"wall time       {res['seconds']:.1f} s (relaxations {res['seconds_relax']:.1f} s)")
-    title = (f"CO + O -> CO2 on Pd(111): barrier {res['barrier']:.3f}"
-             + (f" ± {res['barrier_uncertainty']:.3f}" if committee else "") + " eV")
-    files = write_outputs(res, args.output, confidence, title)
-    print(f"files           {', '.join(str(p) for p in files)}")
-    if bad:
-        print(f"WARNING: image(s) {', '.join(map(str, bad))} lie outside the model's confidence (force spread above "
-              f"{confidence['forces_uncertainty']} eV/Å or energy spread above {confidence['energy_uncertainty']} eV): "
-              "the band may pass through configurations the model has not seen, and the barrier is not to be "
-              "trusted. Label such frames with a reference method and fine-tune (nemp learn).", file=sys.stderr)
+    reaction = elementary_steps(initial, final, calc, settings, progress=not args.quiet, log=print)
+    title = "CO + O -> CO2 on Pd(111): " + ", ".join(
+        f"step {k} {st.barrier:.2f}" + (f" ± {st.barrier_spread:.2f}" if st.barrier_spread is not None else "") + " eV"
+        for k, st in enumerate(reaction.steps, start=1))
+    summarise(reaction, args.output, title, confidence if committee else None)
+    e0 = reaction.minima[0].get_potential_energy()
+    k = oxidation_step(reaction)
+    for j, step in enumerate(reaction.steps):
+        start = step.initial.get_potential_energy() - e0
+        label = "CO + O -> CO2" if j == k else describe_step(step.initial, step.final)
+        spread = f" ± {step.barrier_spread:.3f}" if step.barrier_spread is not None else ""
+        line = (f"step {j + 1} ({label}): barrier {step.barrier:.3f}{spread} eV from the minimum it starts from "
+                f"({start:+.3f} eV relative to the initial state)")
+        if step.rate is not None:
+            line += (f", saddle {step.saddle.imaginary_frequency:.0f}i cm^-1, prefactor {step.rate.prefactor:.2e} "
+                     f"s^-1, rate {_rates(step)}")
+        print(line + ("" if step.verified else "  [NOT verified: " + "; ".join(step.flags) + "]"))
+    doubtful = [j + 1 for j, st in enumerate(reaction.steps) if committee and confidence_flags(st, confidence)]
+    if doubtful:
+        print(f"WARNING: step(s) {', '.join(map(str, doubtful))} pass outside the model's confidence (force spread "
+              f"above {confidence['forces_uncertainty']} eV/Å or energy spread above "
+              f"{confidence['energy_uncertainty']} eV): the band may pass through configurations the model has not "
+              "seen, and the barrier is not to be trusted. Label such frames with a reference method and fine-tune "
+              "(nemp learn).", file=sys.stderr)
         return 4
-    return 0 if res["converged"] else 3
+    return 0 if all(st.verified for st in reaction.steps) else 3

@@ -10,9 +10,15 @@
    the lower end point by more than that) is relaxed; when it relaxes to a new minimum,
    the band is split there and each part is run again as a band of its own (in the
    spirit of ASE's AutoNEB), until no part has such an image;
+   Each part starts from its share of the converged band (midpoints added where it has
+   too few images), which converges in tens of steps instead of hundreds;
 4. refine each step's climbing image to a saddle (:func:`ase_nemp.saddle.refine_saddle`),
    verify that it has exactly one imaginary mode and that following it downhill leads to
-   the step's two minima (:func:`ase_nemp.saddle.verify_saddle`);
+   the step's two minima (:func:`ase_nemp.saddle.verify_saddle`). Where it leads from one
+   of them to a minimum that is neither (in the demo: from CO + O to a bent CO2 bound to
+   the surface, before the CO2 leaves), that minimum splits the step too. A band that
+   rises less than ``split_tolerance`` above its higher end point has no transition state
+   the band resolves: the step is reported as barrierless;
 5. give each step its barrier from the minimum it starts from, its reaction energy and
    its harmonic-TST rate (:mod:`ase_nemp.rates`), with committee spreads.
 
@@ -30,7 +36,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from ase import Atoms
 
-from .neb import NEBProtocol, relax, run_neb
+from .neb import NEBProtocol, optimise_band, relax, run_neb
 from .rates import HarmonicRate, harmonic_rate
 from .saddle import Connection, SaddleResult, attach_calculator, refine_saddle, rmsd, verify_saddle
 from .vibrations import IMAGINARY_THRESHOLD, ModelVibrations, free_atoms, hessian, imaginary_frequencies
@@ -64,7 +70,8 @@ class ReactionSettings:
         P-RFO steps at most.
     split_tolerance : float
         eV, how far an interior image must lie below its neighbours (or below the lower
-        end point) to be taken for an intermediate minimum.
+        end point) to be taken for an intermediate minimum, and how far a band must rise
+        above its higher end point to have a barrier (a transition state) at all.
     max_steps : int
         At most this many elementary steps (bands) in all.
     threshold : float
@@ -100,6 +107,11 @@ class ReactionSettings:
         if problems:
             raise ValueError("invalid reaction settings: " + "; ".join(problems))
 
+    def replace(self, **changes: Any) -> "ReactionSettings":
+        import dataclasses
+
+        return dataclasses.replace(self, **changes)
+
 
 @dataclass
 class ElementaryStep:
@@ -110,7 +122,10 @@ class ElementaryStep:
     initial, final : ase.Atoms
         The relaxed minima the step starts from and ends in (with results).
     band : dict
-        :func:`ase_nemp.neb.run_neb`'s result for this step's band.
+        :func:`ase_nemp.neb.run_neb`'s result for the band the step was found on.
+    images : list of ase.Atoms
+        The step's images: its band from ``initial`` to ``final`` (where the band ran on
+        past the step's end, the part up to the image nearest to it, then ``final``).
     saddle : SaddleResult or None
         None when the band's highest image is an end point (no barrier beyond the
         reaction energy).
@@ -126,11 +141,14 @@ class ElementaryStep:
         eV, the committee spread of the barrier (members' energies at the same geometries).
     flags : list of str
         What could not be verified, in words; empty for a verified elementary step.
+    notes : list of str
+        What else a reader should know (a barrierless step, say).
     """
 
     initial: Atoms
     final: Atoms
     band: dict
+    images: list
     saddle: SaddleResult | None
     connection: Connection | None
     initial_vibrations: ModelVibrations
@@ -140,6 +158,7 @@ class ElementaryStep:
     reaction_energy: float
     barrier_spread: float | None = None
     flags: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
 
     @property
     def reverse_barrier(self) -> float:
@@ -213,6 +232,42 @@ def _member_energies(atoms: Atoms) -> np.ndarray | None:
     return np.asarray(results["committee_energy"]) if "committee_energy" in results else None
 
 
+def _resampled(images: list, n: int) -> list:
+    """Copies of ``images`` (end points first and last) brought to ``n`` images: where
+    there are fewer, midpoints are inserted (linear, minimum image) in the longest gaps;
+    where there are more, the end points, the highest image and evenly spaced others are
+    kept."""
+    from ase.geometry import find_mic
+
+    def energy(atoms):
+        try:
+            return atoms.get_potential_energy()
+        except Exception:  # no calculator or results: no preference
+            return -np.inf
+
+    frames = [im.copy() for im in images]
+    if len(frames) > n:
+        keep = {0, len(frames) - 1, int(np.argmax([energy(im) for im in images[1:-1]])) + 1}
+        for k in np.linspace(0, len(frames) - 1, n).round().astype(int):
+            if len(keep) < n:
+                keep.add(int(k))
+        frames = [frames[k] for k in sorted(keep)]
+    while len(frames) < n:
+        gaps = []
+        for a, b in zip(frames[:-1], frames[1:]):
+            d = b.positions - a.positions
+            if a.pbc.any():
+                d, _ = find_mic(d, a.cell, a.pbc)
+            gaps.append((np.sqrt((d**2).sum()), d))
+        k = int(np.argmax([g for g, _ in gaps]))
+        middle = frames[k].copy()
+        middle.positions = frames[k].positions + 0.5 * gaps[k][1]
+        frames.insert(k + 1, middle)
+    for frame in frames:
+        frame.calc = None
+    return frames
+
+
 def _tangent(images: list, k: int) -> np.ndarray:
     """The band's central-difference tangent at image k (minimum-image convention)."""
     from ase.geometry import find_mic
@@ -271,7 +326,7 @@ def elementary_steps(initial: Atoms, final: Atoms, calc: Any, settings: Reaction
     s = settings
     clock = _Clock()
     start = time.perf_counter()
-    hess_cache: dict[int, ModelVibrations] = {}
+    hess_cache: dict[int, tuple[Atoms, ModelVibrations]] = {}  # the Atoms kept, so that its id stays its own
 
     def relaxed(atoms: Atoms, label: str) -> Atoms:
         t0, atoms = time.perf_counter(), atoms.copy()
@@ -282,15 +337,15 @@ def elementary_steps(initial: Atoms, final: Atoms, calc: Any, settings: Reaction
     def vibrations(atoms: Atoms) -> ModelVibrations:
         if id(atoms) not in hess_cache:
             t0 = time.perf_counter()
-            hess_cache[id(atoms)] = hessian(atoms, atoms.calc)
+            hess_cache[id(atoms)] = (atoms, hessian(atoms, atoms.calc))
             clock.add("hessians", t0)
-        return hess_cache[id(atoms)]
+        return hess_cache[id(atoms)][1]
 
     def is_minimum(atoms: Atoms) -> bool:
         return imaginary_frequencies(vibrations(atoms), s.threshold).size == 0
 
-    def intermediate(res: dict, left: Atoms, right: Atoms) -> Atoms | None:
-        """A new minimum that an interior image of the band relaxes to, or None."""
+    def intermediate(res: dict, left: Atoms, right: Atoms) -> tuple[int, Atoms] | None:
+        """(image, the new minimum it relaxes to) for an interior image of the band, or None."""
         for k in interior_minima(res["energies"], s.split_tolerance):
             middle = relaxed(res["images"][k], f"relax image {k}")
             if min(rmsd(middle, left), rmsd(middle, right)) <= s.rmsd_tolerance or not is_minimum(middle):
@@ -298,7 +353,7 @@ def elementary_steps(initial: Atoms, final: Atoms, calc: Any, settings: Reaction
             say(f"image {k} of the band relaxes to an intermediate minimum "
                 f"{middle.get_potential_energy() - left.get_potential_energy():+.3f} eV from the band's start: "
                 "the band holds more than one elementary step; splitting it there")
-            return middle
+            return k, middle
         return None
 
     def new_minimum(step: ElementaryStep) -> tuple[int, Atoms] | None:
@@ -330,22 +385,30 @@ def elementary_steps(initial: Atoms, final: Atoms, calc: Any, settings: Reaction
     band_protocol = s.protocol.replace(relax_steps=0)
     # the work list: [left, right, band, (saddle, connection)]; a band not yet run is None,
     # and a step whose saddle was found from a wider band carries it
-    todo: list[list] = [[a, b, None, None]]
+    todo: list[list] = [[a, b, None, None, None]]
     steps: list[ElementaryStep] = []
     while todo:
-        left, right, res, known = todo.pop(0)
+        left, right, res, known, images = todo.pop(0)
         room = len(steps) + len(todo) + 2 <= s.max_steps  # may this step become two?
         if res is None:
             t0 = time.perf_counter()
-            res = run_neb(left.copy(), right.copy(), calculator_factory, band_protocol, progress=progress)
+            if images is None or len(images) < 3:  # a new band, interpolated between the minima
+                res = run_neb(left.copy(), right.copy(), calculator_factory, band_protocol, progress=progress)
+            else:  # seeded with its share of a converged wider band
+                res = optimise_band(_resampled([left] + images[1:-1] + [right], s.protocol.images),
+                                    calculator_factory, band_protocol, progress=progress)
+            images = None
             clock.add("bands", t0)
             say(f"band: barrier {res['barrier']:.3f} eV, reaction energy {res['reaction_energy']:+.3f} eV, "
                 f"{res['neb_steps']} steps, {'converged' if res['converged'] else 'NOT converged'}")
-            middle = intermediate(res, left, right) if room else None
-            if middle is not None:
-                todo[:0] = [[left, middle, None, None], [middle, right, None, None]]
+            found = intermediate(res, left, right) if room else None
+            if found is not None:  # each part starts from its share of this band
+                k, middle = found
+                imgs = res["images"]
+                todo[:0] = [[left, middle, None, None, imgs[:k] + [middle]],
+                            [middle, right, None, None, [middle] + imgs[k + 1:]]]
                 continue
-        step = _analyse(left, right, res, calc, s, vibrations, clock, progress, say, known)
+        step = _analyse(left, right, res, calc, s, vibrations, clock, progress, say, known, images)
         new = new_minimum(step) if room else None
         if new is not None:
             joined, middle = new
@@ -353,10 +416,14 @@ def elementary_steps(initial: Atoms, final: Atoms, calc: Any, settings: Reaction
                 f"{middle.get_potential_energy() - left.get_potential_energy():+.3f} eV from the step's start, "
                 "not to the step's other end: splitting the step there")
             known = (step.saddle, step.connection)
+            # the step's share of the band: up to (from) the image nearest the new minimum
+            imgs, peak = step.images, int(np.argmax([im.get_potential_energy() for im in step.images]))
             if joined == 0:
-                todo[:0] = [[left, middle, res, known], [middle, right, None, None]]
+                k = min(range(peak + 1, len(imgs)), key=lambda k: rmsd(imgs[k], middle), default=len(imgs))
+                todo[:0] = [[left, middle, res, known, imgs[:k] + [middle]], [middle, right, None, None, None]]
             else:
-                todo[:0] = [[left, middle, None, None], [middle, right, res, known]]
+                k = min(range(0, peak), key=lambda k: rmsd(imgs[k], middle), default=-1)
+                todo[:0] = [[left, middle, None, None, None], [middle, right, res, known, [middle] + imgs[k + 1:]]]
             continue
         steps.append(step)
     clock["total"] = time.perf_counter() - start
@@ -365,9 +432,10 @@ def elementary_steps(initial: Atoms, final: Atoms, calc: Any, settings: Reaction
 
 
 def _analyse(left: Atoms, right: Atoms, res: dict, calc: Any, s: ReactionSettings, vibrations, clock: _Clock,
-             progress: bool, say, known: tuple | None = None) -> ElementaryStep:
+             progress: bool, say, known: tuple | None = None, images: list | None = None) -> ElementaryStep:
     """Saddle, verification and rate of one step from its converged band (``known``: a
-    saddle and its connection found already)."""
+    saddle and its connection found already; ``images``: the step's share of the band,
+    when the band spans more than the step)."""
     flags = []
     if not res["converged"]:
         flags.append(f"band not converged (largest NEB force {res['fmax']:.3f} eV/Å)")
@@ -377,10 +445,13 @@ def _analyse(left: Atoms, right: Atoms, res: dict, calc: Any, s: ReactionSetting
     peak = res["peak"]
     saddle = connection = rate = None
     barrier_spread = None
+    energies = np.asarray(res["energies"])
+    rise = float(energies.max() - max(energies[0], energies[-1]))  # above the higher end point
+    notes = []
     if known is not None:
         saddle, connection = known
         connection.match([left, right], s.rmsd_tolerance)
-    elif 0 < peak < len(res["images"]) - 1:
+    elif 0 < peak < len(res["images"]) - 1 and rise >= s.split_tolerance:
         t0 = time.perf_counter()
         saddle = refine_saddle(res["images"][peak], calc, tangent=_tangent(res["images"], peak), fmax=s.saddle_fmax,
                                steps=s.saddle_steps, threshold=s.threshold, progress=progress)
@@ -409,8 +480,10 @@ def _analyse(left: Atoms, right: Atoms, res: dict, calc: Any, s: ReactionSetting
             barrier_spread = rate.barrier_spread
     else:
         barrier = max(0.0, reaction_energy)
-        flags.append("no saddle: the band's highest point is an end point (the step has no barrier beyond its "
-                     "reaction energy)")
-    return ElementaryStep(initial=left, final=right, band=res, saddle=saddle, connection=connection,
+        notes.append(f"barrierless: the band rises {max(rise, 0.0):.3f} eV above its higher end point, less than the "
+                     f"{s.split_tolerance} eV the bands resolve, so there is no transition state to refine; the "
+                     "barrier is the reaction energy where that is positive")
+    return ElementaryStep(initial=left, final=right, band=res, images=list(images or res["images"]), saddle=saddle, connection=connection,
                           initial_vibrations=vib_left, final_vibrations=vib_right, rate=rate, barrier=float(barrier),
-                          reaction_energy=float(reaction_energy), barrier_spread=barrier_spread, flags=flags)
+                          reaction_energy=float(reaction_energy), barrier_spread=barrier_spread, flags=flags,
+                          notes=notes)

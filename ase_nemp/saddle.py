@@ -1,21 +1,28 @@
 """From a climbing image to a verified first-order saddle.
 
-:func:`refine_saddle` converges a saddle point by partitioned rational-function
-optimisation (P-RFO; Baker, J. Comput. Chem. 7, 385 (1986)) on the model's exact
-Hessian: in the Hessian's eigenbasis it maximises the energy along one mode (the one
-that overlaps most with the band's tangent, then the one that overlaps most with the
-mode followed before) and minimises along all others, with a trust radius on the
-largest atomic step. The Hessian is computed exactly at the start and whenever its
-update (Bofill's, the usual one for saddles) no longer has exactly one negative
-eigenvalue, and is updated from the gradients in between.
+:func:`refine_saddle` converges a saddle point from a guess (a band's climbing image) by
+one of two methods, and then takes the exact Hessian there:
 
-Why P-RFO and not ASE's dimer method: from the demo's climbing image (largest NEB force
-0.05 eV/Å) P-RFO on the model's Hessian converges to 0.01 eV/Å in a handful of steps,
-since the model gives the exact curvature for a few energy-and-forces calls' worth of
-time, while the dimer method must find the lowest mode by rotating a dimer, two force
-calls per rotation, and needed hundreds of force calls for the same saddle (README, "From
-a band to a rate"). Sella, the field's tool, does the same with an iteratively built
-Hessian; it needs JAX, so it is not a dependency.
+``"dimer"`` (the default): ASE's dimer method (Henkelman and Jónsson 1999,
+    ``ase.mep.dimer``): a pair of images a small distance apart finds the lowest
+    curvature mode by rotating, and the structure moves uphill along it and downhill along
+    all others; energy and forces only, starting from the band's tangent.
+``"prfo"``: partitioned rational-function optimisation (Baker, J. Comput. Chem. 7, 385
+    (1986)) on the model's exact Hessian, updated by Bofill's formula between exact
+    Hessians (at the start, and with ``refresh`` whenever the update loses its single
+    negative eigenvalue). Its use is a costly calculator with a good Hessian to start
+    from: a reference method started from the model's saddle and Hessian.
+
+Why the dimer is the default, measured on the demo's C-O bond-forming saddle with the
+shipped committee (``benchmarks/pd_co_o/saddle_methods.py``, README "From a band to a
+rate"): an exact Hessian over the 21 free atoms costs about as much as 180 energy and
+force calls of the committee, so the dimer's 80-360 calls are cheaper than P-RFO's
+Hessians; and it reached the same saddle (355-356i cm^-1) from all three guesses (the
+climbing image, that image with 0.05 Å of noise, the top of a band stopped early at
+0.74 eV/Å), while P-RFO on a single start Hessian went to another saddle from the
+noisy guess and did not converge from the early band's top. Sella, the field's tool,
+does what P-RFO does with an iteratively built Hessian; it needs JAX, so it is not a
+dependency.
 
 :func:`verify_saddle` then checks the two things that make a saddle a transition state:
 exactly one imaginary mode larger than a threshold (the Hessian over the free atoms), and
@@ -158,9 +165,11 @@ def _mode_vector(vib: ModelVibrations, n_atoms: int) -> np.ndarray:
 
 
 def refine_saddle(atoms: Atoms, calc: Any, *, tangent: np.ndarray | None = None, fmax: float = 0.01,
-                  steps: int = 100, trust: float = 0.1, max_trust: float = 0.2, method: str = "auto",
-                  threshold: float = IMAGINARY_THRESHOLD, progress: bool = True) -> SaddleResult:
-    """Converge a first-order saddle from a guess (a climbing image) by P-RFO.
+                  steps: int = 100, method: str = "dimer", trust: float = 0.1, max_trust: float = 0.2,
+                  refresh: bool = False, hessian_method: str = "auto", threshold: float = IMAGINARY_THRESHOLD,
+                  initial_hessian: np.ndarray | None = None, progress: bool = True) -> SaddleResult:
+    """Converge a first-order saddle from a guess (a climbing image), then take the exact
+    Hessian there.
 
     Parameters
     ----------
@@ -171,20 +180,29 @@ def refine_saddle(atoms: Atoms, calc: Any, *, tangent: np.ndarray | None = None,
         Hessians are analytic for the package's calculator and by finite differences
         (6 force calls per free atom) for others (:func:`ase_nemp.vibrations.hessian`).
     tangent : array (N, 3), optional
-        The band's tangent at the guess: the first step climbs along the Hessian mode
-        that overlaps most with it. Without it, along the lowest mode.
+        The band's tangent at the guess: the initial direction of the mode to climb.
+        Without it, the lowest mode of the Hessian (P-RFO) or a random one (dimer).
     fmax : float
         eV/Å, convergence: largest atomic force on the free atoms.
     steps : int
-        P-RFO steps at most.
+        Steps at most (dimer translations, or P-RFO steps).
+    method : {"dimer", "prfo"}
+        ``"dimer"``: ASE's dimer method (``ase.mep.dimer``), energy and forces only;
+        ``"prfo"``: P-RFO on the exact Hessian (module docstring).
     trust, max_trust : float
-        Å, the initial and largest trust radius on the largest atomic step; it doubles
-        after steps whose energy change the quadratic model predicted well and halves
-        after poor ones.
-    method : str
+        P-RFO: Å, the initial and largest trust radius on the largest atomic step; it
+        doubles after steps whose energy change the quadratic model predicted well and
+        halves after poor ones.
+    refresh : bool
+        P-RFO: take a new exact Hessian whenever the updated one no longer has exactly
+        one negative eigenvalue (otherwise only at the start).
+    hessian_method : str
         How Hessians are computed (``"auto"``, ``"analytic"``, ``"finite-difference"``).
     threshold : float
         cm^-1; imaginary modes smaller than this are not counted.
+    initial_hessian : array (3n, 3n), optional
+        P-RFO: eV/Å^2 over the free atoms, the start instead of an exact Hessian, e.g. a
+        model's for a calculator whose Hessians are costly (a reference method).
     progress : bool
         A progress bar.
 
@@ -192,33 +210,96 @@ def refine_saddle(atoms: Atoms, calc: Any, *, tangent: np.ndarray | None = None,
     -------
     SaddleResult
     """
-    from tqdm.auto import tqdm
-
     if not fmax > 0 or not isinstance(steps, int) or steps < 0 or not 0 < trust <= max_trust:
         raise ValueError("refine_saddle needs fmax > 0 (eV/Å), steps >= 0 and 0 < trust <= max_trust (Å)")
+    if method not in ("dimer", "prfo"):
+        raise ValueError(f"method must be 'dimer' or 'prfo', not {method!r}")
     start = time.perf_counter()
     saddle = atoms.copy()
     attach_calculator(saddle, calc)
     sel = np.asarray(free_atoms(saddle))
     if sel.size == 0:
         raise ValueError("refine_saddle: every atom is fixed, nothing can move")
+    if method == "dimer":
+        history, n_exact = _dimer(saddle, sel, tangent, fmax, steps, progress), 0
+    else:
+        history, n_exact = _prfo(saddle, sel, tangent, fmax, steps, trust, max_trust, refresh, hessian_method,
+                                 initial_hessian, progress)
+    forces = saddle.get_forces(apply_constraint=False)[sel]
+    final = _fmax(forces)
+    vib = hessian(saddle, saddle.calc, indices=sel, method=hessian_method)
+    return SaddleResult(atoms=saddle, energy=float(saddle.get_potential_energy()), converged=final <= fmax,
+                        steps=len(history) - 1, fmax=final, hessians=n_exact, vibrations=vib,
+                        imaginary=imaginary_frequencies(vib, threshold), mode=_mode_vector(vib, len(saddle)),
+                        threshold=threshold, history=history, seconds=time.perf_counter() - start)
+
+
+def _bar(steps: int, name: str, progress: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=steps, desc=f"refine saddle ({name})", file=sys.stdout, leave=False, mininterval=0.2,
+                disable=not progress)
+
+
+def _dimer(saddle: Atoms, sel: np.ndarray, tangent, fmax: float, steps: int, progress: bool) -> list[float]:
+    """ASE's dimer method in place on ``saddle``; the largest force at every step."""
+    from ase.mep import DimerControl, MinModeAtoms, MinModeTranslate
+
+    mask = np.zeros(len(saddle), dtype=bool)
+    mask[sel] = True
+    control = DimerControl(initial_eigenmode_method="displacement", displacement_method="vector", logfile=None,
+                           mask=mask.tolist())
+    dimer = MinModeAtoms(saddle, control)
+    if tangent is None:
+        tangent = np.random.default_rng(0).normal(size=(len(saddle), 3))
+    direction = np.where(mask[:, None], np.asarray(tangent, dtype=float), 0.0)
+    norm = np.linalg.norm(direction)
+    if norm == 0:
+        raise ValueError("the tangent is zero on every free atom")
+    dimer.displace(displacement_vector=0.01 * direction / norm, mask=mask.tolist())
+    opt = MinModeTranslate(dimer, logfile=None, trajectory=None)
+    history = [_fmax(saddle.get_forces(apply_constraint=False)[sel])]
+    bar = _bar(steps, "dimer", progress)
+
+    def observe():
+        history.append(_fmax(saddle.get_forces(apply_constraint=False)[sel]))
+        bar.update(1)
+        bar.set_postfix(E=f"{saddle.get_potential_energy():.4f} eV", fmax=f"{history[-1]:.4f}")
+
+    opt.attach(observe)
+    try:
+        if history[0] > fmax:
+            opt.run(fmax=fmax, steps=steps)
+    finally:
+        bar.close()
+    return history
+
+
+def _prfo(saddle: Atoms, sel: np.ndarray, tangent, fmax: float, steps: int, trust: float, max_trust: float,
+          refresh: bool, hessian_method: str, initial_hessian, progress: bool) -> tuple[list[float], int]:
+    """P-RFO in place on ``saddle``; the largest force at every step and the number of
+    exact Hessians taken."""
 
     def exact() -> np.ndarray:
-        return hessian(saddle, saddle.calc, indices=sel, method=method).get_hessian_2d()
+        return hessian(saddle, saddle.calc, indices=sel, method=hessian_method).get_hessian_2d()
 
     def gradient() -> tuple[float, np.ndarray]:
         forces = saddle.get_forces(apply_constraint=False)[sel]
         return float(saddle.get_potential_energy()), -forces.reshape(-1)
 
-    h, n_exact = exact(), 1
+    if initial_hessian is not None:
+        h, n_exact = np.asarray(initial_hessian, dtype=float), 0
+        if h.shape != (3 * len(sel), 3 * len(sel)):
+            raise ValueError(f"initial_hessian must be ({3 * len(sel)}, {3 * len(sel)}) over the free atoms, "
+                             f"got {h.shape}")
+    else:
+        h, n_exact = exact(), 1
     energy, g = gradient()
     follow = None if tangent is None else np.asarray(tangent, dtype=float)[sel].reshape(-1)
     history = [_fmax(g)]
-    bar = tqdm(total=steps, desc="refine saddle (P-RFO)", file=sys.stdout, leave=False, mininterval=0.2,
-               disable=not progress)
-    step_count, fresh = 0, True
+    bar = _bar(steps, "P-RFO", progress)
     try:
-        while history[-1] > fmax and step_count < steps:
+        while history[-1] > fmax and len(history) <= steps:
             dx, follow = _prfo_step(h, g, follow)
             largest = _largest_atomic(dx)
             if largest > trust:
@@ -228,7 +309,6 @@ def refine_saddle(atoms: Atoms, calc: Any, *, tangent: np.ndarray | None = None,
             positions[sel] += dx.reshape(-1, 3)
             saddle.set_positions(positions, apply_constraint=False)
             new_energy, new_g = gradient()
-            step_count += 1
             ratio = (new_energy - energy) / predicted if abs(predicted) > 1e-10 else 1.0
             if 0.5 < ratio < 2.0 and largest >= trust:
                 trust = min(2.0 * trust, max_trust)
@@ -237,18 +317,13 @@ def refine_saddle(atoms: Atoms, calc: Any, *, tangent: np.ndarray | None = None,
             h = _bofill(h, dx, new_g - g)
             energy, g = new_energy, new_g
             history.append(_fmax(g))
-            fresh = False
-            if history[-1] > fmax and int((np.linalg.eigvalsh(h) < 0).sum()) != 1:
-                h, n_exact, fresh = exact(), n_exact + 1, True
+            if refresh and history[-1] > fmax and int((np.linalg.eigvalsh(h) < 0).sum()) != 1:
+                h, n_exact = exact(), n_exact + 1
             bar.update(1)
             bar.set_postfix(E=f"{energy:.4f} eV", fmax=f"{history[-1]:.4f}", trust=f"{trust:.2f}")
     finally:
         bar.close()
-    vib = hessian(saddle, saddle.calc, indices=sel, method=method)
-    return SaddleResult(atoms=saddle, energy=float(saddle.get_potential_energy()), converged=history[-1] <= fmax,
-                        steps=step_count, fmax=history[-1], hessians=n_exact, vibrations=vib,
-                        imaginary=imaginary_frequencies(vib, threshold), mode=_mode_vector(vib, len(saddle)),
-                        threshold=threshold, history=history, seconds=time.perf_counter() - start)
+    return history, n_exact
 
 
 def rmsd(a: Atoms, b: Atoms, indices: Sequence[int] | None = None) -> float:

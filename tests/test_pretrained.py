@@ -64,40 +64,41 @@ def test_from_pretrained_evaluates_the_example_structures():
     assert e[1] - e[0] == pytest.approx(0.104, abs=0.05)
 
 
-def test_demo_with_the_shipped_committee(tmp_path, capsys):
-    code = main(["demo", "--steps", "6", "--images", "5", "--output", str(tmp_path), "--quiet"])
-    out = capsys.readouterr().out
-    # six steps cannot converge the band: reported, not hidden (the ODE optimiser counts accepted steps only)
-    steps = re.search(r"NOT converged after (\d+) ODE steps", out)
-    assert steps and 1 <= int(steps.group(1)) <= 6, out
-    # a half-made band may pass where the model is unsure: that warning (4) outranks "not converged" (3)
-    assert code == (4 if "outside the model's confidence" in out else 3)
-    assert re.search(r"forward barrier \d+\.\d{3} ± \d+\.\d{3} eV", out)
-    assert (tmp_path / "neb_profile.png").stat().st_size > 1000
+def test_demo_runs_the_reaction_analysis_and_flags_what_it_cannot_trust(tmp_path, capsys):
+    """A short demo (one band of 6 optimiser steps, 3 saddle steps) through the whole
+    machinery, with the shipped committee under confidence thresholds so strict that every
+    point exceeds them: everything it could not establish is said, nothing is hidden."""
     from ase.io import read
 
-    band = read(tmp_path / "neb_band.extxyz", index=":")
-    assert len(band) == 5 and len(band[0]) == 39
-    assert all("energy_uncertainty" in im.info and "max_forces_uncertainty" in im.info for im in band)
-
-
-def test_demo_warns_when_the_band_leaves_the_model_confidence(tmp_path, capsys):
-    """A committee of random models disagrees everywhere: the demo must say so."""
     from ase_nemp import save
-    from ase_nemp.model import Committee
-    from ase_nemp.testing import random_model, tiny_config
 
-    committee = Committee([random_model(tiny_config(species=(6, 8, 46), cutoff=3.0), seed=s) for s in (1, 2, 3)])
-    path = save(committee, tmp_path / "random.pt")
-    code = main(["demo", "--model", str(path), "--steps", "3", "--images", "5", "--output", str(tmp_path), "--quiet"])
+    committee = pretrained.load("pd-co-o")
+    strict = {**committee.metadata, "confidence": {"forces_uncertainty": 1e-4, "energy_uncertainty": 1e-5}}
+    model = save(committee, tmp_path / "strict.pt", **strict)
+    output = tmp_path / "out"
+    code = main(["demo", "--model", str(model), "--steps", "6", "--images", "5", "--max-steps", "1",
+                 "--saddle-steps", "3", "--output", str(output), "--quiet"])
     captured = capsys.readouterr()
-    assert code == 4
+    out = captured.out
+    assert code == 4, out
     assert "WARNING" in captured.err and "not to be trusted" in captured.err
-    assert "outside the model's confidence" in captured.out
-    from ase.io import read
-
-    band = read(tmp_path / "neb_band.extxyz", index=":")
-    assert any(im.info["outside_confidence"] for im in band)
+    # six steps cannot converge the band, three cannot converge the saddle: both reported
+    assert "band not converged" in out and "saddle not converged" in out, out
+    assert re.search(r"step 1 \(.*\): barrier \d+\.\d{3} ± \d+\.\d{3} eV from the minimum it starts from", out), out
+    assert "outside the model's confidence" in out
+    for name in ("minima.extxyz", "steps.md", "profile.png", "step1_band.extxyz", "step1_saddle.extxyz"):
+        assert (output / name).stat().st_size > 100, name
+    band = read(output / "step1_band.extxyz", index=":")
+    assert len(band) == 5 and len(band[0]) == 39
+    assert all("energy_uncertainty" in im.info and "relative_energy" in im.info for im in band)
+    saddle = read(output / "step1_saddle.extxyz")
+    mode = saddle.arrays["mode"]
+    assert mode.shape == (39, 3) and np.sqrt((mode**2).sum(1)).max() == pytest.approx(1.0)
+    # a second run into the same folder is refused before any work, and keeps the files
+    before = (output / "steps.md").read_text()
+    assert main(["demo", "--output", str(output), "--quiet"]) == 2
+    assert "already holds" in capsys.readouterr().err
+    assert (output / "steps.md").read_text() == before
 
 
 def test_demo_refuses_bad_arguments_before_any_work(tmp_path, capsys):

@@ -118,19 +118,20 @@ def test_hessian_bad_input():
 
 # -- an analytic surface: one atom in a periodic corrugation ---------------------------------
 class Corrugation(Calculator):
-    """One atom in V = A (1 - cos(pi x)) + k_y y^2 / 2 + k_z z^2 / 2 (eV, Å): minima at
-    x = 0, +-2, ..., first-order saddles at x = +-1 with barrier 2 A and curvature
-    -A pi^2 along x."""
+    """One atom in V = A (1 - cos(pi x)) - T x + k_y y^2 / 2 + k_z z^2 / 2 (eV, Å). Without
+    tilt T: minima at x = 0, +-2, ..., first-order saddles at x = +-1 with barrier 2 A and
+    curvature -A pi^2 along x."""
 
     implemented_properties = ["energy", "forces"]
-    A, KY, KZ = 0.4, 3.0, 5.0
+    A, T, KY, KZ = 0.4, 0.0, 3.0, 5.0
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         x, y, z = self.atoms.positions[0]
-        self.results["energy"] = self.A * (1 - np.cos(np.pi * x)) + 0.5 * self.KY * y**2 + 0.5 * self.KZ * z**2
+        self.results["energy"] = (self.A * (1 - np.cos(np.pi * x)) - self.T * x + 0.5 * self.KY * y**2
+                                  + 0.5 * self.KZ * z**2)
         forces = np.zeros((len(self.atoms), 3))
-        forces[0] = [-self.A * np.pi * np.sin(np.pi * x), -self.KY * y, -self.KZ * z]
+        forces[0] = [-self.A * np.pi * np.sin(np.pi * x) + self.T, -self.KY * y, -self.KZ * z]
         self.results["forces"] = forces
 
 
@@ -151,9 +152,11 @@ def test_finite_difference_hessian_of_any_calculator_matches_the_curvature():
     assert np.allclose(np.diag(vib.get_hessian_2d()), [a * np.pi**2, Corrugation.KY, Corrugation.KZ], rtol=1e-6)
 
 
-def test_refine_saddle_converges_counts_one_mode_and_connects_both_minima():
+@pytest.mark.parametrize("method", ["dimer", "prfo"])
+def test_refine_saddle_converges_counts_one_mode_and_connects_both_minima(method):
     calc = Corrugation()
-    saddle = refine_saddle(_atom(0.75, 0.2, -0.1), calc, tangent=np.array([[1.0, 0, 0]]), progress=False)
+    saddle = refine_saddle(_atom(0.75, 0.2, -0.1), calc, tangent=np.array([[1.0, 0, 0]]), method=method,
+                           progress=False)
     assert saddle.converged and saddle.fmax <= 0.01
     assert np.allclose(saddle.atoms.positions[0], [1.0, 0, 0], atol=2e-3)
     assert saddle.first_order
@@ -174,7 +177,7 @@ def test_refine_saddle_reports_a_second_order_saddle():
             x, y, z = self.atoms.positions[0]
             self.results.update(energy=-x * x - y * y + z * z, forces=np.array([[2 * x, 2 * y, -2 * z]]))
 
-    saddle = refine_saddle(_atom(0.0, 0.0, 0.05), Hill(), progress=False)
+    saddle = refine_saddle(_atom(0.0, 0.0, 0.05), Hill(), method="prfo", progress=False)
     assert saddle.converged and len(saddle.imaginary) == 2 and not saddle.first_order
 
 
@@ -229,6 +232,19 @@ def test_elementary_steps_keep_a_single_step_whole():
     assert path.steps[0].barrier == pytest.approx(2 * Corrugation.A, abs=1e-4)
 
 
+def test_a_step_whose_bump_the_band_cannot_resolve_is_reported_barrierless():
+    class Tilted(Corrugation):  # minima near x = 0.29 + 2n, each 0.1 eV below the last; bumps of 3 meV
+        A, T = 0.02, 0.05
+
+    path = elementary_steps(_atom(0.3), _atom(2.3), Tilted(), _corrugation_settings(), calculator_factory=Tilted,
+                            progress=False)
+    assert len(path.steps) == 1
+    step = path.steps[0]
+    assert step.saddle is None and step.verified and "barrierless" in step.notes[0]
+    assert step.reaction_energy == pytest.approx(-2 * Tilted.T, abs=1e-4)
+    assert step.barrier == 0.0
+
+
 def test_elementary_steps_refuse_bad_end_points():
     calc = Corrugation()
     with pytest.raises(EndPointError, match="not a minimum"):  # x = 1 is the saddle: BFGS stays on it
@@ -243,3 +259,86 @@ def test_elementary_steps_refuse_bad_end_points():
         check_end_points(Atoms("HO", positions=[[0, 0, 0], [1, 0, 0]]), Atoms("OH", positions=[[0, 0, 0], [1, 0, 0]]))
     with pytest.raises(EndPointError, match="non-finite"):
         check_end_points(_atom(np.nan), _atom(0.0))
+
+
+# -- the shipped model on the demo's reaction -------------------------------------------------
+def test_shipped_model_refines_the_demo_saddle_to_a_verified_transition_state():
+    """From the demo band's climbing image to the C-O bond-forming saddle: converged, one
+    imaginary mode (the C-O approach), and downhill to CO + O on one side and CO2 on the other."""
+    from pathlib import Path
+
+    from ase.io import read
+
+    guess = read(Path(__file__).parent / "data" / "pd_co_o_climbing_image.extxyz")
+    calc = NEMPCalculator.from_pretrained("pd-co-o", dtype="float64")
+    o_ads, carbon = 36, 37
+    saddle = refine_saddle(guess, calc, progress=False)
+    assert saddle.converged and saddle.fmax <= 0.01
+    assert saddle.first_order, saddle.imaginary
+    assert 100 < saddle.imaginary_frequency < 1500  # cm^-1: a heavy-atom reaction mode, not noise
+    # the mode moves the C and the adsorbed O against each other along their axis
+    axis = saddle.atoms.positions[carbon] - saddle.atoms.positions[o_ads]
+    axis /= np.linalg.norm(axis)
+    relative = saddle.mode[carbon] - saddle.mode[o_ads]
+    assert abs(relative @ axis) > 0.7 * np.linalg.norm(relative)
+    assert np.abs(saddle.mode[:18]).max() == 0.0  # the fixed layers stay fixed
+    link = verify_saddle(saddle, calc, progress=False)
+    distances = sorted(m.get_distance(o_ads, carbon, mic=True) for m in link.minima)
+    assert all(link.converged)
+    assert distances[0] < 1.35 and distances[1] > 2.3, distances  # CO2 formed / CO and O apart
+    assert max(link.energies) < saddle.energy - 0.5  # both sides lie well below the saddle
+    # the committee's rate of the step from the side where CO and O are apart
+    start = link.minima[int(np.argmax([m.get_distance(o_ads, carbon, mic=True) for m in link.minima]))]
+    rate = harmonic_rate(hessian(start, calc), saddle.vibrations, saddle.energy - start.get_potential_energy(),
+                         temperatures=[500.0], member_barriers=np.asarray(saddle.atoms.calc.results["committee_energy"])
+                         - np.asarray(start.calc.results["committee_energy"]))
+    assert 10 < rate.log10_prefactor < 15  # s^-1: a surface reaction's attempt frequency
+    assert rate.barrier_spread is not None and 0 < rate.barrier_spread < 0.1
+
+
+def test_nemp_neb_refuses_bad_input_before_any_work(tmp_path, capsys):
+    from ase.io import write
+
+    from ase_nemp.cli import main
+    from ase_nemp.demo import example_structures
+
+    initial, final = example_structures()
+    write(tmp_path / "is.extxyz", initial)
+    write(tmp_path / "fs.extxyz", final)
+    out = tmp_path / "out"
+
+    def run(*argv):
+        code = main(["neb", *map(str, argv), "--output", str(out), "--quiet"])
+        return code, capsys.readouterr()
+
+    swapped = final.copy()
+    swapped.positions[[36, 37]] = swapped.positions[[37, 36]]
+    swapped.numbers[[36, 37]] = swapped.numbers[[37, 36]]
+    write(tmp_path / "swapped.extxyz", swapped)
+    code, err = run(tmp_path / "is.extxyz", tmp_path / "swapped.extxyz")
+    assert code == 2 and "another order" in err.err and "Traceback" not in err.err
+    fewer = final[:-1]
+    write(tmp_path / "fewer.extxyz", fewer)
+    code, err = run(tmp_path / "is.extxyz", tmp_path / "fewer.extxyz")
+    assert code == 2 and "different numbers of atoms" in err.err
+    for name, atoms in (("gold_is", initial), ("gold_fs", final)):
+        gold = atoms.copy()
+        gold.symbols[0] = "Au"
+        write(tmp_path / f"{name}.extxyz", gold)
+    code, err = run(tmp_path / "gold_is.extxyz", tmp_path / "gold_fs.extxyz")
+    assert code == 2 and "Au" in err.err and "does not know" in err.err
+    bad = initial.copy()
+    bad.positions[5, 1] = np.nan
+    write(tmp_path / "nan.extxyz", bad)
+    code, err = run(tmp_path / "nan.extxyz", tmp_path / "fs.extxyz")
+    assert code == 2 and "non-finite" in err.err
+    write(tmp_path / "two.extxyz", [initial, final])
+    code, err = run(tmp_path / "two.extxyz", tmp_path / "fs.extxyz")
+    assert code == 2 and "holds 2 structures" in err.err
+    code, err = run(tmp_path / "missing.extxyz", tmp_path / "fs.extxyz")
+    assert code == 2 and "does not exist" in err.err
+    out.mkdir(exist_ok=True)
+    (out / "profile.png").write_text("the user's own")
+    code, err = run(tmp_path / "is.extxyz", tmp_path / "fs.extxyz")
+    assert code == 2 and "profile.png" in err.err and "nothing is" in err.err
+    assert (out / "profile.png").read_text() == "the user's own"

@@ -1,0 +1,282 @@
+"""What ``nemp neb`` and ``nemp demo`` print and write for a :class:`~ase_nemp.reaction.ReactionPath`.
+
+* :func:`step_table`: one row per elementary step (barrier from its own initial minimum,
+  reaction energy, imaginary frequency, prefactor, rates, committee spreads, flags);
+* :func:`write_reaction`: the minima, each step's band and its saddle (extxyz; the
+  saddle carries its imaginary mode as the per-atom array ``mode``), the table as
+  Markdown, and one profile plot of the whole path with the steps marked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from ase.geometry import find_mic
+from ase.io import write
+
+__all__ = ["step_table", "write_reaction", "plot_profile", "path_coordinates", "confidence_flags", "refuse_existing",
+           "summarise", "describe_step"]
+
+
+def confidence_flags(step, confidence: dict) -> list[str]:
+    """Where a committee doubts a step: images or the saddle whose largest atomic force
+    spread (eV/Å) or energy spread (eV) exceeds ``confidence``'s thresholds
+    (``forces_uncertainty``, ``energy_uncertainty``). Empty for a single model."""
+    out = []
+    frames = [(f"image {i}", im) for i, im in enumerate(step.images)]
+    if step.saddle is not None:
+        frames.append(("saddle", step.saddle.atoms))
+    for name, atoms in frames:
+        results = getattr(atoms.calc, "results", {}) or {}
+        if "forces_uncertainty" not in results:
+            continue
+        f, e = float(np.max(results["forces_uncertainty"])), float(results["energy_uncertainty"])
+        if f > confidence["forces_uncertainty"] or e > confidence["energy_uncertainty"]:
+            out.append(f"{name} (force spread {f:.2f} eV/Å, energy spread {e:.3f} eV)")
+    return out
+
+
+def _pm(value: float, spread: float | None, fmt: str) -> str:
+    return format(value, fmt) + (f" ± {format(spread, fmt)}" if spread is not None else "")
+
+
+def step_table(path, markdown: bool = False, confidence: dict | None = None) -> str:
+    """The steps as a table (plain text, or Markdown with ``markdown``); with
+    ``confidence`` thresholds, a column says whether the committee trusts each step."""
+    temperatures = next((st.rate.temperatures for st in path.steps if st.rate is not None), None)
+    header = ["step", "from (eV)", "Ea (eV)", "Ea+ZPE", "dE (eV)", "imag (cm^-1)", "log10 A"]
+    if temperatures is not None:
+        header += [f"log10 k {t:.0f} K" for t in temperatures]
+    header.append("verified")
+    if confidence is not None:
+        header.append("in confidence")
+    rows = []
+    e0 = path.minima[0].get_potential_energy()
+    for k, st in enumerate(path.steps, start=1):
+        start = st.initial.get_potential_energy() - e0
+        row = [str(k), f"{start:+.3f}", _pm(st.barrier, st.barrier_spread, ".3f")]
+        if st.rate is not None:
+            r = st.rate
+            row += [f"{r.zpe_barrier:.3f}", f"{st.reaction_energy:+.3f}", f"{st.saddle.imaginary_frequency:.0f}i",
+                    _pm(r.log10_prefactor, r.log10_prefactor_spread, ".2f")]
+            spreads = r.log10_rate_spread if r.log10_rate_spread is not None else [None] * len(r.log10_rate)
+            row += [_pm(v, sp, ".2f") for v, sp in zip(r.log10_rate, spreads)]
+        else:
+            imag = (f"{st.saddle.imaginary_frequency:.0f}i" if st.saddle is not None and len(st.saddle.imaginary)
+                    else "barrierless" if st.notes else "-")
+            row += ["-", f"{st.reaction_energy:+.3f}", imag, "-"]
+            row += ["-"] * (0 if temperatures is None else len(temperatures))
+        row.append("yes" if st.verified else "NO")
+        doubts = confidence_flags(st, confidence) if confidence is not None else []
+        if confidence is not None:
+            row.append("NO" if doubts else "yes")
+        rows.append(row)
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows] + [""]
+    else:
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+        lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
+        lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
+    notes = [f"step {k}: {describe_step(st.initial, st.final)}" for k, st in enumerate(path.steps, start=1)]
+    notes += ["(Ea: barrier from the step's own initial minimum; dE: reaction energy; A: harmonic-TST prefactor "
+              "and k: rate, both in s^-1; ± the committee's spread)"]
+    notes += [f"step {k}: {flag}" for k, st in enumerate(path.steps, start=1) for flag in st.flags + st.notes]
+    if confidence is not None:
+        notes += [f"step {k}: outside the model's confidence at " + "; ".join(doubts)
+                  for k, st in enumerate(path.steps, start=1) if (doubts := confidence_flags(st, confidence))]
+    return "\n".join(lines + [("- " if markdown else "") + note for note in notes])
+
+
+def path_coordinates(images) -> np.ndarray:
+    """Å, the cumulative distance along a sequence of structures (minimum image)."""
+    x = [0.0]
+    for a, b in zip(images[:-1], images[1:]):
+        d = b.positions - a.positions
+        if a.pbc.any():
+            d, _ = find_mic(d, a.cell, a.pbc)
+        x.append(x[-1] + float(np.sqrt((d**2).sum())))
+    return np.array(x)
+
+
+def _image_spreads(images, reference) -> np.ndarray | None:
+    """The committee spread of each image's energy relative to ``reference`` (eV)."""
+    def members(atoms):
+        results = getattr(atoms.calc, "results", {}) or {}
+        return results.get("committee_energy")
+
+    ref = members(reference)
+    rows = [members(im) for im in images]
+    if ref is None or any(r is None for r in rows):
+        return None
+    return np.array([np.std(np.asarray(r) - ref, ddof=1) for r in rows])
+
+
+def plot_profile(path, file: Path, title: str) -> Path:
+    """Energy along the whole path: every step's band, its refined saddle (a star), its
+    minima, and the barrier of each step from the minimum it starts from."""
+    from .train.plots import figure
+
+    fig, ax = figure(figsize=(7.5, 4.5))
+    e0 = path.minima[0].get_potential_energy()
+    offset = 0.0
+    for k, st in enumerate(path.steps, start=1):
+        images = st.images
+        x = path_coordinates(images) + offset
+        e = np.array([im.get_potential_energy() for im in images]) - e0
+        spread = _image_spreads(images, path.minima[0])
+        color = f"C{(k - 1) % 10}"
+        ax.plot(x, e, "-", color=color, lw=1.2)
+        what = describe_step(st.initial, st.final).split(",")[0].split(" (")[0]
+        if spread is not None:
+            ax.errorbar(x, e, yerr=spread, fmt="o", ms=4, color=color, capsize=2,
+                        label=f"step {k}: {what} (images ± committee spread)")
+        else:
+            ax.plot(x, e, "o", ms=4, color=color, label=f"step {k}: {what}")
+        if st.saddle is not None:
+            peak = int(np.argmax(e))
+            e_ts = st.saddle.energy - e0
+            ax.plot([x[peak]], [e_ts], "*", ms=14, color=color, mec="k",
+                    label=f"step {k} saddle ({st.saddle.imaginary_frequency:.0f}i cm$^{{-1}}$)"
+                    + ("" if st.verified else ": NOT verified"))
+            e_start = st.initial.get_potential_energy() - e0
+            ax.annotate("", xy=(x[peak], e_ts), xytext=(x[peak], e_start),
+                        arrowprops=dict(arrowstyle="<->", color=color, lw=1))
+            ax.annotate(f"{st.barrier:.2f} eV", (x[peak], 0.5 * (e_ts + e_start)), xytext=(4, 0),
+                        textcoords="offset points", color=color, fontsize=8, va="center")
+            ax.plot([x[0], x[peak]], [e_start, e_start], ":", color=color, lw=0.8)
+        if k > 1:
+            ax.axvline(offset, color="0.7", lw=0.8, ls="--")
+        offset = x[-1]
+    ax.set_xlabel("reaction path (Å, cumulative over the steps)")
+    ax.set_ylabel("energy relative to the initial state (eV)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(file, dpi=130)
+    return file
+
+
+def _plain(atoms, **info):
+    """A copy with a single-point calculator of its results, for writing."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    frame = atoms.copy()
+    results = getattr(atoms.calc, "results", {}) or {}
+    keep = {k: v for k, v in results.items() if k in ("energy", "forces", "free_energy")}
+    if keep:
+        frame.calc = SinglePointCalculator(frame, **keep)
+    frame.info.update(info)
+    for key in ("energy_uncertainty", "committee_energy"):
+        if key in results:
+            value = results[key]
+            frame.info[key] = float(value) if np.ndim(value) == 0 else np.asarray(value).tolist()
+    if "forces_uncertainty" in results:
+        frame.info["max_forces_uncertainty"] = float(np.max(results["forces_uncertainty"]))
+    return frame
+
+
+def refuse_existing(output: Path) -> None:
+    """Refuse, before any work, an output folder that already holds files this command
+    would write (nothing is overwritten)."""
+    import re
+
+    if not output.exists():
+        return
+    if not output.is_dir():
+        raise FileExistsError(f"{output} exists and is not a folder; choose another --output")
+    pattern = re.compile(r"(minima\.extxyz|steps\.md|profile\.png|step\d+_(band|saddle)\.extxyz)$")
+    clash = sorted(p.name for p in output.iterdir() if pattern.match(p.name))
+    if clash:
+        raise FileExistsError(f"{output} already holds {', '.join(clash)}; choose another --output (nothing is "
+                              "overwritten)")
+
+
+def write_reaction(path, output: Path, title: str, confidence: dict | None = None) -> list[Path]:
+    """Write the path into ``output`` (the names of :func:`output_files`; the caller
+    checks beforehand that none exists). Returns the files written."""
+    output.mkdir(parents=True, exist_ok=True)
+    e0 = path.minima[0].get_potential_energy()
+    files = []
+    minima = [_plain(m, minimum=k, relative_energy=float(m.get_potential_energy() - e0))
+              for k, m in enumerate(path.minima)]
+    write(output / "minima.extxyz", minima)
+    files.append(output / "minima.extxyz")
+    for k, st in enumerate(path.steps, start=1):
+        band = [_plain(im, step=k, image=i, relative_energy=float(im.get_potential_energy() - e0))
+                for i, im in enumerate(st.images)]
+        write(output / f"step{k}_band.extxyz", band)
+        files.append(output / f"step{k}_band.extxyz")
+        if st.saddle is not None:
+            frame = _plain(st.saddle.atoms, step=k, barrier=st.barrier, converged=st.saddle.converged,
+                           imaginary_cm1=st.saddle.imaginary.tolist(), verified=st.verified)
+            frame.arrays["mode"] = st.saddle.mode.copy()
+            write(output / f"step{k}_saddle.extxyz", frame)
+            files.append(output / f"step{k}_saddle.extxyz")
+    (output / "steps.md").write_text(f"# {title}\n\n" + step_table(path, markdown=True, confidence=confidence) + "\n")
+    files.append(output / "steps.md")
+    files.append(plot_profile(path, output / "profile.png", title))
+    return files
+
+
+def summarise(path, output: Path, title: str, confidence: dict | None = None) -> list[Path]:
+    """Print the minima, the steps' table, the wall time of each part, write the files
+    and name them."""
+    e0 = path.minima[0].get_potential_energy()
+    print("minima (eV, relative to the initial state): "
+          + ", ".join(f"{m.get_potential_energy() - e0:+.3f}" for m in path.minima))
+    print(step_table(path, confidence=confidence))
+    parts = ", ".join(f"{k} {v:.0f} s" for k, v in path.seconds.items() if k != "total")
+    print(f"wall time {path.seconds['total']:.0f} s ({parts})")
+    files = write_reaction(path, output, title, confidence)
+    print(f"files: {', '.join(str(f) for f in files)}")
+    return files
+
+
+def describe_step(initial, final) -> str:
+    """A few words on what happens in a step: the bonds formed and broken between atoms
+    that are not of the structure's most common element (the adsorbates on a slab), or,
+    when none changes, which of those atoms moves most and how far."""
+    from ase.data import covalent_radii
+
+    symbols = np.array(initial.get_chemical_symbols())
+    names, counts = np.unique(symbols, return_counts=True)
+    majority = names[np.argmax(counts)] if len(names) > 1 else None
+    mobile = [i for i in range(len(initial)) if symbols[i] != majority]
+
+    def bonds(atoms):
+        found = set()
+        for n, i in enumerate(mobile):
+            for j in mobile[n + 1:]:
+                d = atoms.get_distance(i, j, mic=atoms.pbc.any())
+                if d < 1.2 * (covalent_radii[atoms.numbers[i]] + covalent_radii[atoms.numbers[j]]):
+                    found.add((i, j))
+        return found
+
+    def name(pair):
+        return "-".join(f"{symbols[i]}{i}" for i in pair)
+
+    before, after = bonds(initial), bonds(final)
+    words = [f"{name(p)} bond forms" for p in sorted(after - before)]
+    words += [f"{name(p)} bond breaks" for p in sorted(before - after)]
+    if words:
+        return ", ".join(words)
+    if not mobile:
+        return "the structure rearranges"
+    d = final.positions[mobile] - initial.positions[mobile]
+    if initial.pbc.any():
+        d, _ = find_mic(d, initial.cell, initial.pbc)
+    far = mobile[int(np.argmax((d**2).sum(1)))]
+    # the molecule (bonded fragment) the most mobile atom belongs to
+    fragment, grow = {far}, True
+    while grow:
+        grow = False
+        for i, j in before:
+            if (i in fragment) != (j in fragment):
+                fragment |= {i, j}
+                grow = True
+    shift = d[[mobile.index(i) for i in sorted(fragment)]].mean(0)
+    formula = initial[sorted(fragment)].get_chemical_formula(mode="hill")
+    return f"{formula} moves {np.linalg.norm(shift):.2f} Å (Δz {shift[2]:+.2f} Å), no bond between adsorbates changes"
