@@ -456,11 +456,12 @@ def _analyse(left: Atoms, right: Atoms, res: dict, calc: Any, s: ReactionSetting
         saddle = refine_saddle(res["images"][peak], calc, tangent=_tangent(res["images"], peak), fmax=s.saddle_fmax,
                                steps=s.saddle_steps, threshold=s.threshold, progress=progress)
         t0 = clock.add("saddles", t0)
-        connection = verify_saddle(saddle, calc, [left, right], fmax=s.minimum_fmax, steps=s.relax_steps,
-                                   rmsd_tolerance=s.rmsd_tolerance, progress=progress)
-        clock.add("verify", t0)
-        say(f"saddle: {saddle.steps} P-RFO steps, largest force {saddle.fmax:.4f} eV/Å, imaginary "
+        say(f"saddle: {saddle.steps} dimer steps (ASE), largest force {saddle.fmax:.4f} eV/Å, imaginary "
             f"{', '.join(f'{x:.0f}i' for x in saddle.imaginary) or 'none'} cm^-1")
+        if saddle.converged:  # where a search stopped short, there is nothing to follow downhill
+            connection = verify_saddle(saddle, calc, [left, right], fmax=s.minimum_fmax, steps=s.relax_steps,
+                                       rmsd_tolerance=s.rmsd_tolerance, progress=progress)
+            clock.add("verify", t0)
     if saddle is not None:
         barrier = saddle.energy - e_left
         if not saddle.converged:
@@ -468,16 +469,19 @@ def _analyse(left: Atoms, right: Atoms, res: dict, calc: Any, s: ReactionSetting
         if not saddle.first_order:
             flags.append(f"{len(saddle.imaginary)} imaginary modes above {s.threshold:.0f} cm^-1 at the saddle "
                          "(a first-order saddle has exactly one)")
-        if not connection.connects(0, 1):
+        if connection is None:
+            flags.append("not followed downhill: the saddle search did not converge")
+        elif not connection.connects(0, 1):
             ends = ["the initial minimum" if m == 0 else "the final minimum" if m == 1 else
                     f"another state (RMSD {min(r):.2f} Å from the nearest end point, E - E_IS {e - e_left:+.3f} eV)"
                     for m, r, e in zip(connection.matched, connection.rmsd, connection.energies)]
             flags.append(f"the saddle connects {ends[0]} and {ends[1]}, not this step's two minima")
+        members = [_member_energies(x) for x in (left, saddle.atoms)]
+        member_barriers = members[1] - members[0] if members[0] is not None and members[1] is not None else None
+        if member_barriers is not None:
+            barrier_spread = float(np.std(member_barriers, ddof=1))
         if saddle.first_order:
-            members = [_member_energies(x) for x in (left, saddle.atoms)]
-            member_barriers = members[1] - members[0] if members[0] is not None and members[1] is not None else None
             rate = harmonic_rate(vib_left, saddle.vibrations, barrier, s.temperatures, member_barriers)
-            barrier_spread = rate.barrier_spread
     else:
         barrier = max(0.0, reaction_energy)
         notes.append(f"barrierless: the band rises {max(rise, 0.0):.3f} eV above its higher end point, less than the "
