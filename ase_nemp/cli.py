@@ -155,6 +155,15 @@ def _neb(args: argparse.Namespace) -> int:
     confidence = _confidence(calc.model)
     title = f"{args.initial.name} -> {args.final.name}: {len(path.steps)} elementary step(s)"
     summarise(path, args.output, title, confidence)
+    if confidence is not None:
+        from .report import confidence_flags
+
+        doubtful = [k for k, st in enumerate(path.steps, start=1) if confidence_flags(st, confidence)]
+        if doubtful:
+            print(f"WARNING: step(s) {', '.join(map(str, doubtful))} pass where the committee disagrees more than its "
+                  "confidence thresholds: those barriers and rates are not to be trusted without a reference "
+                  "calculation there (nemp learn adds such frames to the model)", file=sys.stderr)
+            return 4
     return 0 if all(st.verified for st in path.steps) else 3
 
 

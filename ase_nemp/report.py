@@ -143,7 +143,7 @@ def plot_profile(path, file: Path, title: str) -> Path:
             e_start = st.initial.get_potential_energy() - e0
             ax.annotate("", xy=(x[peak], e_ts), xytext=(x[peak], e_start),
                         arrowprops=dict(arrowstyle="<->", color=color, lw=1))
-            ax.annotate(f"{st.barrier:.2f} eV", (x[peak], 0.5 * (e_ts + e_start)), xytext=(4, 0),
+            ax.annotate(f"{st.barrier:.2f} eV", (x[peak], 0.5 * (e_ts + e_start)), xytext=(7, 0), ha="left",
                         textcoords="offset points", color=color, fontsize=8, va="center")
             ax.plot([x[0], x[peak]], [e_start, e_start], ":", color=color, lw=0.8)
         if k > 1:
