@@ -114,6 +114,23 @@ class NEBProtocol:
         return dataclasses.replace(self, **changes)
 
 
+def _same_potential(calc, other) -> bool:
+    """Whether ``other`` is an NEMPCalculator of the same model as ``calc``: the same
+    object, or a copy with the same configuration and parameters."""
+    import torch
+
+    from .calculator import NEMPCalculator
+
+    if not isinstance(other, NEMPCalculator):
+        return False
+    if other.model is calc.model:
+        return True
+    mine, theirs = calc.model.state_dict(), other.model.state_dict()
+    if type(other.model) is not type(calc.model) or calc.model.config != other.model.config or mine.keys() != theirs.keys():
+        return False
+    return all(torch.equal(mine[k].cpu().to(theirs[k].dtype), theirs[k].cpu()) for k in mine)
+
+
 @functools.cache
 def _batched_neb_class():
     from ase.mep import NEB
@@ -127,7 +144,9 @@ def _batched_neb_class():
         images : list of ase.Atoms
             The band, end points included. The moving images get calculators that share
             ``calculator``'s model (:meth:`NEMPCalculator.sibling`); the end points keep
-            theirs (they are evaluated once, as by ``NEB``).
+            theirs (they are evaluated once, as by ``NEB``), get one where they have none,
+            and are refused where theirs is another model's (the band would mix two
+            potentials).
         calculator : NEMPCalculator
         max_atoms : int
             Atoms per model call at most (see :meth:`NEMPCalculator.calculate_batch`).
@@ -147,6 +166,17 @@ def _batched_neb_class():
                 raise TypeError(f"BatchedNEB needs an NEMPCalculator, not {type(calculator).__name__}")
             if kwargs.get("parallel"):
                 raise ValueError("BatchedNEB evaluates the images in one call; it does not take parallel=True")
+            k = kwargs.get("k", 0.1)
+            if not all(np.isfinite(np.atleast_1d(k))) or not all(np.atleast_1d(k) > 0):
+                raise ValueError(f"the spring constant k must be positive and finite (eV/Å^2), got {k!r}")
+            for name, end in (("initial", images[0]), ("final", images[-1])):
+                if end.calc is None:  # evaluated once, as by NEB, but by this band's model
+                    end.calc = calculator.sibling()
+                elif not _same_potential(calculator, end.calc):
+                    raise ValueError(
+                        f"the {name} image's calculator is not this band's model ({type(end.calc).__name__}); the "
+                        "band's energies would mix two potentials. Give the end points calculator.sibling() or no "
+                        "calculator (BatchedNEB then gives them one)")
             super().__init__(images, **kwargs)
             self.calculator, self.max_atoms = calculator, max_atoms
             for image in self.images[1:-1]:

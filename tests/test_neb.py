@@ -76,3 +76,27 @@ def test_protocol_errors_name_the_problem():
         NEBProtocol(optimizer="LBFGS-magic")
     with pytest.raises(ValueError, match="workers"):
         NEBProtocol(workers=0)
+
+
+def test_batched_neb_gives_bare_end_points_its_model_and_refuses_another_potential(committee):
+    from ase.calculators.emt import EMT
+
+    from ase_nemp import BatchedNEB
+
+    calc = NEMPCalculator(committee)
+    initial, final = end_points()
+    images = [initial] + [initial.copy() for _ in range(3)] + [final]
+    neb = BatchedNEB(images, calc, method="improvedtangent")  # bare end points: ASE's NEB would fail later
+    neb.interpolate()
+    assert np.isfinite(neb.get_forces()).all()
+    assert calc.shares_model_with(initial.calc) and calc.shares_model_with(final.calc)
+    initial.calc = NEMPCalculator(random_model(tiny_config(species=(1, 6, 8), cutoff=3.0), seed=9))
+    with pytest.raises(ValueError, match="initial image's calculator is not this band's model"):
+        BatchedNEB(images, calc)
+    final.calc = EMT()
+    initial.calc = calc.sibling()
+    with pytest.raises(ValueError, match="final image's calculator"):
+        BatchedNEB(images, calc)
+    final.calc = None
+    with pytest.raises(ValueError, match="spring constant k must be positive"):
+        BatchedNEB(images, calc, k=-0.1)
