@@ -14,7 +14,7 @@ Public API::
     BatchedNEB                  ASE's NEB with all moving images in one model call
     relax_many                  ASE optimizers on many structures in lockstep, one call per step
     hessian                     the model's Hessian as ASE's VibrationsData (ase_nemp.vibrations)
-    refine_saddle, verify_saddle  P-RFO saddle search and its check (ase_nemp.saddle)
+    refine_saddle, verify_saddle  saddle search (ASE's dimer or P-RFO) and its check (ase_nemp.saddle)
     elementary_steps            end points -> verified elementary steps with rates (ase_nemp.reaction)
     harmonic_rate               Vineyard's harmonic TST (ase_nemp.rates)
 

@@ -123,7 +123,8 @@ def _neb(args: argparse.Namespace) -> int:
     from .io import check_writable_folder
     from .neb import NEBProtocol
     from .reaction import ReactionSettings, check_end_points, elementary_steps
-    from .report import refuse_existing, summarise
+    from .demo import model_confidence
+    from .report import exit_code, refuse_existing, summarise
     from .train.data import read_structures
 
     ends = []
@@ -152,28 +153,10 @@ def _neb(args: argparse.Namespace) -> int:
     protocol = NEBProtocol(**{k: v for k, v in (("images", args.images), ("fmax", args.fmax)) if v is not None})
     settings = ReactionSettings(protocol=protocol, temperatures=tuple(args.temperature))
     path = elementary_steps(ends[0], ends[1], calc, settings, progress=not args.quiet, log=print)
-    confidence = _confidence(calc.model)
+    confidence = model_confidence(calc.model)
     title = f"{args.initial.name} -> {args.final.name}: {len(path.steps)} elementary step(s)"
     summarise(path, args.output, title, confidence)
-    if confidence is not None:
-        from .report import confidence_flags
-
-        doubtful = [k for k, st in enumerate(path.steps, start=1) if confidence_flags(st, confidence)]
-        if doubtful:
-            print(f"WARNING: step(s) {', '.join(map(str, doubtful))} pass where the committee disagrees more than its "
-                  "confidence thresholds: those barriers and rates are not to be trusted without a reference "
-                  "calculation there (nemp learn adds such frames to the model)", file=sys.stderr)
-            return 4
-    return 0 if all(st.verified for st in path.steps) else 3
-
-
-def _confidence(model) -> dict | None:
-    """A committee's confidence thresholds (its metadata, or the defaults); None for a single model."""
-    if not hasattr(model, "members"):
-        return None
-    from .demo import DEFAULT_CONFIDENCE
-
-    return {**DEFAULT_CONFIDENCE, **(getattr(model, "metadata", {}).get("confidence") or {})}
+    return exit_code(path, confidence)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -223,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--fmax", type=float, help="force tolerance of the band in eV/Å")
     demo.add_argument("--steps", type=int, help="at most this many optimiser steps per band")
     demo.add_argument("--max-steps", type=int, help="at most this many elementary steps (default 4)")
-    demo.add_argument("--saddle-steps", type=int, help="at most this many P-RFO steps per saddle (default 100)")
+    demo.add_argument("--saddle-steps", type=int, help="at most this many saddle-search steps per saddle (default 100)")
     demo.add_argument("--model", type=Path, help="a model file instead of the shipped pd-co-o model")
     demo.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                       help="float32 (default) halves the cost of the committee; float64 for checks")

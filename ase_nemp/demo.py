@@ -7,8 +7,9 @@ O on Pd(111), CO2 above the slab):
 2. run a climbing-image band between them; where an interior image relaxes to a deeper
    minimum (the O adatom hopping to the neighbouring hollow before the C-O bond forms),
    split the band there and run each part again, so that every step is elementary;
-3. refine each step's climbing image to a saddle (P-RFO on the model's exact Hessian),
-   check that it has exactly one imaginary mode and leads downhill to the step's minima;
+3. refine each step's climbing image to a saddle (ASE's dimer method), check with the
+   model's exact Hessian that it has exactly one imaginary mode and leads downhill to the
+   step's minima;
 4. report each step's barrier from the minimum it starts from, its imaginary frequency,
    harmonic-TST prefactor and rates, each with its committee spread, and write the
    minima, bands, saddles (with their modes), the table (``steps.md``) and the profile
@@ -50,6 +51,14 @@ def example_structures():
     return initial, final
 
 
+def model_confidence(model) -> dict | None:
+    """A committee's confidence thresholds (its metadata ``confidence``, else
+    :data:`DEFAULT_CONFIDENCE`); None for a single model, which has no spread."""
+    if not hasattr(model, "members"):
+        return None
+    return {**DEFAULT_CONFIDENCE, **(getattr(model, "metadata", {}).get("confidence") or {})}
+
+
 def outside_confidence(result: dict, confidence: dict) -> list[int]:
     """Indices of a band's images (:func:`ase_nemp.neb.run_neb`'s result) whose uncertainty
     exceeds the thresholds (committees only)."""
@@ -83,7 +92,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from .devices import set_threads
     from .io import check_writable_folder, load
     from .reaction import elementary_steps
-    from .report import confidence_flags, describe_step, refuse_existing, summarise
+    from .report import describe_step, exit_code, refuse_existing, summarise
 
     set_threads(args.threads)
     protocol = DEMO_SETTINGS.protocol.replace(**{k: v for k, v in (("images", args.images), ("fmax", args.fmax),
@@ -102,10 +111,9 @@ def run_demo(args: argparse.Namespace) -> int:
             return 1
         path, name = model_path("pd-co-o"), "pd-co-o (shipped)"
     model = load(path, dtype=args.dtype)
-    committee = hasattr(model, "members")
-    confidence = {**DEFAULT_CONFIDENCE, **(getattr(model, "metadata", {}).get("confidence") or {})}
+    confidence = model_confidence(model)
     calc = NEMPCalculator(model, dtype=args.dtype)
-    kind = f"committee of {model.size}" if committee else "single model (no uncertainty)"
+    kind = f"committee of {model.size}" if confidence is not None else "single model (no uncertainty)"
     print(f"CO oxidation on Pd(111) with NEMP model {name}, {kind}: relax the end points, run "
           f"{protocol.images}-image climbing-image bands (fmax {protocol.fmax} eV/Å), split them into elementary "
           "steps, refine and verify every saddle, and give each step its harmonic-TST rate")
@@ -114,7 +122,7 @@ def run_demo(args: argparse.Namespace) -> int:
     title = "CO + O -> CO2 on Pd(111): " + ", ".join(
         f"step {k} {st.barrier:.2f}" + (f" ± {st.barrier_spread:.2f}" if st.barrier_spread is not None else "") + " eV"
         for k, st in enumerate(reaction.steps, start=1))
-    summarise(reaction, args.output, title, confidence if committee else None)
+    summarise(reaction, args.output, title, confidence)
     e0 = reaction.minima[0].get_potential_energy()
     k = oxidation_step(reaction)
     for j, step in enumerate(reaction.steps):
@@ -127,12 +135,4 @@ def run_demo(args: argparse.Namespace) -> int:
             line += (f", saddle {step.saddle.imaginary_frequency:.0f}i cm^-1, prefactor {step.rate.prefactor:.2e} "
                      f"s^-1, rate {_rates(step)}")
         print(line + ("" if step.verified else "  [NOT verified: " + "; ".join(step.flags) + "]"))
-    doubtful = [j + 1 for j, st in enumerate(reaction.steps) if committee and confidence_flags(st, confidence)]
-    if doubtful:
-        print(f"WARNING: step(s) {', '.join(map(str, doubtful))} pass outside the model's confidence (force spread "
-              f"above {confidence['forces_uncertainty']} eV/Å or energy spread above "
-              f"{confidence['energy_uncertainty']} eV): the band may pass through configurations the model has not "
-              "seen, and the barrier is not to be trusted. Label such frames with a reference method and fine-tune "
-              "(nemp learn).", file=sys.stderr)
-        return 4
-    return 0 if all(st.verified for st in reaction.steps) else 3
+    return exit_code(reaction, confidence)

@@ -38,7 +38,7 @@ from ase import Atoms
 
 from .neb import NEBProtocol, optimise_band, relax, run_neb
 from .rates import HarmonicRate, harmonic_rate
-from .saddle import Connection, SaddleResult, attach_calculator, refine_saddle, rmsd, verify_saddle
+from .saddle import Connection, SaddleResult, displacement, refine_saddle, rmsd, verify_saddle
 from .vibrations import IMAGINARY_THRESHOLD, ModelVibrations, free_atoms, hessian, imaginary_frequencies
 
 __all__ = ["ReactionSettings", "ElementaryStep", "ReactionPath", "elementary_steps", "interior_minima",
@@ -67,7 +67,7 @@ class ReactionSettings:
     saddle_fmax : float
         eV/Å, convergence of the saddle refinement.
     saddle_steps : int
-        P-RFO steps at most.
+        Saddle-search steps at most (:func:`ase_nemp.saddle.refine_saddle`).
     split_tolerance : float
         eV, how far an interior image must lie below its neighbours (or below the lower
         end point) to be taken for an intermediate minimum, and how far a band must rise
@@ -227,7 +227,9 @@ def interior_minima(energies: Sequence[float], tolerance: float) -> list[int]:
     return sorted(found, key=lambda k: e[k])
 
 
-def _member_energies(atoms: Atoms) -> np.ndarray | None:
+def member_energies(atoms: Atoms) -> np.ndarray | None:
+    """Each committee member's energy (eV) from ``atoms``' current results; None for a
+    single model."""
     results = getattr(atoms.calc, "results", {}) or {}
     return np.asarray(results["committee_energy"]) if "committee_energy" in results else None
 
@@ -237,7 +239,6 @@ def _resampled(images: list, n: int) -> list:
     there are fewer, midpoints are inserted (linear, minimum image) in the longest gaps;
     where there are more, the end points, the highest image and evenly spaced others are
     kept."""
-    from ase.geometry import find_mic
 
     def energy(atoms):
         try:
@@ -253,15 +254,10 @@ def _resampled(images: list, n: int) -> list:
                 keep.add(int(k))
         frames = [frames[k] for k in sorted(keep)]
     while len(frames) < n:
-        gaps = []
-        for a, b in zip(frames[:-1], frames[1:]):
-            d = b.positions - a.positions
-            if a.pbc.any():
-                d, _ = find_mic(d, a.cell, a.pbc)
-            gaps.append((np.sqrt((d**2).sum()), d))
-        k = int(np.argmax([g for g, _ in gaps]))
+        steps = [displacement(a, b) for a, b in zip(frames[:-1], frames[1:])]
+        k = int(np.argmax([np.sqrt((d**2).sum()) for d in steps]))
         middle = frames[k].copy()
-        middle.positions = frames[k].positions + 0.5 * gaps[k][1]
+        middle.positions = frames[k].positions + 0.5 * steps[k]
         frames.insert(k + 1, middle)
     for frame in frames:
         frame.calc = None
@@ -270,12 +266,7 @@ def _resampled(images: list, n: int) -> list:
 
 def _tangent(images: list, k: int) -> np.ndarray:
     """The band's central-difference tangent at image k (minimum-image convention)."""
-    from ase.geometry import find_mic
-
-    d = images[k + 1].positions - images[k - 1].positions
-    if images[k].pbc.any():
-        d, _ = find_mic(d, images[k].cell, images[k].pbc)
-    return d
+    return displacement(images[k - 1], images[k + 1])
 
 
 class _Clock(dict):
@@ -476,7 +467,7 @@ def _analyse(left: Atoms, right: Atoms, res: dict, calc: Any, s: ReactionSetting
                     f"another state (RMSD {min(r):.2f} Å from the nearest end point, E - E_IS {e - e_left:+.3f} eV)"
                     for m, r, e in zip(connection.matched, connection.rmsd, connection.energies)]
             flags.append(f"the saddle connects {ends[0]} and {ends[1]}, not this step's two minima")
-        members = [_member_energies(x) for x in (left, saddle.atoms)]
+        members = [member_energies(x) for x in (left, saddle.atoms)]
         member_barriers = members[1] - members[0] if members[0] is not None and members[1] is not None else None
         if member_barriers is not None:
             barrier_spread = float(np.std(member_barriers, ddof=1))

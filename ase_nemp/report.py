@@ -9,14 +9,17 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
-from ase.geometry import find_mic
 from ase.io import write
 
+from .reaction import member_energies
+from .saddle import displacement
+
 __all__ = ["step_table", "write_reaction", "plot_profile", "path_coordinates", "confidence_flags", "refuse_existing",
-           "summarise", "describe_step"]
+           "summarise", "describe_step", "exit_code"]
 
 
 def confidence_flags(step, confidence: dict) -> list[str]:
@@ -53,6 +56,7 @@ def step_table(path, markdown: bool = False, confidence: dict | None = None) -> 
         header.append("in confidence")
     rows = []
     e0 = path.minima[0].get_potential_energy()
+    doubts = [confidence_flags(st, confidence) if confidence is not None else [] for st in path.steps]
     for k, st in enumerate(path.steps, start=1):
         start = st.initial.get_potential_energy() - e0
         row = [str(k), f"{start:+.3f}", _pm(st.barrier, st.barrier_spread, ".3f")]
@@ -68,9 +72,8 @@ def step_table(path, markdown: bool = False, confidence: dict | None = None) -> 
             row += ["-", f"{st.reaction_energy:+.3f}", imag, "-"]
             row += ["-"] * (0 if temperatures is None else len(temperatures))
         row.append("yes" if st.verified else "NO")
-        doubts = confidence_flags(st, confidence) if confidence is not None else []
         if confidence is not None:
-            row.append("NO" if doubts else "yes")
+            row.append("NO" if doubts[k - 1] else "yes")
         rows.append(row)
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -83,9 +86,8 @@ def step_table(path, markdown: bool = False, confidence: dict | None = None) -> 
     notes += ["(Ea: barrier from the step's own initial minimum; dE: reaction energy; A: harmonic-TST prefactor "
               "and k: rate, both in s^-1; ± the committee's spread)"]
     notes += [f"step {k}: {flag}" for k, st in enumerate(path.steps, start=1) for flag in st.flags + st.notes]
-    if confidence is not None:
-        notes += [f"step {k}: outside the model's confidence at " + "; ".join(doubts)
-                  for k, st in enumerate(path.steps, start=1) if (doubts := confidence_flags(st, confidence))]
+    notes += [f"step {k}: outside the model's confidence at " + "; ".join(found)
+              for k, found in enumerate(doubts, start=1) if found]
     return "\n".join(lines + [("- " if markdown else "") + note for note in notes])
 
 
@@ -93,21 +95,14 @@ def path_coordinates(images) -> np.ndarray:
     """Å, the cumulative distance along a sequence of structures (minimum image)."""
     x = [0.0]
     for a, b in zip(images[:-1], images[1:]):
-        d = b.positions - a.positions
-        if a.pbc.any():
-            d, _ = find_mic(d, a.cell, a.pbc)
-        x.append(x[-1] + float(np.sqrt((d**2).sum())))
+        x.append(x[-1] + float(np.sqrt((displacement(a, b) ** 2).sum())))
     return np.array(x)
 
 
 def _image_spreads(images, reference) -> np.ndarray | None:
     """The committee spread of each image's energy relative to ``reference`` (eV)."""
-    def members(atoms):
-        results = getattr(atoms.calc, "results", {}) or {}
-        return results.get("committee_energy")
-
-    ref = members(reference)
-    rows = [members(im) for im in images]
+    ref = member_energies(reference)
+    rows = [member_energies(im) for im in images]
     if ref is None or any(r is None for r in rows):
         return None
     return np.array([np.std(np.asarray(r) - ref, ddof=1) for r in rows])
@@ -235,6 +230,21 @@ def summarise(path, output: Path, title: str, confidence: dict | None = None) ->
     return files
 
 
+def exit_code(path, confidence: dict | None) -> int:
+    """The exit code of a command that analysed ``path``: 4 (with a warning on standard
+    error) where a step passes outside the committee's ``confidence``, else 3 where a step
+    is not verified, else 0."""
+    doubtful = [k for k, st in enumerate(path.steps, start=1) if confidence and confidence_flags(st, confidence)]
+    if doubtful:
+        print(f"WARNING: step(s) {', '.join(map(str, doubtful))} pass outside the model's confidence (force spread "
+              f"above {confidence['forces_uncertainty']} eV/Å or energy spread above "
+              f"{confidence['energy_uncertainty']} eV): the band may pass through configurations the model has not "
+              "seen, and the barrier is not to be trusted. Label such frames with a reference method and fine-tune "
+              "(nemp learn).", file=sys.stderr)
+        return 4
+    return 0 if all(st.verified for st in path.steps) else 3
+
+
 def describe_step(initial, final) -> str:
     """A few words on what happens in a step: the bonds formed and broken between atoms
     that are not of the structure's most common element (the adsorbates on a slab), or,
@@ -265,9 +275,7 @@ def describe_step(initial, final) -> str:
         return ", ".join(words)
     if not mobile:
         return "the structure rearranges"
-    d = final.positions[mobile] - initial.positions[mobile]
-    if initial.pbc.any():
-        d, _ = find_mic(d, initial.cell, initial.pbc)
+    d = displacement(initial, final)[mobile]
     far = mobile[int(np.argmax((d**2).sum(1)))]
     # the molecule (bonded fragment) the most mobile atom belongs to
     fragment, grow = {far}, True

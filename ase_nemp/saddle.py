@@ -45,7 +45,8 @@ from ase.geometry import find_mic
 
 from .vibrations import IMAGINARY_THRESHOLD, ModelVibrations, free_atoms, hessian, imaginary_frequencies
 
-__all__ = ["refine_saddle", "verify_saddle", "SaddleResult", "Connection", "rmsd", "attach_calculator"]
+__all__ = ["refine_saddle", "verify_saddle", "SaddleResult", "Connection", "rmsd", "displacement",
+           "attach_calculator"]
 
 
 @dataclass
@@ -157,7 +158,7 @@ def _prfo_step(h: np.ndarray, g: np.ndarray, follow: np.ndarray | None) -> tuple
     return step, mode
 
 
-def _mode_vector(vib: ModelVibrations, n_atoms: int) -> np.ndarray:
+def _mode_vector(vib: ModelVibrations) -> np.ndarray:
     """The lowest mode as Cartesian displacements (N, 3), largest atomic displacement 1."""
     _, modes = vib.get_energies_and_modes(all_atoms=True)
     mode = modes[0]
@@ -230,7 +231,7 @@ def refine_saddle(atoms: Atoms, calc: Any, *, tangent: np.ndarray | None = None,
     vib = hessian(saddle, saddle.calc, indices=sel, method=hessian_method)
     return SaddleResult(atoms=saddle, energy=float(saddle.get_potential_energy()), converged=final <= fmax,
                         steps=len(history) - 1, fmax=final, hessians=n_exact, vibrations=vib,
-                        imaginary=imaginary_frequencies(vib, threshold), mode=_mode_vector(vib, len(saddle)),
+                        imaginary=imaginary_frequencies(vib, threshold), mode=_mode_vector(vib),
                         threshold=threshold, history=history, seconds=time.perf_counter() - start)
 
 
@@ -333,15 +334,22 @@ def _prfo(saddle: Atoms, sel: np.ndarray, tangent, fmax: float, steps: int, trus
     return history, n_exact
 
 
+def displacement(a: Atoms, b: Atoms) -> np.ndarray:
+    """Å, (N, 3): how far each atom goes from ``a`` to ``b``, with the minimum-image
+    convention of ``a``'s cell where it is periodic."""
+    d = b.positions - a.positions
+    if a.pbc.any():
+        d, _ = find_mic(d, a.cell, a.pbc)
+    return d
+
+
 def rmsd(a: Atoms, b: Atoms, indices: Sequence[int] | None = None) -> float:
     """Å, the root-mean-square distance between two structures of the same atoms over
     ``indices`` (default: the free atoms of ``a``), with the minimum-image convention."""
     if len(a) != len(b) or (a.numbers != b.numbers).any():
         raise ValueError("rmsd needs two structures of the same atoms in the same order")
     sel = free_atoms(a) if indices is None else list(indices)
-    d = b.positions[sel] - a.positions[sel]
-    if a.pbc.any():
-        d, _ = find_mic(d, a.cell, a.pbc)
+    d = displacement(a, b)[sel]
     return float(np.sqrt((d**2).sum(1).mean())) if len(sel) else 0.0
 
 
