@@ -44,6 +44,15 @@ Explorations (each runs with the current committee as calculator; every structur
     Any :class:`~ase_nemp.neb.NEBProtocol` field may be given.
 ``structures``
     Single points on the given frames (scans, hand-made configurations).
+``network``
+    The reaction network of CO oxidation on a surface (:mod:`ase_nemp.sites`): on ``slab``
+    (a file; its first ``surface_atoms`` atoms, default all, are the bare surface) every
+    distinct CO + O pair of sites (``kinds``, lateral separation from ``min_distance`` to
+    ``max_distance`` Å), the CO2 each forms, O and CO on neighbouring sites, CO2 on and off
+    the surface, two O and two CO. Each structure is relaxed (BFGS, ``relax_fmax``,
+    ``relax_steps``), then a band (``images``, the first entry; any NEBProtocol field) joins
+    the ends of every elementary step that relaxed to two different minima. ``groups`` limits it to some of
+    ``co+o``, ``co2``, ``o hop``, ``co hop``, ``desorbed``, ``o+o``, ``co+co``.
 
 An MD or NEB run that meets a frame with uncertainty above ``select.stop_above`` (eV/Å,
 default 10 x threshold) stops there: beyond it the trajectory is meaningless, and the
@@ -68,8 +77,10 @@ EXPLORATION_KINDS: dict[str, dict[str, Any]] = {
     "relax": {"structures": None, "fmax": 0.05, "steps": 200},
     "neb": {"initial": None, "final": None, "images": [7]},
     "structures": {"structures": None},
+    "network": {"slab": None, "surface_atoms": "all", "reaction": "co_oxidation", "kinds": ["top", "bridge", "fcc", "hcp"],
+                "min_distance": 2.5, "max_distance": 4.0, "groups": "all", "images": [7]},
 }
-_PATH_KEYS = ("structures", "initial", "final")
+_PATH_KEYS = ("structures", "initial", "final", "slab")
 
 
 def _dtype(value) -> str:
@@ -94,7 +105,7 @@ class Exploration:
             raise ValueError(f"explore entry {index}: kind must be one of {list(EXPLORATION_KINDS)}, not {kind!r}")
         name = str(raw.pop("name", f"{kind}-{index}"))
         known = dict(EXPLORATION_KINDS[kind])
-        if kind == "neb":
+        if kind in ("neb", "network"):
             from ..neb import NEBProtocol
 
             known.update({f.name: f.default for f in dataclasses.fields(NEBProtocol) if f.name != "images"})
@@ -111,7 +122,47 @@ class Exploration:
         for key in ("temperatures", "images"):
             if key in settings and not isinstance(settings[key], (list, tuple)):
                 settings[key] = [settings[key]]
+        if kind == "network":
+            _check_network(settings, index)
+        if kind in ("neb", "network"):  # the band's settings are checked now, not rounds later
+            from ..neb import NEBProtocol
+
+            fields = {f.name for f in dataclasses.fields(NEBProtocol)} - {"images"}
+            images = settings["images"]
+            if not images or any(isinstance(n, bool) or not isinstance(n, int) for n in images):
+                raise ValueError(f"explore entry {index} ({kind}): images must be whole numbers, got {images!r}")
+            try:
+                for n in images:
+                    NEBProtocol(images=n, **{k: v for k, v in settings.items() if k in fields})
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"explore entry {index} ({kind}): {err}") from None
         return cls(kind, name, settings)
+
+
+NETWORK_GROUPS = ("co+o", "co2", "o hop", "co hop", "desorbed", "o+o", "co+co")
+
+
+def _check_network(settings: dict, index: int) -> None:
+    from ..sites import SITE_KINDS
+
+    where = f"explore entry {index} (network)"
+    if settings["reaction"] != "co_oxidation":
+        raise ValueError(f"{where}: reaction must be 'co_oxidation' (the one network built in), "
+                         f"not {settings['reaction']!r}")
+    unknown = sorted(set(settings["kinds"]) - set(SITE_KINDS))
+    if unknown or not settings["kinds"]:
+        raise ValueError(f"{where}: kinds must be some of {list(SITE_KINDS)}, got {settings['kinds']!r}")
+    if settings["groups"] != "all":
+        groups = settings["groups"] if isinstance(settings["groups"], (list, tuple)) else [settings["groups"]]
+        unknown = sorted(set(groups) - set(NETWORK_GROUPS))
+        if unknown or not groups:
+            raise ValueError(f"{where}: groups must be some of {list(NETWORK_GROUPS)}, got {settings['groups']!r}")
+        settings["groups"] = list(groups)
+    surface = settings["surface_atoms"]
+    if surface != "all" and (isinstance(surface, bool) or not isinstance(surface, int) or surface < 1):
+        raise ValueError(f"{where}: surface_atoms must be a whole number >= 1, got {surface!r}")
+    if not 0 <= float(settings["min_distance"]) < float(settings["max_distance"]):
+        raise ValueError(f"{where}: need 0 <= min_distance < max_distance (Å)")
 
 
 @dataclass(frozen=True)

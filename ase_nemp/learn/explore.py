@@ -9,6 +9,7 @@ own prediction for them (so that its error can be measured once they are labelle
 from __future__ import annotations
 
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -18,7 +19,7 @@ from ase import Atoms
 from ..neb import NEBProtocol, StopExploration, run_neb
 from ..neb import relax as relax_structure
 
-__all__ = ["Candidate", "Collector", "ExplorationReport", "explore", "read_frames"]
+__all__ = ["Candidate", "Collector", "ExplorationReport", "explore", "read_frames", "run_network"]
 
 
 class Interrupted(Exception):
@@ -173,6 +174,105 @@ def _neb(settings, factory, collector, progress):
                                   "barrier_uncertainty_eV": res.get("barrier_uncertainty")}
 
 
+def run_network(network, slab: Atoms, factory: Callable, protocol: NEBProtocol, fmax: float = 0.05,
+                steps: int = 200, observe: Callable | None = None, groups=None, progress: bool = False,
+                nudge: float = 0.05, log: Callable[[str], None] = lambda line: None) -> dict:
+    """Relax every structure of a :class:`~ase_nemp.sites.Network` and optimise a band for
+    every path whose ends relaxed to two different minima (once per pair of minima).
+
+    ``factory()`` gives a calculator (a committee, or any ASE calculator such as a reference
+    potential); ``protocol`` is the bands' :class:`~ase_nemp.neb.NEBProtocol` (its end-point
+    relaxation is not used: the ends are the relaxed structures). ``observe(atoms, source)``
+    sees every relaxation step and every image of every band step and may raise
+    :class:`StopExploration`, which ends that relaxation or band only. ``groups`` limits the
+    structures (and the paths between them) to those groups. Before relaxing, the adsorbate
+    atoms are moved sideways by up to ``nudge`` Å (seeded by the structure's name), so that an
+    adsorbate placed on a saddle of the surface (a bridge, often a top site) slides off it
+    instead of staying there by symmetry.
+
+    Returns ``{"minima": {name: {"energy", "key", "converged", "atoms"}}, "paths": {name:
+    {...}}}``; a path's entry has ``"skipped"`` (why) or the band's ``barrier``, ``reaction_energy``
+    (eV), ``converged``, ``steps``, ``fmax``, ``energies`` and ``images``.
+    """
+    from ..neb import optimise_band
+    from ..sites import find_sites, minimum_key
+
+    sites = find_sites(slab)
+    wanted = set(network.structures) if groups is None else {n for g in groups for n in network.groups[g]}
+    minima: dict[str, dict] = {}
+    for name in (n for n in network.structures if n in wanted):
+        atoms = network.structures[name].copy()
+        rng = np.random.default_rng(zlib.crc32(name.encode()))
+        atoms.positions[len(slab):, :2] += rng.uniform(-nudge, nudge, size=(len(atoms) - len(slab), 2))
+        hook = None if observe is None else (lambda a, step, name=name: observe(a, f"relax:{name}:step{step}"))
+        try:
+            energy, n_steps, converged = relax_structure(atoms, factory(), fmax, steps, f"relax {name}",
+                                                         progress=False, observer=hook)
+        except StopExploration as err:
+            minima[name] = {"stopped": str(err)}
+            log(f"  {name}: stopped ({err})")
+            continue
+        atoms.calc = None
+        minima[name] = {"energy": float(energy), "key": minimum_key(atoms, slab, sites), "converged": converged,
+                        "steps": n_steps, "atoms": atoms}
+    paths: dict[str, dict] = {}
+    seen: dict[frozenset, str] = {}
+    for name, (first, last) in network.paths.items():
+        if first not in wanted or last not in wanted:
+            continue
+        a, b = minima.get(first, {}), minima.get(last, {})
+        if "key" not in a or "key" not in b:
+            paths[name] = {"skipped": "an end point's relaxation was stopped"}
+            continue
+        if a["key"] == b["key"]:
+            paths[name] = {"skipped": f"both ends relax to the same minimum {a['key']}"}
+            continue
+        pair = frozenset((a["key"], b["key"]))
+        if pair in seen:
+            paths[name] = {"skipped": f"the same minima as {seen[pair]}"}
+            continue
+        seen[pair] = name
+        images = [a["atoms"].copy()] + [a["atoms"].copy() for _ in range(protocol.images - 2)] + [b["atoms"].copy()]
+        hook = None
+        if observe is not None:
+            def hook(band, step, name=name):
+                for k, image in enumerate(band[1:-1], start=1):
+                    observe(image, f"neb:{name}:image{k}:step{step}")
+        result = optimise_band(images, factory, protocol, hook, progress, interpolate=True)
+        paths[name] = {key: result[key] for key in ("barrier", "reaction_energy", "converged", "stopped", "fmax",
+                                                    "energies", "images")}
+        paths[name]["steps"] = result["neb_steps"]
+        log(f"  {name}: barrier {result['barrier']:.3f} eV, converged {result['converged']}")
+    return {"minima": minima, "paths": paths}
+
+
+def _network(settings, factory, collector, progress):
+    from ..sites import co_oxidation_network
+    from ..train.data import read_structures
+
+    protocol_keys = set(NEBProtocol.__dataclass_fields__) - {"images"}
+    protocol = NEBProtocol(**{k: v for k, v in settings.items() if k in protocol_keys},
+                           images=int(settings["images"][0]))
+    slab = read_structures(settings["slab"])[0]
+    slab.calc = None
+    if settings["surface_atoms"] != "all":
+        constraints = [c.copy() for c in slab.constraints]
+        slab = slab[: int(settings["surface_atoms"])]
+        slab.set_constraint(constraints)
+    network = co_oxidation_network(slab, settings["kinds"], settings["min_distance"], settings["max_distance"])
+    found = run_network(network, slab, factory, protocol, protocol.relax_fmax, protocol.relax_steps,
+                        observe=collector.observe, groups=None if settings["groups"] == "all" else settings["groups"],
+                        progress=progress)
+    rep = collector.report
+    rep.stopped.extend(f"{n}: {m['stopped']}" for n, m in found["minima"].items() if "stopped" in m)
+    rep.stopped.extend(f"{n}: {p['stopped']}" for n, p in found["paths"].items() if p.get("stopped"))
+    rep.details["network"] = {
+        "minima": len({m["key"] for m in found["minima"].values() if "key" in m}),
+        "bands": {n: {"barrier_eV": round(p["barrier"], 4), "converged": p["converged"], "steps": p["steps"]}
+                  for n, p in found["paths"].items() if "barrier" in p},
+    }
+
+
 def explore(exploration, factory: Callable, threshold: float, stop_above: float,
             should_stop: Callable[[], bool] = lambda: False, progress: bool = False, round: int = 0) -> ExplorationReport:
     """Run one :class:`~ase_nemp.learn.config.Exploration` with calculators from ``factory``.
@@ -188,6 +288,8 @@ def explore(exploration, factory: Callable, threshold: float, stop_above: float,
         _relax(settings, factory, collector)
     elif kind == "neb":
         _neb(settings, factory, collector, progress)
+    elif kind == "network":
+        _network(settings, factory, collector, progress)
     else:
         _structures(settings, factory, collector)
     report.seconds = time.perf_counter() - t0
