@@ -76,6 +76,20 @@ def workspace(tmp_path_factory):
                 if self.after and self.calls == self.after and self.flag and not os.path.exists(self.flag):
                     open(self.flag, "w").close()
                     signal.raise_signal(signal.SIGTERM)
+
+        class FailingEMT(EMT):
+            """EMT that raises after its first calculation (the check before exploring passes)."""
+            calls = 0
+            def calculate(self, *args, **kwargs):
+                FailingEMT.calls += 1
+                if FailingEMT.calls > 1:
+                    raise RuntimeError("SCF did not converge")
+                super().calculate(*args, **kwargs)
+
+        class WrongShapeEMT(EMT):
+            def calculate(self, *args, **kwargs):
+                super().calculate(*args, **kwargs)
+                self.results["forces"] = self.results["forces"][:-1]
     '''))
     return root
 
@@ -98,9 +112,9 @@ def learn_config(root, out, rounds=2, after=0):
 
 def test_the_loop_lowers_the_error_against_the_teacher_and_survives_sigterm(workspace):
     root = workspace
-    cfg = learn_config(root, "run", rounds=2, after=3)
+    cfg = learn_config(root, "run", rounds=2, after=4)
     with pytest.raises(LearningInterrupted, match="all labelled frames are in"):
-        learn(cfg, progress=False)  # SIGTERM after the teacher's third frame of round 1
+        learn(cfg, progress=False)  # SIGTERM after the teacher's check and its third frame of round 1
     state = json.loads((root / "run" / "state.json").read_text())
     assert state["phase"] == "label" and state["teacher_calls"] == 3
     on_disk = [a for a in read(root / "run/data/train.extxyz", ":") + read(root / "run/data/valid.extxyz", ":")
@@ -116,6 +130,7 @@ def test_the_loop_lowers_the_error_against_the_teacher_and_survives_sigterm(work
     assert len(labelled) == rows[-1]["teacher_calls"] == sum(r.get("labelled", 0) for r in rows)
     keys = [(a.info["al_round"], a.info["al_candidate"]) for a in labelled]
     assert len(set(keys)) == len(keys)
+    assert rows[-1]["teacher_seconds"] == pytest.approx(sum(a.info["al_teacher_seconds"] for a in labelled), abs=0.2)
     for a in labelled:
         assert a.info["al_teacher"] == "InterruptingEMT" and a.info["config_type"] == "al_md"
         assert a.info["al_source"].startswith("md:start.extxyz#0:1200K:step")
@@ -200,3 +215,68 @@ def test_single_points_far_from_the_data_do_not_end_the_scan(tmp_path):
                                         lambda p: str(tmp_path / p))
     report = explore(exploration, lambda: NEMPCalculator(committee), threshold=0.0, stop_above=1e-9)
     assert report.frames == 5 and len(report.candidates) == 5
+
+
+def test_learn_never_overwrites_a_users_files(workspace, tmp_path):
+    """output.dir '.' (or any folder with files of the run's names, or the run's own inputs)
+    is refused before anything is written."""
+    import shutil
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    for name in ("train.extxyz", "start.extxyz", "heldout.extxyz", "teacher.py"):
+        shutil.copy(workspace / name, folder / name)
+    shutil.copytree(workspace / "committee", folder / "committee")
+    (folder / "config.yaml").write_text("my own settings\n")
+    (folder / "learn_log.md").write_text("my notes\n")
+    cfg = learn_config(folder, ".", rounds=1)
+    with pytest.raises(FileExistsError, match="not free for a new run: it already holds config.yaml, learn_log.md"):
+        learn(cfg, progress=False)
+    assert (folder / "config.yaml").read_text() == "my own settings\n"
+    assert not (folder / "data").exists() and not (folder / "state.json").exists()
+    (folder / "config.yaml").unlink()
+    (folder / "learn_log.md").unlink()
+    with pytest.raises(FileExistsError, match="the run's own inputs live there"):
+        learn(cfg, progress=False)  # train.extxyz and heldout.extxyz sit in output.dir
+
+
+def test_a_broken_teacher_is_found_before_exploring_and_can_be_corrected(workspace, tmp_path):
+    import time
+
+    from ase_nemp.learn.loop import TeacherFailed
+
+    cfg = learn_config(workspace, str(tmp_path / "typo"), rounds=1)
+    raw = {**cfg.to_dict(), "teacher": {"calculator": str(workspace / "teacher.py") + ":InteruptingEMT"}}
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="has no 'InteruptingEMT'"):
+        learn(LearnConfig.from_dict(raw), progress=False)
+    assert time.perf_counter() - t0 < 5  # no exploration
+    assert not any((tmp_path / "typo" / name).exists() for name in ("state.json", "data", "config.yaml"))
+    learn(cfg, progress=False)  # the corrected config starts afresh in the same folder
+
+    # a teacher that fails on every frame of a round: the loop stops, the committee is not
+    # fine-tuned, the exit code says so; a resume with another teacher labels the round
+    failing = LearnConfig.from_dict({**cfg.to_dict(), "output": {"dir": str(tmp_path / "fail")},
+                                     "teacher": {"calculator": str(workspace / "teacher.py") + ":FailingEMT"}})
+    with pytest.raises(TeacherFailed, match=r"failed on all \d+ frames of round 1 .*SCF did not converge") as err:
+        learn(failing, progress=False)
+    failed = int(str(err.value).split("all ")[1].split()[0])
+    state = json.loads((tmp_path / "fail" / "state.json").read_text())
+    assert state["phase"] == "label" and state["teacher_failures"] == failed > 0
+    assert not (tmp_path / "fail" / "round-1" / "train").exists()
+    fixed = LearnConfig.from_dict({**failing.to_dict(), "teacher": {"calculator": "ase.calculators.emt:EMT"}})
+    rows = learn(fixed, resume=True, progress=False)
+    assert rows[1]["labelled"] == failed and (tmp_path / "fail" / "round-1" / "train").exists()
+    with pytest.raises(ValueError, match="section"):  # other sections still may not change on resume
+        learn(LearnConfig.from_dict({**fixed.to_dict(), "select": {"threshold": 0.5}}), resume=True, progress=False)
+
+
+def test_teacher_results_of_the_wrong_shape_and_rounds_true_are_refused(workspace):
+    from ase_nemp.learn import label, load_teacher
+
+    teacher = load_teacher(str(workspace / "teacher.py") + ":WrongShapeEMT")
+    atoms = read(workspace / "start.extxyz")
+    with pytest.raises(ValueError, match=r"forces of shape \(12, 3\) for 13 atoms"):
+        label(atoms, teacher)
+    with pytest.raises(ValueError, match="rounds must be a whole number"):
+        LearnConfig.from_dict({**learn_config(workspace, "x").to_dict(), "rounds": True})

@@ -500,3 +500,24 @@ def test_committee_fine_tuning_starts_each_member_from_its_own(data_file, tmp_pa
     raw["output"]["dir"] = str(tmp_path / "c3")  # c2 holds the member folders made above
     with pytest.raises(ValueError, match="committee of 2"):
         Trainer(RunConfig.from_dict(raw), progress=False).setup()
+
+
+def test_training_data_may_be_a_list_of_files(tmp_path):
+    """data.train as a list: the files are read in order, named in the model file, and an
+    edit of any of them is noticed on resume."""
+    first, second = tmp_path / "a.extxyz", tmp_path / "b.extxyz"
+    write(first, labelled(8, seed=100))
+    write(second, labelled(4, seed=300))
+    run = RunConfig.from_dict({"data": {"train": ["a.extxyz", str(second)], "valid_fraction": 0.25},
+                               "model": TINY_MODEL, "training": dict(epochs=1, batch_size=3, dtype="float64"),
+                               "output": {"dir": "run"}}, base_dir=tmp_path)
+    assert run.data.train == [str(first), str(second)]
+    trainer = trained(run)
+    assert len(trainer.train_set) + len(trainer.valid_set) == 12
+    assert load(tmp_path / "run" / "best.pt").metadata["train_data"] == "a.extxyz, b.extxyz"
+    write(second, labelled(4, seed=400))
+    with pytest.raises(ValueError, match="data.train .* changed"):
+        Trainer(run, progress=False).setup(resume=True)
+    for bad in ([], [1, 2], ["a.extxyz", None]):
+        with pytest.raises(ValueError, match="data.train must be a file or a non-empty list of files"):
+            RunConfig.from_dict({"data": {"train": bad}, "model": TINY_MODEL}, base_dir=tmp_path)

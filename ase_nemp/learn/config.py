@@ -62,6 +62,7 @@ frames that led to it are the ones worth labelling.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -246,6 +247,8 @@ class LearnConfig:
                 return None
             if isinstance(p, (list, tuple)):
                 return [resolve(q) for q in p]
+            if not isinstance(p, (str, os.PathLike)):
+                return p  # a value the field checks refuse with its name
             return str(p) if Path(p).is_absolute() else str((base / p).resolve())
 
         data = dict(raw["data"])
@@ -267,7 +270,7 @@ class LearnConfig:
         _strict(TrainConfig, finetune, "finetune")  # the keys and values must make a valid training section
         output = dict(raw.get("output") or {})
         rounds = raw.get("rounds", 5)
-        if not isinstance(rounds, int) or rounds < 1:
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
             raise ValueError(f"rounds must be a whole number >= 1, got {rounds!r}")
         return cls(
             data=_strict(DataConfig, data, "data"),

@@ -46,13 +46,19 @@ from ..train.config import RunConfig, TrainConfig
 from .config import LearnConfig
 from .explore import Interrupted, explore
 from .select import select
-from .teacher import label, load_teacher
+from .teacher import check_teacher, label
 
 __all__ = ["ActiveLearning", "LearningInterrupted", "learn"]
 
 
 class LearningInterrupted(RuntimeError):
     """Raised after Ctrl-C / SIGTERM once everything labelled so far is on disk."""
+
+
+class TeacherFailed(ValueError):
+    """Every teacher call of a round failed: nothing new to learn from. The run stops in its
+    labelling phase, so that ``--resume`` (with a corrected teacher section) labels the
+    round's frames again."""
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -106,7 +112,7 @@ class ActiveLearning:
             self.state = json.loads(self._state_path().read_text())
             if self.state.get("config") != self.cfg.to_dict():
                 changed = [k for k, v in self.cfg.to_dict().items() if self.state.get("config", {}).get(k) != v]
-                allowed = {"rounds"}
+                allowed = {"rounds", "teacher"}  # a corrected teacher labels the frames still to label
                 if set(changed) - allowed:
                     raise ValueError(f"cannot resume: section(s) {sorted(set(changed) - allowed)} of the config changed "
                                      f"since the run started (only {sorted(allowed)} may change)")
@@ -115,6 +121,7 @@ class ActiveLearning:
         if self._state_path().exists():
             raise FileExistsError(f"{self.out} already holds an active-learning run; use --resume to continue it "
                                   "or pick another output.dir")
+        self._refuse_foreign_files()
         start = load(self.cfg.start)
         if not hasattr(start, "members"):
             raise ValueError(f"start {self.cfg.start} holds a single model; active learning needs a committee "
@@ -136,6 +143,38 @@ class ActiveLearning:
         self._save_state()
         self._write_log()
 
+    def _refuse_foreign_files(self) -> None:
+        """A fresh run writes config.yaml, data/, committee.pt, the logs and round folders into
+        output.dir: refuse a folder where any of them already exists (the user's own files,
+        or the start committee or data themselves), before anything is written."""
+        if not self.out.exists():
+            return
+        ours = ["config.yaml", "committee.pt", "learn_log.csv", "learn_log.md", "learning.png", "data"]
+        clash = sorted(name for name in ours if (self.out / name).exists())
+        clash += sorted(p.name for p in self.out.glob("round-*"))
+        inputs = [self.cfg.start, self.cfg.monitor, self.cfg.data.valid, self.cfg.data.isolated_atoms]
+        train = self.cfg.data.train
+        inputs += list(train) if isinstance(train, (list, tuple)) else [train]
+        inside = sorted(str(p) for p in inputs if p and Path(p).resolve().parent == self.out.resolve())
+        if clash or inside:
+            what = (f"it already holds {', '.join(clash)}" if clash else "") + \
+                   ("; " if clash and inside else "") + (f"the run's own inputs live there ({', '.join(inside)})"
+                                                         if inside else "")
+            raise FileExistsError(f"output.dir {self.out} is not free for a new run: {what}. Pick an empty or new "
+                                  "folder (nothing is overwritten)")
+
+    def _probe_teacher(self) -> None:
+        """Check the teacher on the smallest structure of the data before any exploration."""
+        if self._teacher is not None:
+            return
+        from ..train.data import read_structures
+
+        frames = read_structures(self.cfg.data.train)
+        probe = min(frames, key=len).copy()
+        probe.calc = None
+        self._teacher = check_teacher(self.cfg.teacher.calculator, self.cfg.teacher.kwargs, probe,
+                                      stress=self.cfg.teacher.stress)
+
     def _initial_split(self):
         from ..train.data import read_structures, split_indices
 
@@ -153,6 +192,9 @@ class ActiveLearning:
     # -- the loop -----------------------------------------------------------------------------
     def run(self, resume: bool = False) -> list[dict]:
         """Run (or continue) the loop; returns the log rows."""
+        if not resume or self._state_path().exists() and json.loads(self._state_path().read_text()).get(
+                "phase") in ("explore", "label"):
+            self._probe_teacher()  # before the exploration: a broken teacher costs seconds, not a round
         self._setup(resume)
         with deferred_stop(self._set_stop):
             while self.state["phase"] != "done":
@@ -247,9 +289,9 @@ class ActiveLearning:
         candidates = _read(rd / "candidates.extxyz")
         done = {int(a.info["al_candidate"]) for a in _read(self.data_dir / "train.extxyz")
                 + _read(self.data_dir / "valid.extxyz") if a.info.get("al_round") == k}
-        if self._teacher is None:
-            self._teacher = load_teacher(self.cfg.teacher.calculator, self.cfg.teacher.kwargs)
+        self._probe_teacher()
         every = self._valid_every()
+        failed_now = 0
         bar = tqdm(total=len(candidates), initial=len(done), desc=f"round {k}: teacher", leave=False,
                    disable=not self.progress)
         for cand in candidates:
@@ -261,23 +303,39 @@ class ActiveLearning:
                 raise LearningInterrupted(self._interrupt_message(f"labelling ({len(done)} of {len(candidates)} "
                                                                   f"frames of round {k} are on disk)"))
             self.state["teacher_calls"] += 1
+            t0 = time.perf_counter()
             try:
                 frame = label(cand, self._teacher, stress=self.cfg.teacher.stress)
             except Exception as err:  # a teacher may fail on a configuration: record it and go on
                 self.state["teacher_failures"] += 1
+                self.state["teacher_seconds"] = self.state.get("teacher_seconds", 0.0) + time.perf_counter() - t0
                 self.state.setdefault("failures", []).append({"round": k, "candidate": n, "error": str(err)[:300]})
                 self._save_state()
+                failed_now += 1
                 continue
+            seconds = time.perf_counter() - t0
+            self.state["teacher_seconds"] = self.state.get("teacher_seconds", 0.0) + seconds
             kind = str(cand.info["al_source"]).split(":")[0].rstrip("0123456789")
             frame.info = {"al_round": k, "al_candidate": n, "al_source": cand.info["al_source"],
                           "al_teacher": self.cfg.teacher.calculator.rpartition(":")[2],
-                          "al_uncertainty": float(cand.info["al_uncertainty"]), "config_type": f"al_{kind}"}
+                          "al_uncertainty": float(cand.info["al_uncertainty"]), "al_teacher_seconds": round(seconds, 3),
+                          "config_type": f"al_{kind}"}
             target = "valid" if every and n % every == every - 1 else "train"
             _append_frame(self.data_dir / f"{target}.extxyz", frame)
             done.add(n)
             self._save_state()
             bar.update(1)
         bar.close()
+        if failed_now and not done:
+            errors = sorted({f["error"] for f in self.state["failures"] if f["round"] == k})
+            self._save_state()
+            raise TeacherFailed(f"the teacher failed on all {failed_now} frames of round {k} (e.g. {errors[0]}); "
+                                "nothing was fine-tuned. Fix the teacher section and continue with --resume")
+        if failed_now:
+            import sys
+
+            print(f"nemp learn: the teacher failed on {failed_now} of {len(candidates)} frames of round {k} "
+                  "(listed under 'failures' in state.json); going on with the others", file=sys.stderr)
         self.state["phase"] = "train"
         self._save_state()
 
@@ -300,16 +358,20 @@ class ActiveLearning:
             atomic_write(start, lambda tmp: shutil.copyfile(self.out / "committee.pt", tmp))
         raw["training"]["init_from"] = str(start)
         run = RunConfig.from_dict(raw)
+        t0 = time.perf_counter()
         try:
             result = train_committee(run, resume=(rd / "train").exists(), progress=self.progress)
         except TrainingInterrupted as err:
             raise LearningInterrupted(self._interrupt_message(f"fine-tuning round {k} ({err})")) from None
+        finally:
+            self.state["train_seconds"] = self.state.get("train_seconds", 0.0) + time.perf_counter() - t0
         committee = load(result.best_path)
         # the force spread the loop labelled above is the committee's confidence level
         save(committee, self.out / "committee.pt", **committee.metadata,
              confidence={"forces_uncertainty": self.cfg.select.threshold},
              active_learning={"round": k, "teacher_calls": self.state["teacher_calls"],
-                              "teacher": self.cfg.teacher.calculator.rpartition(":")[2]})
+                              "teacher": self.cfg.teacher.calculator.rpartition(":")[2],
+                              "teacher_seconds": round(self.state.get("teacher_seconds", 0.0), 1)})
         self.state["log"].append(self._row(k, {"valid": result.summary["valid"]["all"],
                                                "calibration": result.summary["calibration"]}))
         self.state["round"] = k + 1
@@ -320,7 +382,10 @@ class ActiveLearning:
     def _row(self, k: int, extra: dict) -> dict:
         """One log row: exploration figures of round k, the teacher's verdict on its frames,
         the data sizes and the monitor's errors for the committee now in committee.pt."""
-        row: dict[str, Any] = {"round": k, "teacher_calls": self.state["teacher_calls"]}
+        row: dict[str, Any] = {"round": k, "teacher_calls": self.state["teacher_calls"],
+                               "teacher_seconds": round(self.state.get("teacher_seconds", 0.0), 1),
+                               "teacher_failures": self.state.get("teacher_failures", 0),
+                               "train_seconds": round(self.state.get("train_seconds", 0.0), 1)}
         ex = self.state.get("explore") if k > 0 else None
         if ex and ex.get("round") == k:
             row.update(explored_frames=ex["frames"], above_threshold=ex["candidates"], selected=ex["selected"],
@@ -360,8 +425,9 @@ class ActiveLearning:
         rows = self.state["log"]
         if not rows:
             return
-        columns = ["round", "teacher_calls", "labelled", "explored_frames", "above_threshold", "max_uncertainty",
-                   "new_e_rmse_atom", "new_f_rmse", "monitor_e_rmse_atom", "monitor_f_rmse", "train_size", "valid_size"]
+        columns = ["round", "teacher_calls", "teacher_seconds", "teacher_failures", "labelled", "explored_frames",
+                   "above_threshold", "max_uncertainty", "new_e_rmse_atom", "new_f_rmse", "monitor_e_rmse_atom",
+                   "monitor_f_rmse", "train_size", "valid_size", "explore_seconds", "train_seconds"]
 
         def fmt(v):
             return f"{v:.6g}" if isinstance(v, float) else ("" if v is None else v)
@@ -392,7 +458,7 @@ def format_log(rows: list[dict]) -> str:
     def mev(v):
         return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{1e3 * v:.1f}"
 
-    lines = ["| round | teacher calls | labelled | explored frames | above threshold | largest force uncertainty "
+    lines = ["| round | teacher calls (s) | labelled | explored frames | above threshold | largest force uncertainty "
              "(eV/Å) | committee error on the new frames: E (meV/atom) / F (meV/Å) | monitor after the round: "
              "E (meV/atom) / F (meV/Å) | training / validation frames |", "|---" * 9 + "|"]
     for r in rows:
@@ -401,7 +467,8 @@ def format_log(rows: list[dict]) -> str:
         mon = (f"{mev(r.get('monitor_e_rmse_atom'))} / {mev(r.get('monitor_f_rmse'))}"
                if r.get("monitor_f_rmse") is not None else "")
         note = f" ({r['note']})" if r.get("note") else ""
-        lines.append(f"| {r['round']}{note} | {r.get('teacher_calls', '')} | {r.get('labelled', '')} "
+        cost = f" ({r['teacher_seconds']:.0f})" if r.get("teacher_seconds") is not None else ""
+        lines.append(f"| {r['round']}{note} | {r.get('teacher_calls', '')}{cost} | {r.get('labelled', '')} "
                      f"| {r.get('explored_frames', '')} | {r.get('above_threshold', '')} "
                      f"| {'' if unc is None else f'{unc:.3f}'} | {new} | {mon} "
                      f"| {r.get('train_size', '')} / {r.get('valid_size', '')} |")

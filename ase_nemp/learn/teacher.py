@@ -11,7 +11,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-__all__ = ["load_teacher", "label"]
+__all__ = ["load_teacher", "label", "check_teacher"]
 
 
 def load_teacher(spec: str, kwargs: dict | None = None):
@@ -53,12 +53,31 @@ def label(atoms: Atoms, teacher, stress: bool = False) -> Atoms:
     ``ValueError`` for non-finite results."""
     frame = atoms.copy()
     frame.calc = teacher
-    energy = float(frame.get_potential_energy())
-    forces = np.array(frame.get_forces(apply_constraint=False), dtype=np.float64)
-    results = {"energy": energy, "forces": forces}
+    energy = np.asarray(frame.get_potential_energy(), dtype=np.float64)
+    if energy.size != 1:
+        raise ValueError(f"the teacher returned an energy of shape {energy.shape}, not one number")
+    energy = float(energy.reshape(()))
+    forces = np.asarray(frame.get_forces(apply_constraint=False), dtype=np.float64)
+    if forces.shape != (len(frame), 3):
+        raise ValueError(f"the teacher returned forces of shape {forces.shape} for {len(frame)} atoms "
+                         f"(expected {(len(frame), 3)})")
+    results = {"energy": energy, "forces": forces.copy()}
     if stress and frame.pbc.all():
         results["stress"] = np.array(frame.get_stress(), dtype=np.float64)
     if not np.isfinite(energy) or not np.isfinite(forces).all():
         raise ValueError("the teacher returned non-finite energy or forces")
     frame.calc = SinglePointCalculator(frame, **results)
     return frame
+
+
+def check_teacher(spec: str, kwargs: dict | None, probe: Atoms, stress: bool = False):
+    """Load the teacher and label ``probe`` once (a small structure of the data): a misspelt
+    class, a missing file or a calculator that fails on every structure is found before
+    any exploration. Returns the teacher; raises ``ValueError`` naming the problem."""
+    teacher = load_teacher(spec, kwargs)
+    try:
+        label(probe, teacher, stress=stress)
+    except Exception as err:
+        raise ValueError(f"the teacher {spec} failed on a test structure ({probe.get_chemical_formula()}, "
+                         f"{len(probe)} atoms): {type(err).__name__}: {err}") from None
+    return teacher

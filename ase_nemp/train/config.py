@@ -3,7 +3,7 @@
 .. code-block:: yaml
 
     data:
-      train: train.xyz            # any file ase.io.read understands
+      train: train.xyz            # any file ase.io.read understands (or a list of files)
       valid: null                 # separate validation file, or
       valid_fraction: 0.1         # ... this fraction of `train` (fixed seed)
       test: null                  # optional: evaluated with the best model at the end
@@ -69,6 +69,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, bool):
             return value
         raise ValueError(f"{where} must be true or false, not {value!r}")
+    if list in options and isinstance(value, (list, tuple)):
+        if not value or not all(isinstance(v, (str, os.PathLike)) for v in value):
+            raise ValueError(f"{where} must be a file or a non-empty list of files, not {value!r}")
+        return [str(v) for v in value]
     if str in options:
         if isinstance(value, (str, os.PathLike)):
             return str(value)
@@ -121,7 +125,7 @@ def read_yaml(path: str | Path) -> dict:
 class DataConfig:
     """Where the data are and how the labels are called (section ``data``)."""
 
-    train: str
+    train: str | list  # a file, or a list of files read one after another
     valid: str | None = None
     valid_fraction: float = 0.1
     test: str | None = None
@@ -299,7 +303,11 @@ class RunConfig:
         base = Path(base_dir)
 
         def resolve(p):
-            return None if p is None else str((base / p).resolve()) if not Path(p).is_absolute() else str(p)
+            if isinstance(p, (list, tuple)):
+                return [resolve(q) for q in p]
+            if not isinstance(p, (str, os.PathLike)):
+                return p  # None, or a value the field check below refuses with its name
+            return str((base / p).resolve()) if not Path(p).is_absolute() else str(p)
 
         data = dict(raw["data"])
         for key in ("train", "valid", "test", "isolated_atoms"):

@@ -60,10 +60,15 @@ class Sample:
         return self.graph.num_atoms
 
 
-def read_structures(path: str | os.PathLike, index: str = ":") -> list[Atoms]:
-    """All structures of any file ASE reads; a clear error if there is none."""
+def read_structures(path: str | os.PathLike | list, index: str = ":") -> list[Atoms]:
+    """All structures of any file ASE reads (of each file, in order, for a list of files);
+    a clear error if there is none."""
     from ase.io import read
 
+    if isinstance(path, (list, tuple)):
+        if not path:
+            raise ValueError("an empty list of data files")
+        return [atoms for p in path for atoms in read_structures(p, index)]
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {str(path)!r} does not exist")

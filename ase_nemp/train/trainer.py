@@ -57,17 +57,25 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def _file_digest(path: str | None) -> str | None:
-    """SHA-256 of a data file's contents, to notice a file edited between a run and its resume."""
+def _file_digest(path: str | list | None) -> str | None:
+    """SHA-256 of a data file's contents (of the files in order, for a list), to notice a file
+    edited between a run and its resume."""
     import hashlib
 
-    if not path or not os.path.exists(path):
+    paths = path if isinstance(path, (list, tuple)) else [path]
+    if not all(p and os.path.exists(p) for p in paths):
         return None
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
+    for p in paths:
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()
+
+
+def data_names(train) -> str:
+    """The training file's name (names, comma-separated, for a list of files)."""
+    return ", ".join(os.path.basename(str(p)) for p in (train if isinstance(train, (list, tuple)) else [train]))
 
 
 # ---------------------------------------------------------------------------------------
@@ -601,7 +609,7 @@ class Trainer:
         if not self.group.main:
             return
         meta = {"epoch": epoch, "valid_e_rmse_per_atom_eV": metrics["e_rmse_atom"], "valid_f_rmse_eV_per_A": metrics["f_rmse"],
-                "train_data": os.path.basename(self.run.data.train), "num_train": len(self.train_set),
+                "train_data": data_names(self.run.data.train), "num_train": len(self.train_set),
                 "num_valid": len(self.valid_set)}
         save(self.ema, self.out / "best.pt", **meta)
 
@@ -797,7 +805,7 @@ def _train_committee(run: RunConfig, resume: bool, progress: bool) -> CommitteeR
     stats, pred, ref = predictions(committee, valid)
     summary = {"valid": stats.summary(), "calibration": calibration(pred, ref)}
     metadata = {
-        "committee_seeds": [t.seed for t in trainers], "train_data": os.path.basename(str(run.data.train)),
+        "committee_seeds": [t.seed for t in trainers], "train_data": data_names(run.data.train),
         "num_train": len(trainers[0].train_set), "num_valid": len(valid),
         "valid_e_rmse_per_atom_eV": summary["valid"]["all"]["e_rmse_atom"],
         "valid_f_rmse_eV_per_A": summary["valid"]["all"]["f_rmse"], "calibration": summary["calibration"],
