@@ -65,6 +65,9 @@ class NEMPCalculator(Calculator):
         Verlet skin in Å. The neighbour list is built with ``cutoff + skin`` and reused
         while no atom has moved more than ``skin / 2`` and the cell, pbc and atoms are
         unchanged; results equal those of a fresh list to round-off. 0 rebuilds every call.
+    interval_level : float
+        Probability of the calibrated intervals (0.9: a 90 % interval), for a calibrated
+        committee.
     compile : bool
         Compile the model with ``torch.compile`` (dynamic shapes). The first call then
         takes about a minute; later calls are faster. Worth it for long MD runs; the
@@ -81,7 +84,10 @@ class NEMPCalculator(Calculator):
     ``forces_uncertainty`` (N,) (eV/Å, per atom, the spread of the members' force
     vectors) and ``committee_energy`` (M,) (eV, every member's energy); see
     :mod:`ase_nemp.model.committee`. ``calc.get_property("forces_uncertainty", atoms)``
-    reads them.
+    reads them. A committee whose model file carries a calibration
+    (:mod:`ase_nemp.uncertainty`, ``nemp calibrate``) also gives calibrated error bars:
+    ``energy_interval`` (eV) and ``forces_interval`` (N,) (eV/Å, per atom), the radii of
+    intervals that hold the true error with probability ``interval_level``.
 
     One calculator may be shared by several threads: calls are serialised, so every
     thread gets the results of its own structure.
@@ -97,7 +103,8 @@ class NEMPCalculator(Calculator):
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
-    committee_properties = ["energy_uncertainty", "forces_uncertainty", "committee_energy"]
+    committee_properties = ["energy_uncertainty", "forces_uncertainty", "committee_energy", "energy_interval",
+                            "forces_interval"]
     default_parameters: dict[str, Any] = {}
     _ase_keywords = ("label", "atoms", "directory")
 
@@ -108,12 +115,13 @@ class NEMPCalculator(Calculator):
         dtype: str | torch.dtype = "float64",
         skin: float = 0.5,
         compile: bool = False,
+        interval_level: float = 0.9,
         **kwargs: Any,
     ) -> None:
         unknown = sorted(set(kwargs) - set(self._ase_keywords))
         if unknown:
             raise TypeError(f"NEMPCalculator got unknown keyword argument(s) {', '.join(unknown)}; it takes model, "
-                            f"device, dtype, skin, compile and ASE's {', '.join(self._ase_keywords)}")
+                            f"device, dtype, skin, compile, interval_level and ASE's {', '.join(self._ase_keywords)}")
         if not isinstance(skin, (int, float)) or not math.isfinite(skin) or skin < 0:
             raise ValueError(f"skin must be a finite distance >= 0 in Å, got {skin!r}")
         super().__init__(**kwargs)
@@ -133,11 +141,21 @@ class NEMPCalculator(Calculator):
             p.requires_grad_(False)
         self.model = model
         self.is_committee = isinstance(model, Committee)
+        from .uncertainty import Calibration
+
+        if isinstance(interval_level, bool) or not isinstance(interval_level, (int, float)) or \
+                not 0 < interval_level < 1:
+            raise ValueError(f"interval_level must be a probability between 0 and 1, got {interval_level!r}")
+        self.calibration = Calibration.of(model) if self.is_committee else None
+        if self.calibration is not None:
+            self.calibration.radius("energy", 0.0, interval_level)  # a clear error for a level outside its table
+        self.interval_level = float(interval_level)
         single = model.members[0] if self.is_committee else model
         self.conservative = bool(getattr(single, "conservative", True))
         self.implemented_properties = [p for p in type(self).implemented_properties
                                        if self.conservative or p != "stress"]
-        self.implemented_properties += self.committee_properties if self.is_committee else []
+        self.implemented_properties += [p for p in self.committee_properties if self.is_committee
+                                        and (self.calibration is not None or not p.endswith("_interval"))]
         self.neighbour_list = NeighbourList(model.cutoff, skin=skin)
         self._lock = threading.RLock()
         if compile:
@@ -175,6 +193,10 @@ class NEMPCalculator(Calculator):
             raise PropertyNotImplementedError(
                 f"{name!r} needs a committee model (several members whose spread estimates the error); this "
                 "calculator holds a single model. Train one with training.committee: N in nemp train.")
+        if name.endswith("_interval") and name in self.committee_properties and self.calibration is None:
+            raise PropertyNotImplementedError(
+                f"{name!r} needs a calibrated committee; this model file carries no calibration (fit one on "
+                "held-out data with nemp calibrate). energy_uncertainty and forces_uncertainty are the raw spreads.")
         with self._lock:  # the check, the calculation and the read of one thread belong together
             return super().get_property(name, atoms, allow_calculation)
 
@@ -270,6 +292,11 @@ class NEMPCalculator(Calculator):
                 result["energy_uncertainty"] = float(out["energy_uncertainty"][b])
                 result["forces_uncertainty"] = out["forces_uncertainty"][start:stop]
                 result["committee_energy"] = member_energies[:, b].copy()
+                if self.calibration is not None:
+                    level = self.interval_level
+                    result["energy_interval"] = float(self.calibration.radius("energy", result["energy_uncertainty"],
+                                                                              level))
+                    result["forces_interval"] = self.calibration.radius("forces", result["forces_uncertainty"], level)
             results.append(result)
         return results
 

@@ -188,9 +188,65 @@ def _eval(args: argparse.Namespace) -> int:
         if path:
             calibration_plot(pred, ref, path, title=title)
             print(f"calibration plot written to {path}")
+        from .io import load
+        from .uncertainty import Calibration, coverage
+
+        fitted = Calibration.of(load(args.model))
+        if fitted is not None:
+            print(f"\ncalibrated intervals (fitted on {fitted.source or 'held-out data'}): fraction of the true "
+                  "errors inside")
+            print(format_coverage(coverage(fitted, pred, ref, (0.5, 0.68, 0.9, 0.95))))
     elif args.calibration:
         print("--calibration needs a committee model file; this file holds a single model", file=sys.stderr)
         return 2
+    return 0
+
+
+def format_coverage(table: dict) -> str:
+    """Markdown table of :func:`ase_nemp.uncertainty.coverage`."""
+    levels = sorted(next(iter(table.values())))
+    lines = ["| property | " + " | ".join(f"{100 * x:.0f} % interval" for x in levels) + " |",
+             "|---" * (len(levels) + 1) + "|"]
+    for prop, row in table.items():
+        lines.append(f"| {prop} | " + " | ".join(f"{100 * row[x]:.1f} %" for x in levels) + " |")
+    return "\n".join(lines)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from .io import check_writable_folder, load, save
+    from .train import predictions
+    from .uncertainty import coverage, fit_calibration
+
+    if args.output.exists():
+        raise FileExistsError(f"{args.output} exists; choose another --output (nothing is overwritten)")
+    check_writable_folder(args.output.parent)
+    if args.plot is not None:
+        check_writable_folder(args.plot.parent)
+    model = load(args.model)
+    if not hasattr(model, "members"):
+        raise ValueError(f"{args.model} holds a single model; calibration needs a committee (its spread)")
+    _, pred, ref = predictions(model, args.heldout, dtype=args.dtype)
+    fitted = fit_calibration(pred, ref, floor=args.floor, source=args.heldout.name)
+    print(f"fitted on {args.heldout} ({fitted.samples['energy']} structures, {fitted.samples['forces']} atoms): "
+          f"90 % radius = {fitted.factors['energy'][0.9]:.2f} x (energy spread + {fitted.floors['energy']:.4f} eV), "
+          f"{fitted.factors['forces'][0.9]:.2f} x (force spread + {fitted.floors['forces']:.4f} eV/Å)")
+    observed = {f"{p}, {args.heldout.name} (fitted)": v for p, v in coverage(fitted, pred, ref).items()}
+    samples = {f"energy, {args.heldout.name} (fitted)": len(ref["energy"]),
+               f"forces, {args.heldout.name} (fitted)": len(ref["forces"])}
+    for extra in args.check or []:
+        _, p2, r2 = predictions(model, extra, dtype=args.dtype)
+        table = coverage(fitted, p2, r2)
+        print(f"\non {extra} (not used in the fit): fraction of the true errors inside")
+        print(format_coverage({k: {x: v[x] for x in (0.5, 0.68, 0.9, 0.95)} for k, v in table.items()}))
+        observed.update({f"{p}, {extra.name}": v for p, v in table.items()})
+        samples.update({f"energy, {extra.name}": len(r2["energy"]), f"forces, {extra.name}": len(r2["forces"])})
+    save(model, args.output, **{**model.metadata, "calibration": fitted.to_dict()})
+    print(f"calibrated model written to {args.output}")
+    if args.plot is not None:
+        from .train.plots import reliability_plot
+
+        reliability_plot(observed, args.plot, title=f"{args.model.name}: calibrated intervals", samples=samples)
+        print(f"reliability plot written to {args.plot}")
     return 0
 
 
@@ -268,6 +324,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     ev.set_defaults(func=_eval)
+
+    ca = sub.add_parser("calibrate", help="turn a committee's spread into calibrated error bars (held-out data)")
+    ca.add_argument("model", type=Path, help="a committee model file")
+    ca.add_argument("heldout", type=Path, help="labelled structures the committee was not trained on")
+    ca.add_argument("--output", type=Path, required=True, help="the calibrated model file to write")
+    ca.add_argument("--check", type=Path, nargs="+",
+                    help="labelled structures to measure the intervals' coverage on (not used in the fit)")
+    ca.add_argument("--plot", type=Path, help="write the reliability plot (coverage against level) to this PNG")
+    ca.add_argument("--floor", action="store_true", help="fit a floor added to the spread as well as a scale")
+    ca.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    ca.set_defaults(func=_calibrate)
 
     info = sub.add_parser("info", help="describe a model file")
     info.add_argument("model", type=Path)

@@ -120,7 +120,7 @@ def run_demo(args: argparse.Namespace) -> int:
     initial, final = example_structures()
     reaction = elementary_steps(initial, final, calc, settings, progress=not args.quiet, log=print)
     title = "CO + O -> CO2 on Pd(111): " + ", ".join(
-        f"step {k} {st.barrier:.2f}" + (f" ± {st.barrier_spread:.2f}" if st.barrier_spread is not None else "") + " eV"
+        f"step {k} {st.barrier:.2f}" + (f" ± {st.error_bar[0]:.2f}" if st.error_bar[0] is not None else "") + " eV"
         for k, st in enumerate(reaction.steps, start=1))
     summarise(reaction, args.output, title, confidence)
     e0 = reaction.minima[0].get_potential_energy()
@@ -128,7 +128,8 @@ def run_demo(args: argparse.Namespace) -> int:
     for j, step in enumerate(reaction.steps):
         start = step.initial.get_potential_energy() - e0
         label = "CO + O -> CO2" if j == k else describe_step(step.initial, step.final)
-        spread = f" ± {step.barrier_spread:.3f}" if step.barrier_spread is not None else ""
+        bar, kind = step.error_bar
+        spread = f" ± {bar:.3f} ({kind})" if bar is not None else ""
         line = (f"step {j + 1} ({label}): barrier {step.barrier:.3f}{spread} eV from the minimum it starts from "
                 f"({start:+.3f} eV relative to the initial state)")
         if step.rate is not None:

@@ -274,8 +274,10 @@ def relax(atoms, calc, fmax: float = 0.05, steps: int = 300, label: str = "relax
 def band_uncertainties(images) -> dict[str, np.ndarray] | None:
     """Per image: ``energy`` (relative to image 0, eV), and for a committee calculator
     ``energy_uncertainty`` (spread of the members' relative energies, eV) and
-    ``forces_uncertainty`` (largest atomic force spread, eV/Å). None entries when the
-    images' calculators are not committees."""
+    ``forces_uncertainty`` (largest atomic force spread, eV/Å), and for a calibrated
+    committee ``energy_interval`` (eV, the calibrated interval of each relative energy at the
+    calculator's ``interval_level``). None entries when the images' calculators are not
+    committees."""
     energies = np.array([im.get_potential_energy() for im in images])
     out = {"energy": energies - energies[0]}
     results = [getattr(im.calc, "results", {}) for im in images]
@@ -285,6 +287,9 @@ def band_uncertainties(images) -> dict[str, np.ndarray] | None:
         out["energy_uncertainty"] = relative.std(axis=1, ddof=1)
         out["forces_uncertainty"] = np.array([float(np.max(r["forces_uncertainty"])) for r in results])
         out["member_energies"] = relative
+        calc = images[-1].calc
+        if getattr(calc, "calibration", None) is not None:
+            out["energy_interval"] = calc.calibration.radius("energy", out["energy_uncertainty"], calc.interval_level)
     return out
 
 
@@ -311,7 +316,8 @@ def run_neb(initial, final, calculator_factory: Callable[[], Any], protocol: NEB
     largest NEB force, eV/Å), ``relax_steps``, ``E_initial``, ``E_final``, ``seconds``,
     ``seconds_relax``, ``neb``, and for committees ``energy_uncertainty`` (per image),
     ``forces_uncertainty`` (per image), ``barrier_uncertainty`` (eV) and ``peak`` (index
-    of the highest image).
+    of the highest image); for a calibrated committee also ``energy_interval`` (per image)
+    and ``barrier_interval`` (eV, the calibrated interval of the barrier).
     """
     p = protocol
     t0 = time.perf_counter()
@@ -406,4 +412,6 @@ def optimise_band(images: list, calculator_factory: Callable[[], Any], protocol:
         result.update(energy_uncertainty=band["energy_uncertainty"], forces_uncertainty=band["forces_uncertainty"],
                       barrier_uncertainty=float(band["energy_uncertainty"][peak]),
                       member_energies=band["member_energies"])
+    if "energy_interval" in band:
+        result.update(energy_interval=band["energy_interval"], barrier_interval=float(band["energy_interval"][peak]))
     return result

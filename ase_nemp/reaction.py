@@ -139,6 +139,11 @@ class ElementaryStep:
         eV, E(final) - E(initial).
     barrier_spread : float or None
         eV, the committee spread of the barrier (members' energies at the same geometries).
+    barrier_interval : float or None
+        eV, the radius of the calibrated interval of the barrier at ``interval_level`` (for a
+        calibrated committee, :mod:`ase_nemp.uncertainty`: the energy factor times the
+        barrier's spread).
+    interval_level : float or None
     flags : list of str
         What could not be verified, in words; empty for a verified elementary step.
     notes : list of str
@@ -157,8 +162,20 @@ class ElementaryStep:
     barrier: float
     reaction_energy: float
     barrier_spread: float | None = None
+    barrier_interval: float | None = None
+    interval_level: float | None = None
     flags: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+
+    @property
+    def error_bar(self) -> tuple[float | None, str]:
+        """The barrier's error bar (eV) and what it is: the calibrated interval where the
+        committee has one, else its raw spread; ``(None, "")`` for a single model."""
+        if self.barrier_interval is not None:
+            return self.barrier_interval, f"calibrated {100 * self.interval_level:.0f} % interval"
+        if self.barrier_spread is not None:
+            return self.barrier_spread, "committee spread (not calibrated)"
+        return None, ""
 
     @property
     def reverse_barrier(self) -> float:
@@ -435,7 +452,7 @@ def _analyse(left: Atoms, right: Atoms, res: dict, calc: Any, s: ReactionSetting
     vib_left, vib_right = vibrations(left), vibrations(right)
     peak = res["peak"]
     saddle = connection = rate = None
-    barrier_spread = None
+    barrier_spread, interval = None, (None, None)
     energies = np.asarray(res["energies"])
     rise = float(energies.max() - max(energies[0], energies[-1]))  # above the higher end point
     notes = []
@@ -471,6 +488,9 @@ def _analyse(left: Atoms, right: Atoms, res: dict, calc: Any, s: ReactionSetting
         member_barriers = members[1] - members[0] if members[0] is not None and members[1] is not None else None
         if member_barriers is not None:
             barrier_spread = float(np.std(member_barriers, ddof=1))
+            if getattr(calc, "calibration", None) is not None:
+                interval = (float(calc.calibration.radius("energy", barrier_spread, calc.interval_level)),
+                            calc.interval_level)
         if saddle.first_order:
             rate = harmonic_rate(vib_left, saddle.vibrations, barrier, s.temperatures, member_barriers)
     else:
@@ -480,5 +500,6 @@ def _analyse(left: Atoms, right: Atoms, res: dict, calc: Any, s: ReactionSetting
                      "barrier is the reaction energy where that is positive")
     return ElementaryStep(initial=left, final=right, band=res, images=list(images or res["images"]), saddle=saddle, connection=connection,
                           initial_vibrations=vib_left, final_vibrations=vib_right, rate=rate, barrier=float(barrier),
-                          reaction_energy=float(reaction_energy), barrier_spread=barrier_spread, flags=flags,
+                          reaction_energy=float(reaction_energy), barrier_spread=barrier_spread,
+                          barrier_interval=interval[0], interval_level=interval[1], flags=flags,
                           notes=notes)

@@ -59,7 +59,7 @@ def step_table(path, markdown: bool = False, confidence: dict | None = None) -> 
     doubts = [confidence_flags(st, confidence) if confidence is not None else [] for st in path.steps]
     for k, st in enumerate(path.steps, start=1):
         start = st.initial.get_potential_energy() - e0
-        row = [str(k), f"{start:+.3f}", _pm(st.barrier, st.barrier_spread, ".3f")]
+        row = [str(k), f"{start:+.3f}", _pm(st.barrier, st.error_bar[0], ".3f")]
         if st.rate is not None:
             r = st.rate
             row += [f"{r.zpe_barrier:.3f}", f"{st.reaction_energy:+.3f}", f"{st.saddle.imaginary_frequency:.0f}i",
@@ -83,8 +83,10 @@ def step_table(path, markdown: bool = False, confidence: dict | None = None) -> 
         lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
         lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
     notes = [f"step {k}: {describe_step(st.initial, st.final)}" for k, st in enumerate(path.steps, start=1)]
+    kinds = sorted({st.error_bar[1] for st in path.steps if st.error_bar[0] is not None})
+    bar = f"; ± on Ea: the {' / '.join(kinds)}" if kinds else ""
     notes += ["(Ea: barrier from the step's own initial minimum; dE: reaction energy; A: harmonic-TST prefactor "
-              "and k: rate, both in s^-1; ± the committee's spread)"]
+              f"and k: rate, both in s^-1, ± their committee spread{bar})"]
     notes += [f"step {k}: {flag}" for k, st in enumerate(path.steps, start=1) for flag in st.flags + st.notes]
     notes += [f"step {k}: outside the model's confidence at " + "; ".join(found)
               for k, found in enumerate(doubts, start=1) if found]
@@ -99,13 +101,19 @@ def path_coordinates(images) -> np.ndarray:
     return np.array(x)
 
 
-def _image_spreads(images, reference) -> np.ndarray | None:
-    """The committee spread of each image's energy relative to ``reference`` (eV)."""
+def _image_spreads(images, reference) -> tuple[np.ndarray | None, str]:
+    """The error bar of each image's energy relative to ``reference`` (eV) and its name: the
+    calibrated interval for a calibrated committee, else the committee spread."""
     ref = member_energies(reference)
     rows = [member_energies(im) for im in images]
     if ref is None or any(r is None for r in rows):
-        return None
-    return np.array([np.std(np.asarray(r) - ref, ddof=1) for r in rows])
+        return None, ""
+    spread = np.array([np.std(np.asarray(r) - ref, ddof=1) for r in rows])
+    calc = images[-1].calc
+    if getattr(calc, "calibration", None) is not None:
+        level = calc.interval_level
+        return calc.calibration.radius("energy", spread, level), f"calibrated {100 * level:.0f} % interval"
+    return spread, "committee spread"
 
 
 def plot_profile(path, file: Path, title: str) -> Path:
@@ -120,13 +128,13 @@ def plot_profile(path, file: Path, title: str) -> Path:
         images = st.images
         x = path_coordinates(images) + offset
         e = np.array([im.get_potential_energy() for im in images]) - e0
-        spread = _image_spreads(images, path.minima[0])
+        spread, kind = _image_spreads(images, path.minima[0])
         color = f"C{(k - 1) % 10}"
         ax.plot(x, e, "-", color=color, lw=1.2)
         what = describe_step(st.initial, st.final).split(",")[0].split(" (")[0]
         if spread is not None:
             ax.errorbar(x, e, yerr=spread, fmt="o", ms=4, color=color, capsize=2,
-                        label=f"step {k}: {what} (images ± committee spread)")
+                        label=f"step {k}: {what} (images ± {kind})")
         else:
             ax.plot(x, e, "o", ms=4, color=color, label=f"step {k}: {what}")
         if st.saddle is not None:
@@ -164,12 +172,13 @@ def _plain(atoms, **info):
     if keep:
         frame.calc = SinglePointCalculator(frame, **keep)
     frame.info.update(info)
-    for key in ("energy_uncertainty", "committee_energy"):
+    for key in ("energy_uncertainty", "committee_energy", "energy_interval"):
         if key in results:
             value = results[key]
             frame.info[key] = float(value) if np.ndim(value) == 0 else np.asarray(value).tolist()
-    if "forces_uncertainty" in results:
-        frame.info["max_forces_uncertainty"] = float(np.max(results["forces_uncertainty"]))
+    for key in ("forces_uncertainty", "forces_interval"):
+        if key in results:
+            frame.info[f"max_{key}"] = float(np.max(results[key]))
     return frame
 
 

@@ -108,3 +108,32 @@ def calibration_plot(pred: dict, ref: dict, path: str | Path, title: str = "") -
     path = Path(path)
     fig.savefig(path, dpi=120)
     return path
+
+
+def reliability_plot(observed: dict, path: str | Path, title: str = "", samples: dict | None = None) -> Path:
+    """Observed coverage of calibrated intervals against their nominal level.
+
+    ``observed``: ``{label: {level: fraction inside}}`` (:func:`ase_nemp.uncertainty.coverage`
+    of each property and data set, e.g. ``"energy, monitor set"``); ``samples``: how many
+    errors each label counts. A calibrated model lies on the diagonal; the shaded band is
+    the 80-95 % acceptance at the 90 % level.
+    """
+    fig, ax = figure(1, 1, figsize=(5.2, 5))
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="observed = nominal")
+    ax.fill_between([0.88, 0.92], 0.80, 0.95, color="tab:green", alpha=0.15, label="90 %: 80-95 % accepted")
+    for label, table in observed.items():
+        levels = sorted(table)
+        n = f" (n={samples[label]})" if samples and label in samples else ""
+        ax.plot(levels, [table[x] for x in levels], "o-", ms=3, label=f"{label}{n}")
+    ax.set_xlabel("nominal level of the interval")
+    ax.set_ylabel("fraction of true errors inside")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    return path
