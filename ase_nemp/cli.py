@@ -215,7 +215,7 @@ def format_coverage(table: dict) -> str:
 def _calibrate(args: argparse.Namespace) -> int:
     from .io import check_writable_folder, load, save
     from .train import predictions
-    from .uncertainty import coverage, fit_calibration
+    from .uncertainty import METADATA_KEY, coverage, fit_calibration
 
     if args.output.exists():
         raise FileExistsError(f"{args.output} exists; choose another --output (nothing is overwritten)")
@@ -240,7 +240,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         print(format_coverage({k: {x: v[x] for x in (0.5, 0.68, 0.9, 0.95)} for k, v in table.items()}))
         observed.update({f"{p}, {extra.name}": v for p, v in table.items()})
         samples.update({f"energy, {extra.name}": len(r2["energy"]), f"forces, {extra.name}": len(r2["forces"])})
-    save(model, args.output, **{**model.metadata, "calibration": fitted.to_dict()})
+    save(model, args.output, **{**model.metadata, METADATA_KEY: fitted.to_dict()})
     print(f"calibrated model written to {args.output}")
     if args.plot is not None:
         from .train.plots import reliability_plot

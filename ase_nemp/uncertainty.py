@@ -19,7 +19,8 @@ happen to agree. Energies are calibrated per structure, forces per atom
 (the norm of the force error vector). Whether the intervals hold on data the calibration
 never saw is measured by :func:`coverage`.
 
-A calibrated model file carries the table in its metadata ``calibration``; the calculator
+A calibrated model file carries the table in its metadata ``interval_calibration`` (not to
+be confused with ``calibration``, the rank correlations ``nemp train`` records); the calculator
 then also reports ``energy_interval`` (eV) and ``forces_interval`` (eV/Å, per atom) at its
 ``interval_level`` (0.9 by default), beside the raw spreads.
 """
@@ -31,8 +32,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Calibration", "fit_calibration", "coverage", "DEFAULT_LEVEL", "LEVELS"]
+__all__ = ["Calibration", "fit_calibration", "coverage", "DEFAULT_LEVEL", "LEVELS", "METADATA_KEY"]
 
+METADATA_KEY = "interval_calibration"
 DEFAULT_LEVEL = 0.9
 LEVELS = tuple(round(x, 2) for x in np.arange(0.05, 0.951, 0.05)) + (0.68, 0.99)
 PROPERTIES = ("energy", "forces")
@@ -99,7 +101,7 @@ class Calibration:
     @classmethod
     def of(cls, model) -> "Calibration | None":
         """The calibration a (loaded) committee carries in its metadata, or None."""
-        raw = (getattr(model, "metadata", None) or {}).get("calibration")
+        raw = (getattr(model, "metadata", None) or {}).get(METADATA_KEY)
         return None if raw is None else cls.from_dict(raw)
 
 

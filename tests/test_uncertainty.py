@@ -69,7 +69,8 @@ def test_radius_interpolates_and_refuses_bad_levels_and_tables():
 def committee_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("calibrate")
     committee = Committee([random_model(tiny_config(species=(6, 8), cutoff=3.0), seed=s) for s in (1, 2, 3)])
-    save(committee, root / "committee.pt")
+    # nemp train records the rank correlations of spread and error under "calibration"
+    save(committee, root / "committee.pt", calibration={"energy_spearman": 0.5, "forces_ratio": 1.4})
     save(random_model(tiny_config(species=(6, 8), cutoff=3.0), seed=1), root / "single.pt")
     for name, seed in (("heldout", 10), ("monitor", 50)):
         frames = []
@@ -91,6 +92,7 @@ def test_nemp_calibrate_stores_the_calibration_and_the_calculator_reports_interv
     assert "not used in the fit" in text and "90 % interval" in text and (root / "reliability.png").stat().st_size
     model = load(out)
     cal = Calibration.of(model)
+    assert model.metadata["calibration"] == {"energy_spearman": 0.5, "forces_ratio": 1.4}  # kept as it was
     assert cal.source == "heldout.extxyz" and cal.samples == {"energy": 24, "forces": 120}
     atoms = random_molecule(n=5, seed=99, symbols="CO", min_dist=1.1)
     atoms.calc = NEMPCalculator(out, interval_level=0.68)
