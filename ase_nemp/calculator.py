@@ -230,13 +230,29 @@ class NEMPCalculator(Calculator):
             Atoms per model call at most (memory grows with it); larger batches are
             split, and a single larger structure goes alone.
         """
+        from .relax import check_max_atoms
+
+        if isinstance(images, Atoms):
+            raise TypeError("calculate_batch takes a list of Atoms; for one structure pass [atoms]")
+        if isinstance(properties, str):
+            raise TypeError(f"properties must be a list of names such as ['energy', 'forces'], not the text "
+                            f"{properties!r}")
+        unknown = sorted(set(properties) - set(self.implemented_properties))
+        if unknown:
+            raise PropertyNotImplementedError(f"{', '.join(map(repr, unknown))} not available from this calculator; "
+                                              f"it computes {', '.join(self.implemented_properties)}")
+        max_atoms = check_max_atoms(max_atoms)
+        images = list(images)
+        for k, image in enumerate(images):
+            if not isinstance(image, Atoms):
+                raise TypeError(f"structure {k} of the batch is a {type(image).__name__}, not an ase.Atoms")
         with self._lock:
-            images = list(images)
             calcs = [self._sibling_for(image) for image in images]
             todo = [k for k, (image, calc) in enumerate(zip(images, calcs)) if calc.calculation_required(image, properties)]
             for chunk in _chunks(todo, [len(images[k]) for k in todo], max_atoms):
                 structures = [images[k] for k in chunk]
-                results = self._evaluate(structures, [calcs[k]._neighbour_list_for(images[k]) for k in chunk], properties)
+                results = self._evaluate(structures, [calcs[k]._neighbour_list_for(images[k]) for k in chunk], properties,
+                                         labels=chunk)
                 for k, result in zip(chunk, results):
                     calcs[k].atoms, calcs[k].results = images[k].copy(), result
 
@@ -260,18 +276,28 @@ class NEMPCalculator(Calculator):
             image.calc = self.sibling()
         return image.calc
 
-    def _evaluate(self, structures: list[Atoms], lists: list[NeighbourList | None], properties) -> list[dict]:
-        """Results of ``structures`` (one disjoint graph, one model call), one dict each."""
+    def _evaluate(self, structures: list[Atoms], lists: list[NeighbourList | None], properties,
+                  labels: list[int] | None = None) -> list[dict]:
+        """Results of ``structures`` (one disjoint graph, one model call), one dict each;
+        ``labels`` are their indices in the caller's batch, for error messages."""
         want_stress = "stress" in properties
         if want_stress and not self.conservative:
             raise PropertyNotImplementedError(_NO_STRESS)
         for k, atoms in enumerate(structures):
             if want_stress and not atoms.pbc.all():
-                which = "this one" if len(structures) == 1 else f"structure {k} of the batch"
+                which = "this one" if labels is None else f"structure {labels[k]} of the batch"
                 raise StressUnavailableError(
                     f"stress needs a structure periodic in all three directions; {which} has pbc={atoms.pbc.tolist()}")
-        graph = collate([build_graph(atoms, self.model.cutoff, device=self.device, dtype=self.dtype,
-                                     neighbour_list=nl) for atoms, nl in zip(structures, lists)])
+        graphs = []
+        for k, (atoms, nl) in enumerate(zip(structures, lists)):
+            try:
+                graphs.append(build_graph(atoms, self.model.cutoff, device=self.device, dtype=self.dtype,
+                                          neighbour_list=nl))
+            except ValueError as err:
+                if labels is None:
+                    raise
+                raise ValueError(f"structure {labels[k]} of the batch: {err}") from None
+        graph = collate(graphs)
         if self.is_committee:
             members = committee_energy_forces_stress(self.model, graph, stress=want_stress)
             out = committee_statistics(members)

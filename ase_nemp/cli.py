@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 
@@ -82,8 +83,8 @@ def _relax(args: argparse.Namespace) -> int:
 
     from . import NEMPCalculator
     from .devices import set_threads
-    from .io import check_writable_folder
-    from .relax import relax_many
+    from .io import check_output_format, check_writable_folder
+    from .relax import RelaxInterrupted, relax_many
     from .train.data import read_structures
 
     output = args.output or args.structures.with_name(args.structures.stem + "-relaxed.extxyz")
@@ -92,6 +93,7 @@ def _relax(args: argparse.Namespace) -> int:
     check_writable_folder(output.parent)
     set_threads(args.threads)
     frames = read_structures(args.structures)
+    check_output_format(output, len(frames))  # before the work, not after it
     if args.model:
         model = args.model
     else:
@@ -99,21 +101,44 @@ def _relax(args: argparse.Namespace) -> int:
 
         model = model_path("pd-co-o")
     calc = NEMPCalculator(model, dtype=args.dtype)
-    results = relax_many(frames, calc, fmax=args.fmax, steps=args.steps, optimizer=args.optimizer,
-                         max_atoms=args.max_atoms, progress=not args.quiet)
+    interrupted = None
+    try:
+        with warnings.catch_warnings():  # said below, structure by structure
+            warnings.filterwarnings("ignore", message=".*relaxed structures lie outside")
+            results = relax_many(frames, calc, fmax=args.fmax, steps=args.steps, optimizer=args.optimizer,
+                                 max_atoms=args.max_atoms, progress=not args.quiet)
+    except RelaxInterrupted as err:
+        interrupted, results = err, err.results
     out = []
-    for atoms, result in zip(frames, results):
+    for k, (atoms, result) in enumerate(zip(frames, results)):
         done = atoms.copy()
         r = atoms.calc.results
         done.calc = SinglePointCalculator(done, energy=r["energy"], forces=r["forces"])
         done.info.update(converged=result.converged, relax_steps=result.steps, fmax=result.fmax)
-        if "energy_uncertainty" in r:
-            done.info.update(energy_uncertainty=r["energy_uncertainty"],
-                             forces_uncertainty_max=float(r["forces_uncertainty"].max()))
+        if interrupted is not None:
+            done.info["interrupted"] = not result.converged
+        if result.energy_uncertainty is not None:
+            done.info.update(energy_uncertainty=result.energy_uncertainty,
+                             forces_uncertainty_max=result.forces_uncertainty,
+                             outside_confidence=result.doubt is not None)
+        if result.doubt:
+            done.info["doubt"] = result.doubt
+            print(f"structure {k}: outside the model's confidence ({result.doubt}); its minimum may be an artefact "
+                  "of the model", file=sys.stderr)
         out.append(done)
     write(output, out)
     converged = sum(r.converged for r in results)
+    if interrupted is not None:
+        print(f"nemp relax: {interrupted}; every structure is written to {output} where it stopped (info "
+              "'converged' says which finished)", file=sys.stderr)
+        return 130
     print(f"{converged} of {len(results)} structures converged to fmax {args.fmax} eV/Å; written to {output}")
+    doubtful = sum(r.doubt is not None for r in results)
+    if doubtful:
+        print(f"WARNING: {doubtful} of {len(results)} structures end outside the model's confidence (info "
+              "'outside_confidence' in the output): label such structures with a reference method and fine-tune "
+              "(nemp learn) before trusting them", file=sys.stderr)
+        return 4
     return 0 if converged == len(results) else 3
 
 
@@ -123,7 +148,7 @@ def _neb(args: argparse.Namespace) -> int:
     from .io import check_writable_folder
     from .neb import NEBProtocol
     from .reaction import ReactionSettings, check_end_points, elementary_steps
-    from .demo import model_confidence
+    from .uncertainty import model_confidence
     from .report import exit_code, refuse_existing, summarise
     from .train.data import read_structures
 
@@ -290,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     rx.add_argument("--fmax", type=float, default=0.05, help="largest atomic force at convergence, eV/Å")
     rx.add_argument("--steps", type=int, default=500, help="optimizer steps per structure at most")
     rx.add_argument("--optimizer", default="BFGS", help="an ASE optimizer class: BFGS, LBFGS, FIRE...")
+    rx.epilog = ("exit codes: 0 all converged, 3 some not converged, 4 some end outside the committee's "
+                 "confidence, 130 interrupted (finished structures are written), 2 bad input")
     rx.add_argument("--max-atoms", type=int, default=4096, help="atoms per model call at most")
     rx.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     rx.add_argument("--threads", type=int, help="torch CPU threads")

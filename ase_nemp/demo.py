@@ -28,14 +28,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from .neb import NEBProtocol
 from .reaction import ReactionSettings
+from .uncertainty import DEFAULT_CONFIDENCE, model_confidence, outside_confidence  # noqa: F401 (public here too)
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
-# used when a model file carries no "confidence" metadata
-DEFAULT_CONFIDENCE = {"forces_uncertainty": 0.15, "energy_uncertainty": 0.05}
 DEMO_PROTOCOL = NEBProtocol()  # batched images (one model call per step): the same band, 1.5x faster than threads
 DEMO_SETTINGS = ReactionSettings(protocol=DEMO_PROTOCOL)
 
@@ -49,24 +46,6 @@ def example_structures():
     for atoms in (initial, final):
         atoms.calc = None
     return initial, final
-
-
-def model_confidence(model) -> dict | None:
-    """A committee's confidence thresholds (its metadata ``confidence``, else
-    :data:`DEFAULT_CONFIDENCE`); None for a single model, which has no spread."""
-    if not hasattr(model, "members"):
-        return None
-    return {**DEFAULT_CONFIDENCE, **(getattr(model, "metadata", {}).get("confidence") or {})}
-
-
-def outside_confidence(result: dict, confidence: dict) -> list[int]:
-    """Indices of a band's images (:func:`ase_nemp.neb.run_neb`'s result) whose uncertainty
-    exceeds the thresholds (committees only)."""
-    if "forces_uncertainty" not in result:
-        return []
-    f_bad = result["forces_uncertainty"] > confidence["forces_uncertainty"]
-    e_bad = result["energy_uncertainty"] > confidence["energy_uncertainty"]
-    return [int(k) for k in np.flatnonzero(f_bad | e_bad)]
 
 
 def oxidation_step(path) -> int | None:

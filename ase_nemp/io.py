@@ -36,6 +36,7 @@ from ._version import __version__
 from .model import ARCHITECTURES, AtomisticModel, Committee, ModelConfig, config_class, model_class
 
 __all__ = ["save", "load", "read_model_file", "resolve_dtype", "ModelFileError", "FORMAT_VERSION", "atomic_write",
+           "check_output_format",
            "check_writable_folder", "FolderLock"]
 
 FORMAT_NAME = "ase-nemp-model"
@@ -297,6 +298,27 @@ def check_writable_folder(folder: str | os.PathLike) -> None:
         os.unlink(probe)
     except OSError as err:
         raise ValueError(f"cannot write to the folder {str(folder)!r}: {err.strerror or err}") from None
+
+
+def check_output_format(path: str | os.PathLike, structures: int = 1) -> str:
+    """The ASE format a file of this name would be written in, checked before any work: a
+    name whose format ASE cannot tell or write, or a one-structure format (POSCAR, .vasp)
+    for several structures, is refused with a clear error. Returns the format's name."""
+    from ase.io.formats import filetype, ioformats
+
+    path = Path(path)
+    try:
+        name = filetype(str(path), read=False)
+    except Exception:  # ASE raises several kinds for names it cannot place
+        name = None
+    fmt = ioformats.get(name) if name else None
+    if fmt is None or not fmt.can_write:
+        raise ValueError(f"cannot tell a format ASE writes from the file name {path.name!r}; use .extxyz "
+                         "(keeps every result and flag), .traj, .xyz, .cif ...")
+    if structures > 1 and fmt.single:
+        raise ValueError(f"{path.name!r} would be written as {fmt.name}, which holds one structure per file; "
+                         f"{structures} structures need a format such as .extxyz")
+    return fmt.name
 
 
 class FolderLock:

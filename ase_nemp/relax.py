@@ -8,41 +8,82 @@ each step evaluates all unconverged structures together
 those results. Each structure follows exactly the path its optimizer would follow with
 ``opt.run(fmax, steps)`` on its own (the same steps, to round-off), and stops at its own
 convergence; constraints act as in ASE.
+
+With a committee, every structure whose final force or energy spread lies above the
+model's confidence thresholds (:func:`ase_nemp.uncertainty.model_confidence`) says so in
+its result (``doubt``) and in a warning: a relaxation may end in a false minimum where
+the model has never seen data. Ctrl-C or SIGTERM stops after the current step and raises
+:class:`RelaxInterrupted`, which carries every structure's result so far.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["relax_many", "RelaxResult"]
+__all__ = ["relax_many", "RelaxResult", "RelaxInterrupted", "OPTIMIZERS", "check_max_atoms"]
+
+# ASE optimizers that take one step at a time from the forces of the current positions (the
+# line-search ones evaluate more points inside a step, one structure at a time); ODE12r has
+# no single-step interface and CellAwareBFGS needs a cell filter
+OPTIMIZERS = ("BFGS", "LBFGS", "FIRE", "FIRE2", "MDMin", "QuasiNewton", "GoodOldQuasiNewton", "RFO", "GPMin",
+              "BFGSLineSearch", "LBFGSLineSearch")
 
 
 @dataclass
 class RelaxResult:
     """Outcome of one structure's relaxation: ``energy`` (eV), optimizer ``steps``, whether
-    it ``converged`` and its largest remaining atomic force ``fmax`` (eV/Å, constraints
-    applied)."""
+    it ``converged``, its largest remaining atomic force ``fmax`` (eV/Å, constraints
+    applied), and for a committee the final ``energy_uncertainty`` (eV), largest
+    ``forces_uncertainty`` (eV/Å) and ``doubt``: why the structure lies outside the model's
+    confidence, in words (None where it does not)."""
 
     energy: float
     steps: int
     converged: bool
     fmax: float
+    energy_uncertainty: float | None = None
+    forces_uncertainty: float | None = None
+    doubt: str | None = None
+
+
+class RelaxInterrupted(RuntimeError):
+    """Ctrl-C or SIGTERM during :func:`relax_many`; ``results`` holds every structure's
+    result at the step it reached (the structures themselves are where they were)."""
+
+    def __init__(self, message: str, results: list[RelaxResult]) -> None:
+        super().__init__(message)
+        self.results = results
 
 
 def _optimizer_class(optimizer: str | type):
     if not isinstance(optimizer, str):
+        if not (isinstance(optimizer, type) and hasattr(optimizer, "step")):
+            raise TypeError(f"optimizer must be an ASE optimizer class or one of {list(OPTIMIZERS)}, "
+                            f"not {optimizer!r}")
         return optimizer
     from ase import optimize
 
     cls = getattr(optimize, optimizer, None)
-    if not (isinstance(cls, type) and hasattr(cls, "step")):
-        raise ValueError(f"unknown ASE optimizer {optimizer!r}; try BFGS, LBFGS, FIRE, BFGSLineSearch or MDMin")
+    if optimizer not in OPTIMIZERS or not isinstance(cls, type):
+        why = {"ODE12r": " (it has no single-step interface)",
+               "CellAwareBFGS": " (it needs a cell filter)"}.get(optimizer, "")
+        raise ValueError(f"optimizer {optimizer!r} cannot relax structures in lockstep{why}; use one of "
+                         f"{', '.join(OPTIMIZERS)}")
     return cls
+
+
+def check_max_atoms(max_atoms) -> int:
+    """``max_atoms`` (atoms per model call) as a whole number >= 1, or a clear error."""
+    if isinstance(max_atoms, bool) or not isinstance(max_atoms, (int, np.integer)) or max_atoms < 1:
+        raise ValueError(f"max_atoms must be a whole number >= 1 (atoms per model call), got {max_atoms!r}")
+    return int(max_atoms)
 
 
 def relax_many(
@@ -80,16 +121,32 @@ def relax_many(
     -------
     list of :class:`RelaxResult`, in the order of ``structures``.
     """
+    from ase import Atoms
     from tqdm.auto import tqdm
 
     from .calculator import NEMPCalculator
+    from .signals import deferred_stop
+    from .uncertainty import doubt, model_confidence
 
     if not isinstance(calculator, NEMPCalculator):
         raise TypeError(f"relax_many needs an NEMPCalculator, not {type(calculator).__name__}")
-    if not fmax > 0 or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"need fmax > 0 (eV/Å) and a whole number of steps >= 0, got fmax={fmax!r}, steps={steps!r}")
+    if isinstance(fmax, bool) or not isinstance(fmax, (int, float)) or not (math.isfinite(fmax) and fmax > 0):
+        raise ValueError(f"fmax must be a finite force > 0 (eV/Å), got {fmax!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a whole number >= 0, got {steps!r}")
+    max_atoms = check_max_atoms(max_atoms)
     cls = _optimizer_class(optimizer)
+    if isinstance(structures, Atoms):
+        raise TypeError("relax_many takes a list of Atoms; for one structure pass [atoms]")
     structures = list(structures)
+    seen: dict[int, int] = {}
+    for k, atoms in enumerate(structures):
+        if not isinstance(atoms, Atoms):
+            raise TypeError(f"structure {k} is a {type(atoms).__name__}, not an ase.Atoms")
+        if id(atoms) in seen:
+            raise ValueError(f"structures {seen[id(atoms)]} and {k} are one and the same Atoms object: it would be "
+                             "driven by two optimizers at once; pass a copy (atoms.copy()) to relax it twice")
+        seen[id(atoms)] = k
     for atoms in structures:
         calculator._sibling_for(atoms)
     optimizers = []
@@ -102,31 +159,48 @@ def relax_many(
     bar = tqdm(total=len(structures), desc=f"relax {len(structures)} structures", file=sys.stdout,
                mininterval=0.2, disable=not progress)
     start, step = time.perf_counter(), 0
-    try:
-        while active:
-            # the sequence of opt.run: forces at the current positions, a convergence check,
-            # then a step; here the forces of all structures still running come from one call
-            calculator.calculate_batch([structures[k] for k in active], ("energy", "forces"), max_atoms)
-            running = []
-            for k in active:
-                opt = optimizers[k]
-                if opt.converged():
-                    converged[k] = True
-                elif opt.nsteps < steps:
-                    opt.step()
-                    opt.nsteps += 1
-                    opt.call_observers()
-                    running.append(k)
-            bar.update(len(active) - len(running))
-            active, step = running, step + 1
-            bar.set_postfix(step=step, converged=sum(converged), running=len(active))
-    finally:
-        bar.close()
+    stop: list[int] = []
+    with deferred_stop(stop.append):
+        try:
+            while active and not stop:
+                # the sequence of opt.run: forces at the current positions, a convergence check,
+                # then a step; here the forces of all structures still running come from one call
+                calculator.calculate_batch([structures[k] for k in active], ("energy", "forces"), max_atoms)
+                running = []
+                for k in active:
+                    opt = optimizers[k]
+                    if opt.converged():
+                        converged[k] = True
+                    elif opt.nsteps < steps:
+                        opt.step()
+                        opt.nsteps += 1
+                        opt.call_observers()
+                        running.append(k)
+                bar.update(len(active) - len(running))
+                active, step = running, step + 1
+                bar.set_postfix(step=step, converged=sum(converged), running=len(active))
+        finally:
+            bar.close()
+    confidence = model_confidence(calculator.model)
     results = []
     for atoms, opt, done in zip(structures, optimizers, converged):
-        f = atoms.get_forces()  # constraints applied
+        f = atoms.get_forces()  # constraints applied; computed afresh where an interruption left a step half done
+        r = atoms.calc.results
+        spreads = {}
+        if "energy_uncertainty" in r:
+            spreads = dict(energy_uncertainty=float(r["energy_uncertainty"]),
+                           forces_uncertainty=float(np.max(r["forces_uncertainty"])) if len(atoms) else 0.0)
         results.append(RelaxResult(float(atoms.get_potential_energy()), opt.nsteps, done,
-                                   float(np.sqrt((f**2).sum(axis=1).max())) if len(atoms) else 0.0))
+                                   float(np.sqrt((f**2).sum(axis=1).max())) if len(atoms) else 0.0,
+                                   doubt=doubt(r, confidence), **spreads))
+    if stop:
+        raise RelaxInterrupted(f"stopped by signal {stop[0]} after {step} batched steps: {sum(converged)} of "
+                               f"{len(structures)} structures had converged", results)
+    doubtful = [k for k, res in enumerate(results) if res.doubt]
+    if doubtful:
+        warnings.warn(f"{len(doubtful)} of {len(results)} relaxed structures lie outside the model's confidence "
+                      f"(structure {doubtful[0]}: {results[doubtful[0]].doubt}); their minima may be artefacts of "
+                      "the model (see RelaxResult.doubt)", stacklevel=2)
     if progress:
         print(f"relaxed {sum(converged)} of {len(structures)} structures to fmax {fmax} eV/Å in "
               f"{time.perf_counter() - start:.1f} s ({step} batched steps)")

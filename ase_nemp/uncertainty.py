@@ -32,13 +32,50 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Calibration", "fit_calibration", "coverage", "DEFAULT_LEVEL", "LEVELS", "METADATA_KEY"]
+__all__ = ["Calibration", "fit_calibration", "coverage", "DEFAULT_LEVEL", "LEVELS", "METADATA_KEY",
+           "DEFAULT_CONFIDENCE", "model_confidence", "outside_confidence", "doubt"]
 
 METADATA_KEY = "interval_calibration"
 DEFAULT_LEVEL = 0.9
 LEVELS = tuple(round(x, 2) for x in np.arange(0.05, 0.951, 0.05)) + (0.68, 0.99)
 PROPERTIES = ("energy", "forces")
 _FLOOR_QUANTILES = (0.0, 0.1, 0.25, 0.5)  # of the held-out spreads; 0 means no floor
+# the confidence thresholds of a committee whose model file names none (its metadata "confidence")
+DEFAULT_CONFIDENCE = {"forces_uncertainty": 0.15, "energy_uncertainty": 0.05}
+
+
+def model_confidence(model) -> dict | None:
+    """A committee's confidence thresholds: the largest atomic force spread (eV/Å) and energy
+    spread (eV) at which it is "at home" (its metadata ``confidence``, else
+    :data:`DEFAULT_CONFIDENCE`); None for a single model, which has no spread."""
+    if not hasattr(model, "members"):
+        return None
+    return {**DEFAULT_CONFIDENCE, **(getattr(model, "metadata", {}).get("confidence") or {})}
+
+
+def doubt(results: dict, confidence: dict | None) -> str | None:
+    """Why one structure's committee results (a calculator's ``results``) lie outside the
+    ``confidence`` thresholds, in words; None where they do not (or without a committee)."""
+    if confidence is None or "forces_uncertainty" not in results:
+        return None
+    words = []
+    force = float(np.max(results["forces_uncertainty"])) if len(results["forces_uncertainty"]) else 0.0
+    if force > confidence["forces_uncertainty"]:
+        words.append(f"force spread {force:.3g} eV/Å above {confidence['forces_uncertainty']:g}")
+    energy = float(results["energy_uncertainty"])
+    if energy > confidence["energy_uncertainty"]:
+        words.append(f"energy spread {energy:.3g} eV above {confidence['energy_uncertainty']:g}")
+    return "; ".join(words) or None
+
+
+def outside_confidence(result: dict, confidence: dict) -> list[int]:
+    """Indices of a band's images (:func:`ase_nemp.neb.run_neb`'s result) whose uncertainty
+    exceeds the thresholds (committees only)."""
+    if "forces_uncertainty" not in result:
+        return []
+    f_bad = np.asarray(result["forces_uncertainty"]) > confidence["forces_uncertainty"]
+    e_bad = np.asarray(result["energy_uncertainty"]) > confidence["energy_uncertainty"]
+    return [int(k) for k in np.flatnonzero(f_bad | e_bad)]
 
 
 @dataclass(frozen=True)

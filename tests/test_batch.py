@@ -75,7 +75,7 @@ def test_current_results_are_not_recomputed(model, monkeypatch):
     calls = []
     original = NEMPCalculator._evaluate
     monkeypatch.setattr(NEMPCalculator, "_evaluate",
-                        lambda self, s, lists, props: calls.append(len(s)) or original(self, s, lists, props))
+                        lambda self, s, lists, props, **kw: calls.append(len(s)) or original(self, s, lists, props, **kw))
     calc.calculate_batch(structures)
     structures[2].positions[0, 0] += 0.05
     calc.calculate_batch(structures)
@@ -123,7 +123,7 @@ def test_batched_neb_evaluates_the_moving_images_in_one_call(model, monkeypatch)
     sizes = []
     original = NEMPCalculator._evaluate
     monkeypatch.setattr(NEMPCalculator, "_evaluate",
-                        lambda self, s, lists, props: sizes.append(len(s)) or original(self, s, lists, props))
+                        lambda self, s, lists, props, **kw: sizes.append(len(s)) or original(self, s, lists, props, **kw))
     FIRE(neb, logfile=None).run(fmax=0.05, steps=3)
     # the end points once each (their own calculators), then five moving images per call
     assert sorted(sizes) == [1, 1] + [5] * (len(sizes) - 2) and len(sizes) >= 4
@@ -132,6 +132,7 @@ def test_batched_neb_evaluates_the_moving_images_in_one_call(model, monkeypatch)
 
 
 @pytest.mark.parametrize("optimizer", ["BFGS", "FIRE"])
+@pytest.mark.filterwarnings("ignore:.*outside the model's confidence")  # random committees disagree
 def test_relax_many_follows_each_structure_s_own_optimizer(model, optimizer):
     structures = mixed_structures()[1:] + [random_molecule(n=5, seed=9, symbols="HCO", min_dist=1.0)]
     expected = []
@@ -182,3 +183,103 @@ def test_every_architecture_drives_neb_and_md_through_the_calculator(architectur
     start = atoms.positions.copy()
     VelocityVerlet(atoms, 0.2 * units.fs).run(10)
     assert np.isfinite(atoms.get_potential_energy()) and np.abs(atoms.positions - start).max() > 0
+
+
+def test_relax_and_batch_inputs_that_cannot_work_get_one_clear_error(model):
+    calc = NEMPCalculator(model)
+    a, b = random_molecule(n=4, seed=1, symbols="CO", min_dist=1.1), random_molecule(n=4, seed=2, symbols="CO", min_dist=1.1)
+    with pytest.raises(ValueError, match="structures 0 and 2 are one and the same Atoms object"):
+        relax_many([a, b, a], calc, progress=False)
+    for kwargs, match in (({"fmax": float("inf")}, "fmax"), ({"fmax": 0}, "fmax"), ({"steps": -5}, "steps"),
+                          ({"max_atoms": 0}, "max_atoms"), ({"max_atoms": -1}, "max_atoms"),
+                          ({"max_atoms": float("nan")}, "max_atoms"), ({"max_atoms": 2.5}, "max_atoms"),
+                          ({"max_atoms": "10"}, "max_atoms"), ({"optimizer": "ODE12r"}, "single-step"),
+                          ({"optimizer": "CellAwareBFGS"}, "cell filter")):
+        with pytest.raises(ValueError, match=match):
+            relax_many([a, b], calc, progress=False, **kwargs)
+    with pytest.raises(TypeError, match="list of Atoms"):
+        relax_many(a, calc, progress=False)
+    with pytest.raises(TypeError, match="list of Atoms"):
+        calc.calculate_batch(a)
+    with pytest.raises(TypeError, match="not the text 'stress'"):
+        calc.calculate_batch([a, b], properties="stress")
+    with pytest.raises(Exception, match="'magmom' not available"):
+        calc.calculate_batch([a, b], properties=("magmom",))
+    for bad in (0, -1, float("nan"), 2.5, "10", True):
+        with pytest.raises(ValueError, match="max_atoms"):
+            calc.calculate_batch([a, b], max_atoms=bad)
+    with pytest.raises(TypeError, match="structure 1 of the batch is a str"):
+        calc.calculate_batch([a, "b.xyz"])
+    broken = b.copy()
+    broken.positions[1] = np.nan
+    with pytest.raises(ValueError, match=r"structure 1 of the batch: non-finite"):
+        calc.calculate_batch([a, broken], max_atoms=4)  # the index in the caller's list, not in the chunk
+    assert np.isfinite(a.get_potential_energy())  # the others are unharmed
+
+
+def test_a_huge_periodic_box_is_refused_and_a_molecule_in_one_works():
+    from ase import Atoms
+
+    calc = NEMPCalculator(random_model(CONFIG, seed=1))
+    ref = Atoms("CO", positions=[[0, 0, 0], [1.2, 0, 0]], cell=[20] * 3)
+    ref.calc = calc
+    far = Atoms("CO", positions=[[0, 0, 0], [1.2, 0, 0]], cell=[1e5] * 3, pbc=False)
+    far.calc = NEMPCalculator(random_model(CONFIG, seed=1))
+    assert far.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-10)
+    periodic = Atoms("CO", positions=[[0, 0, 0], [1.2, 0, 0]], cell=[1e5] * 3, pbc=True)
+    periodic.calc = calc
+    with pytest.raises(ValueError, match="far too large for its 2 atoms"):
+        periodic.get_potential_energy()
+
+
+def test_relax_reports_the_committee_s_doubts_and_keeps_finished_work(tmp_path, capsys, monkeypatch):
+    """A structure ending outside the committee's confidence is flagged in the result, the
+    output file, on standard error and in the exit code; an interrupted nemp relax writes
+    every structure where it stopped; an output name ASE cannot write is refused first."""
+    committee = Committee([random_model(CONFIG, seed=s) for s in (1, 2, 3)])
+    committee.metadata = {"confidence": {"forces_uncertainty": 1e3, "energy_uncertainty": 1e3}}
+    structures = [random_molecule(n=n, seed=n, symbols="HCO", min_dist=1.0) for n in (3, 4, 5)]
+    strict = Committee([random_model(CONFIG, seed=s) for s in (1, 2, 3)])
+    strict.metadata = {"confidence": {"forces_uncertainty": 1e-6, "energy_uncertainty": 1e-6}}
+    with pytest.warns(UserWarning, match="3 of 3 relaxed structures lie outside the model's confidence"):
+        results = relax_many([s.copy() for s in structures], NEMPCalculator(strict), steps=5, progress=False)
+    assert all("force spread" in r.doubt and r.forces_uncertainty > 1e-6 for r in results)
+    relaxed_ok = relax_many([s.copy() for s in structures], NEMPCalculator(committee), steps=5, progress=False)
+    assert all(r.doubt is None and r.energy_uncertainty is not None for r in relaxed_ok)
+
+    save(strict, tmp_path / "strict.pt", confidence=strict.metadata["confidence"])
+    write(tmp_path / "in.extxyz", structures)
+    assert main(["relax", str(tmp_path / "in.extxyz"), "--model", str(tmp_path / "strict.pt"), "--steps", "5",
+                 "--output", str(tmp_path / "out.extxyz"), "--quiet"]) == 4
+    err = capsys.readouterr().err
+    assert "structure 2: outside the model's confidence (force spread" in err and "WARNING: 3 of 3" in err
+    assert all(a.info["outside_confidence"] and "force spread" in a.info["doubt"]
+               for a in read(tmp_path / "out.extxyz", ":"))
+
+    # an unknown extension or a one-structure format: refused before any relaxation
+    for name, match in (("out.foo", "cannot tell a format"), ("POSCAR", "one structure per file")):
+        assert main(["relax", str(tmp_path / "in.extxyz"), "--model", str(tmp_path / "strict.pt"),
+                     "--output", str(tmp_path / name), "--quiet"]) == 2
+        assert match in capsys.readouterr().err and not (tmp_path / name).exists()
+
+    # Ctrl-C after the structures with few atoms converged: all are written, flagged
+    save(committee, tmp_path / "c.pt", confidence=committee.metadata["confidence"])
+    original = NEMPCalculator.calculate_batch
+    state = {"calls": 0}
+
+    def interrupting(self, images, *args, **kwargs):
+        state["calls"] += 1
+        if state["calls"] == 3:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(NEMPCalculator, "calculate_batch", interrupting)
+    assert main(["relax", str(tmp_path / "in.extxyz"), "--model", str(tmp_path / "c.pt"), "--steps", "200",
+                 "--output", str(tmp_path / "stopped.extxyz"), "--quiet"]) == 130
+    assert "stopped by signal 2 after 3 batched steps" in capsys.readouterr().err
+    stopped = read(tmp_path / "stopped.extxyz", ":")
+    assert len(stopped) == 3 and all(a.info["relax_steps"] == 3 for a in stopped if not a.info["converged"])
+    assert all(a.info["interrupted"] != a.info["converged"] for a in stopped)

@@ -339,7 +339,7 @@ def test_committee_gives_the_mean_and_the_spread_in_one_call():
     atoms.calc = calc = NEMPCalculator(Committee(members))
     calls = []
     evaluate = calc._evaluate
-    calc._evaluate = lambda *args: calls.append(1) or evaluate(*args)
+    calc._evaluate = lambda *args, **kw: calls.append(1) or evaluate(*args, **kw)
     assert atoms.get_potential_energy() == pytest.approx(energies.mean(), abs=1e-10)
     np.testing.assert_allclose(atoms.get_forces(), forces.mean(0), atol=1e-10)
     np.testing.assert_allclose(atoms.get_potential_energies(), np.mean([s[3] for s in singles], 0), atol=1e-10)

@@ -9,6 +9,7 @@ from matscipy.neighbours import neighbour_list as _matscipy_neighbour_list
 __all__ = ["check_structure", "matscipy_neighbour_list", "MIN_CELL_HEIGHT"]
 
 MIN_CELL_HEIGHT = 0.5  # Å, between lattice planes of a periodic direction
+MAX_BINS = 50_000_000  # cells of matscipy's grid (cutoff-sized boxes); each costs memory whether it holds atoms or not
 
 
 def check_structure(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -65,5 +66,20 @@ def matscipy_neighbour_list(
     ``j`` (E,), ``S`` (E, 3), sorted by ``i``. ``cell`` must be non-singular
     (see :func:`check_structure`).
     """
+    cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
+    pbc = np.asarray(pbc, dtype=bool).reshape(3)
+    if not pbc.any():  # a molecule: its box is only a frame; grid the atoms' own extent, not the box
+        positions = np.asarray(positions, dtype=np.float64)
+        positions = positions - positions.min(axis=0)
+        cell = np.diag(positions.max(axis=0) + 1.0)
+    volume = abs(np.linalg.det(cell))
+    heights = volume / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+    bins = float(np.prod(np.maximum(heights / float(cutoff), 1.0)))
+    if bins > max(MAX_BINS, 100 * len(positions)):
+        k = int(np.argmax(heights))
+        raise ValueError(f"the cell is far too large for its {len(positions)} atoms ({heights[k]:.3g} Å along lattice "
+                         f"vector {k}): the neighbour search would grid it into {bins:.2g} boxes of the cutoff's size "
+                         "(gigabytes of memory). Use a cell a few Å larger than the structure along its vacuum, or "
+                         "pbc=False in every direction for a molecule")
     i, j, S = _matscipy_neighbour_list("ijS", positions=positions, cell=cell, pbc=pbc, cutoff=float(cutoff))
     return i.astype(np.int64, copy=False), j.astype(np.int64, copy=False), S.astype(np.int64, copy=False)
