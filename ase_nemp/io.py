@@ -62,16 +62,25 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"metadata value of type {type(value).__name__} cannot be stored; use plain types")
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it, then restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write) -> Path:
     """Write a file atomically: ``write(tmp_path)`` into a unique temporary file in the same
     folder, then rename it over ``path`` (readers never see a half-written file, and
-    concurrent writers never share a temporary name)."""
+    concurrent writers never share a temporary name). The file gets the permissions any
+    new file gets under the process's umask (a temporary file starts private, 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -212,6 +221,12 @@ def _check_contents(payload: dict[str, Any], architecture: str, config: ModelCon
             raise ModelFileError(f"{name!r}: tensor {key!r} has dtype {t.dtype}; weights must be float32 or float64")
         if not bool(torch.isfinite(t).all()):
             raise ModelFileError(f"{name!r}: tensor {key!r} holds NaN or infinite values")
+    # the committee size against the members whose tensors are stored, before anything is built
+    # (a size edited to 1e9 would otherwise build a billion members, even on the meta device)
+    stored = {int(k.split(".")[1]) for k in state if k.startswith("members.") and k.split(".")[1].isdigit()}
+    if (size or 0) != len(stored) or (size and stored != set(range(size))):
+        have = f"tensors of {len(stored)} members" if stored else "the tensors of a single model"
+        raise ModelFileError(f"{name!r}: committee_size {size!r} disagrees with the stored tensors ({have})")
     # shapes against a model built on the meta device: nothing is allocated for the claimed sizes
     with torch.device("meta"):
         template = _build(architecture, config, dtype, size)

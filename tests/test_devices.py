@@ -86,3 +86,21 @@ def test_training_on_the_device_follows_the_cpu(data_file, tmp_path, device):  #
     for (name, p), q in zip(cpu.model.state_dict().items(), other.model.state_dict().values()):
         torch.testing.assert_close(q.cpu(), p, rtol=1e-8, atol=1e-10, msg=name)
     assert (tmp_path / f"on-{device}" / "best.pt").exists()
+
+
+@pytest.mark.parametrize("name", sorted(tiny_configs()))
+def test_seeded_models_leave_every_generator_as_it_was(name, monkeypatch):
+    """Building a model with a seed draws its parameters reproducibly without touching the
+    caller's generators: the CPU's state is restored, and no GPU generator is reseeded (on a
+    GPU machine the user's CUDA random stream would otherwise restart for good)."""
+    from ase_nemp.model import model_class
+
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(seed))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: reseeded.append(seed))
+    config = tiny_configs()[name]
+    cls = model_class(name.split("-")[0])
+    state = torch.random.get_rng_state()
+    a, b = cls(config, seed=7), cls(config, seed=7)
+    assert torch.equal(torch.random.get_rng_state(), state) and not reseeded
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

@@ -205,3 +205,38 @@ def test_metadata_must_be_plain(tmp_path):
     with pytest.raises(TypeError, match="plain types"):
         ase_nemp.save(random_model(tiny_config()), tmp_path / "m.pt", thing=object())
     assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("claimed", [10**9, 1000, 2, None])
+def test_a_committee_size_edited_in_the_file_is_refused_at_once(tmp_path, claimed):
+    """A committee of 3 whose committee_size was edited (checksum recomputed): refused from
+    the stored tensors before any member is built (1e9 used to keep load() busy for ever)."""
+    import time
+
+    from ase_nemp.model import Committee
+
+    path = ase_nemp.save(Committee([random_model(seed=s) for s in (1, 2, 3)]), tmp_path / "c.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["committee_size"] = claimed
+    bad = _rewrite(payload, tmp_path / "edited.pt")
+    t0 = time.perf_counter()
+    with pytest.raises(ModelFileError, match=f"committee_size {claimed!r} disagrees with the stored tensors "
+                                             r"\(tensors of 3 members\)"):
+        ase_nemp.load(bad)
+    assert time.perf_counter() - t0 < 5
+
+
+def test_files_are_written_with_the_umask_s_permissions(tmp_path):
+    """Model files (and every atomically written file) are as readable as any new file
+    under the umask, not private (0600) as their temporary file was."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = ase_nemp.save(random_model(seed=1), tmp_path / "m.pt")
+        assert os.stat(path).st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        private = ase_nemp.save(random_model(seed=1), tmp_path / "private.pt")
+        assert os.stat(private).st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)

@@ -179,6 +179,19 @@ def test_config_errors_name_the_problem(workspace, tmp_path):
         LearnConfig.from_dict({**good, "finetune": {"init_from": "x.pt"}}, base_dir=root)
     with pytest.raises(ValueError, match="threshold"):
         LearnConfig.from_dict({**good, "select": {"threshold": -1}}, base_dir=root)
+    for select, match in (({"stop_above": -1}, "stop_above"), ({"threshold": 0.2, "stop_above": 0.1}, "stop_above"),
+                          ({"threshold": float("inf")}, "threshold"), ({"max_per_round": True}, "max_per_round")):
+        with pytest.raises(ValueError, match=match):
+            LearnConfig.from_dict({**good, "select": select}, base_dir=root)
+    for entry, match in (({"steps": -5}, "steps must be a whole number >= 1"), ({"steps": 2.5}, "steps"),
+                         ({"steps": True}, "steps"), ({"temperatures": [300, -1]}, "temperatures"),
+                         ({"timestep": 0}, "timestep"), ({"interval": 0}, "interval"),
+                         ({"temperatures": float("nan")}, "temperatures")):
+        with pytest.raises(ValueError, match=match):
+            LearnConfig.from_dict({**good, "explore": [{"kind": "md", "structures": "x", **entry}]}, base_dir=root)
+    with pytest.raises(ValueError, match="fmax"):
+        LearnConfig.from_dict({**good, "explore": [{"kind": "relax", "structures": "x", "fmax": float("inf")}]},
+                              base_dir=root)
     cfg = LearnConfig.from_dict({**good, "teacher": {"calculator": "ase.calculators.emt:NoSuch"},
                                  "output": {"dir": str(tmp_path / "x")}}, base_dir=root)
     with pytest.raises(ValueError, match="NoSuch"):

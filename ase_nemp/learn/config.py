@@ -123,6 +123,7 @@ class Exploration:
         for key in ("temperatures", "images"):
             if key in settings and not isinstance(settings[key], (list, tuple)):
                 settings[key] = [settings[key]]
+        _check_numbers(settings, f"explore entry {index} ({kind})")
         if kind == "network":
             _check_network(settings, index)
         if kind in ("neb", "network"):  # the band's settings are checked now, not rounds later
@@ -138,6 +139,31 @@ class Exploration:
             except (TypeError, ValueError) as err:
                 raise ValueError(f"explore entry {index} ({kind}): {err}") from None
         return cls(kind, name, settings)
+
+
+# per setting: (whole number?, smallest allowed value, is the smallest value itself allowed?)
+_NUMBERS = {"steps": (True, 1, True), "interval": (True, 1, True), "seed": (True, 0, True),
+            "timestep": (False, 0.0, False), "friction": (False, 0.0, True), "fmax": (False, 0.0, False),
+            "temperatures": (False, 0.0, False), "min_distance": (False, 0.0, True),
+            "max_distance": (False, 0.0, False)}
+
+
+def _check_numbers(settings: dict, where: str) -> None:
+    """Steps, intervals, temperatures, time steps and forces of an exploration: finite
+    numbers in their range, whole where they count (no -5 MD steps, no ``steps: true``)."""
+    import math
+
+    for key, (whole, low, inclusive) in _NUMBERS.items():
+        if key not in settings:
+            continue
+        for value in settings[key] if isinstance(settings[key], (list, tuple)) else [settings[key]]:
+            ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+            ok = ok and (isinstance(value, int) if whole else True)
+            ok = ok and (value >= low if inclusive else value > low)
+            if not ok:
+                kind = "a whole number" if whole else "a finite number"
+                bound = f">= {low}" if inclusive else f"> {low}"
+                raise ValueError(f"{where}: {key} must be {kind} {bound}, got {value!r}")
 
 
 NETWORK_GROUPS = ("co+o", "co2", "o hop", "co hop", "desorbed", "o+o", "co+co")
@@ -190,14 +216,18 @@ class SelectConfig:
     stop_above: float | None = None
 
     def __post_init__(self) -> None:
-        if not self.threshold > 0:
+        if not (self.threshold > 0 and self.threshold < float("inf")):
             raise ValueError(f"select.threshold must be positive (eV/Å), got {self.threshold}")
-        if not (isinstance(self.max_per_round, int) and self.max_per_round >= 1):
+        if isinstance(self.max_per_round, bool) or not (isinstance(self.max_per_round, int) and self.max_per_round >= 1):
             raise ValueError(f"select.max_per_round must be a whole number >= 1, got {self.max_per_round!r}")
         if not self.min_distance >= 0:
             raise ValueError(f"select.min_distance must be >= 0 (Å), got {self.min_distance}")
         if self.stop_above is None:
             object.__setattr__(self, "stop_above", 10.0 * self.threshold)
+        if not self.stop_above > self.threshold:
+            raise ValueError(f"select.stop_above ({self.stop_above} eV/Å) must exceed select.threshold "
+                             f"({self.threshold} eV/Å): explorations stop at frames more uncertain than the ones "
+                             "they collect")
 
 
 @dataclass(frozen=True)

@@ -68,8 +68,10 @@ class AtomisticModel(nn.Module):
         if seed is None:
             self._build(config)
         else:
+            # parameters are drawn on the CPU from its default generator, seeded inside a fork of
+            # its state; torch.manual_seed would also reseed every GPU's generator for good
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+                torch.random.default_generator.manual_seed(seed)
                 self._build(config)
         self.to(dtype)
 
