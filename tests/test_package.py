@@ -82,3 +82,20 @@ def test_model_layer_imports_only_torch_numpy_and_element_tables():
                     continue
                 found.setdefault(path.name, []).append(name)
     assert not found, f"ase_nemp.model imports beyond torch, numpy and ase.data: {found}"
+
+
+def test_the_torch_floor_is_the_tested_version():
+    """pyproject's torch floor names a version that has every torch API the code calls
+    (torch.compiler.is_compiling, fused CPU Adam), and the installed torch meets it."""
+    import re
+    from pathlib import Path
+
+    import torch
+
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    floor = tuple(int(x) for x in re.search(r'"torch>=([0-9.]+)"', text).group(1).split("."))
+    assert floor >= (2, 4)  # is_compiling came in 2.3, fused CPU Adam in 2.4
+    installed = tuple(int(x) for x in re.match(r"(\d+)\.(\d+)", torch.__version__).groups())
+    assert installed >= floor[:2]
+    assert callable(torch.compiler.is_compiling)
+    torch.optim.Adam([torch.zeros(2, requires_grad=True)], fused=True, amsgrad=True)

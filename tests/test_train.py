@@ -17,7 +17,7 @@ from ase_nemp.train import RunConfig, TrainingInterrupted, evaluate, fit_atomic_
 from ase_nemp.train.config import TrainConfig
 from ase_nemp.train.trainer import Trainer
 from ase_nemp.testing import evaluate as evaluate_model
-from ase_nemp.testing import random_molecule
+from ase_nemp.testing import random_crystal, random_molecule
 
 TINY_MODEL = dict(cutoff=3.5, num_channels=4, num_layers=2, pair_dim=8, pair_mlp=[1, 8], edge_mlp=[1, 8],
                   coeff_mlp=[1, 8], readout_mlp=[1, 8])
@@ -521,3 +521,36 @@ def test_training_data_may_be_a_list_of_files(tmp_path):
     for bad in ([], [1, 2], ["a.extxyz", None]):
         with pytest.raises(ValueError, match="data.train must be a file or a non-empty list of files"):
             RunConfig.from_dict({"data": {"train": bad}, "model": TINY_MODEL}, base_dir=tmp_path)
+
+
+def test_direct_force_leignn_says_that_it_cannot_train_stress(tmp_path):
+    """Stress labels with a direct-force LEIGNN: a warning names the ignored stress weight
+    (it used to be dropped without a word); with stress_weight 0 nothing is said."""
+    import warnings
+
+    frames = []
+    for k in range(8):
+        atoms = random_crystal(n=4, seed=k, symbols="CO", min_dist=1.2)
+        atoms.calc = EMT()
+        atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces(),
+                                           stress=atoms.get_stress())
+        frames.append(atoms)
+    write(tmp_path / "bulk.extxyz", frames)
+
+    def setup(out, **training):
+        run = RunConfig.from_dict({
+            "data": {"train": str(tmp_path / "bulk.extxyz"), "valid_fraction": 0.25},
+            "model": dict(architecture="leignn", force_mode="direct", cutoff=3.5, num_channels=4, num_layers=1,
+                          num_radial=4),
+            "training": dict(epochs=1, batch_size=3, dtype="float64", **training), "output": {"dir": str(tmp_path / out)}})
+        trainer = Trainer(run, progress=False)
+        try:
+            trainer.setup()
+        finally:
+            trainer._release()
+
+    with pytest.warns(UserWarning, match=r"6 training structures carry stress labels.*stress_weight 10.0 is ignored"):
+        setup("a", stress_weight=10.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        setup("b", stress_weight=0.0)

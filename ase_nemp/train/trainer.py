@@ -280,6 +280,14 @@ class Trainer:
         else:
             model = build_model(self.run, self.train_set, self.valid_set, species, seed=self.seed)
         self.model = model.to(self.device, self.dtype)
+        with_stress = sum(sample.stress is not None for sample in self.train_set)
+        if not self.model.conservative and with_stress and self.cfg.stress_weight > 0:
+            import warnings
+
+            warnings.warn(f"{with_stress} training structures carry stress labels, but a {model.architecture} model "
+                          "with direct forces has no stress (it is not a strain derivative of an energy): "
+                          f"stress_weight {self.cfg.stress_weight} is ignored and the stress is not trained. Use "
+                          "force_mode: conservative to train it, or stress_weight: 0 to say so", stacklevel=2)
         self.ema = copy.deepcopy(self.model)
         for p in self.ema.parameters():
             p.requires_grad_(False)
