@@ -108,9 +108,9 @@ def run_demo(args: argparse.Namespace) -> int:
         start = step.initial.get_potential_energy() - e0
         label = "CO + O -> CO2" if j == k else describe_step(step.initial, step.final)
         bar, kind = step.error_bar
-        spread = f" ± {bar:.3f} ({kind})" if bar is not None else ""
-        line = (f"step {j + 1} ({label}): barrier {step.barrier:.3f}{spread} eV from the minimum it starts from "
-                f"({start:+.3f} eV relative to the initial state)")
+        spread = f" ± {bar:.3f}" if bar is not None else ""
+        line = (f"step {j + 1} ({label}): barrier {step.barrier:.3f}{spread} eV" + (f" ({kind})" if kind else "")
+                + f" from the minimum it starts from ({start:+.3f} eV relative to the initial state)")
         if step.rate is not None:
             line += (f", saddle {step.saddle.imaginary_frequency:.0f}i cm^-1, prefactor {step.rate.prefactor:.2e} "
                      f"s^-1, rate {_rates(step)}")

@@ -174,7 +174,7 @@ class ElementaryStep:
         if self.barrier_interval is not None:
             return self.barrier_interval, f"calibrated {100 * self.interval_level:.0f} % interval"
         if self.barrier_spread is not None:
-            return self.barrier_spread, "committee spread (not calibrated)"
+            return self.barrier_spread, "committee spread, not calibrated"
         return None, ""
 
     @property

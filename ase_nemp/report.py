@@ -17,6 +17,7 @@ from ase.io import write
 
 from .reaction import member_energies
 from .saddle import displacement
+from .uncertainty import doubt
 
 __all__ = ["step_table", "write_reaction", "plot_profile", "path_coordinates", "confidence_flags", "refuse_existing",
            "summarise", "describe_step", "exit_code"]
@@ -211,6 +212,12 @@ def write_reaction(path, output: Path, title: str, confidence: dict | None = Non
     for k, st in enumerate(path.steps, start=1):
         band = [_plain(im, step=k, image=i, relative_energy=float(im.get_potential_energy() - e0))
                 for i, im in enumerate(st.images)]
+        if confidence is not None:  # every image says whether the committee trusts it
+            for frame, im in zip(band, st.images):
+                why = doubt(getattr(im.calc, "results", {}) or {}, confidence)
+                frame.info["outside_confidence"] = why is not None
+                if why:
+                    frame.info["doubt"] = why
         write(output / f"step{k}_band.extxyz", band)
         files.append(output / f"step{k}_band.extxyz")
         if st.saddle is not None:

@@ -84,13 +84,15 @@ def test_demo_runs_the_reaction_analysis_and_flags_what_it_cannot_trust(tmp_path
     assert "WARNING" in captured.err and "not to be trusted" in captured.err
     # six steps cannot converge the band, three cannot converge the saddle: both reported
     assert "band not converged" in out and "saddle not converged" in out, out
-    assert re.search(r"step 1 \(.*\): barrier \d+\.\d{3} ± \d+\.\d{3} eV from the minimum it starts from", out), out
+    assert re.search(r"step 1 \(.*\): barrier \d+\.\d{3} ± \d+\.\d{3} eV \(committee spread, not calibrated\) "
+                     r"from the minimum it starts from", out), out
     assert "outside the model's confidence" in out
     for name in ("minima.extxyz", "steps.md", "profile.png", "step1_band.extxyz", "step1_saddle.extxyz"):
         assert (output / name).stat().st_size > 100, name
     band = read(output / "step1_band.extxyz", index=":")
     assert len(band) == 5 and len(band[0]) == 39
     assert all("energy_uncertainty" in im.info and "relative_energy" in im.info for im in band)
+    assert all(im.info["outside_confidence"] and "force spread" in im.info["doubt"] for im in band)
     saddle = read(output / "step1_saddle.extxyz")
     mode = saddle.arrays["mode"]
     assert mode.shape == (39, 3) and np.sqrt((mode**2).sum(1)).max() == pytest.approx(1.0)
