@@ -8,7 +8,7 @@
       isolated_atoms: e0.extxyz
     start: committee.pt           # a committee file (nemp train with training.committee: N)
     teacher:                      # any ASE calculator: module:Class or path/to/file.py:Class
-      calculator: ase.calculators.emt:EMT
+      calculator: ase.calculators.emt:EMT   # imported and run as code: only use configs you trust
       kwargs: {}
     explore:                      # what the committee explores every round (see below)
       - {kind: md, structures: is.extxyz, temperatures: [300, 600], steps: 400}
