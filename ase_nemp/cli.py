@@ -190,8 +190,11 @@ def _eval(args: argparse.Namespace) -> int:
     from .train import LabelKeys, format_table, predictions
 
     resolve_device(args.device)
-    for path in (args.plot, args.calibration):  # before the evaluation, not after it
+    cal_path = args.calibration or (args.plot.with_name(args.plot.stem + "-calibration.png") if args.plot else None)
+    for path in (args.plot, cal_path):  # before the evaluation, not after it
         if path is not None:
+            if path.exists():
+                raise FileExistsError(f"{path} exists; choose another name (nothing is overwritten)")
             check_writable_folder(path.parent)
     keys = LabelKeys(args.energy_key, args.forces_key, args.stress_key)
     stats, pred, ref = predictions(args.model, args.data, keys, batch_size=args.batch_size, device=args.device,
@@ -209,10 +212,9 @@ def _eval(args: argparse.Namespace) -> int:
 
         print(f"\ncommittee uncertainty against true error ({len(pred['energy'])} structures):")
         print(format_calibration(calibration(pred, ref)))
-        path = args.calibration or (args.plot.with_name(args.plot.stem + "-calibration.png") if args.plot else None)
-        if path:
-            calibration_plot(pred, ref, path, title=title)
-            print(f"calibration plot written to {path}")
+        if cal_path:
+            calibration_plot(pred, ref, cal_path, title=title)
+            print(f"calibration plot written to {cal_path}")
         from .io import load
         from .uncertainty import Calibration, coverage
 
@@ -246,6 +248,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{args.output} exists; choose another --output (nothing is overwritten)")
     check_writable_folder(args.output.parent)
     if args.plot is not None:
+        if args.plot.exists():
+            raise FileExistsError(f"{args.plot} exists; choose another --plot (nothing is overwritten)")
         check_writable_folder(args.plot.parent)
     model = load(args.model)
     if not hasattr(model, "members"):

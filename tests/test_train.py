@@ -332,6 +332,9 @@ def test_eval_matches_a_direct_calculation(data_file, tmp_path, capsys):
     assert float(cells[6]) == pytest.approx(1e3 * f_rmse, abs=1e-2)
     assert "| even | 6 |" in printed and "| odd | 6 |" in printed
     assert (tmp_path / "parity.png").stat().st_size > 1000
+    before = (tmp_path / "parity.png").read_bytes()
+    assert main(["eval", str(model_path), str(data_file), "--plot", str(tmp_path / "parity.png")]) == 2
+    assert "exists" in capsys.readouterr().err and (tmp_path / "parity.png").read_bytes() == before
     summary = evaluate(model_path, frames)
     assert summary["all"]["f_rmse"] == pytest.approx(f_rmse, rel=1e-9)
 
