@@ -51,6 +51,7 @@ class RelaxResult:
     energy_uncertainty: float | None = None
     forces_uncertainty: float | None = None
     doubt: str | None = None
+    stopped: str | None = None
 
 
 class RelaxInterrupted(RuntimeError):
@@ -94,6 +95,7 @@ def relax_many(
     optimizer: str | type = "BFGS",
     max_atoms: int = 4096,
     progress: bool = True,
+    observer=None,
     **optimizer_kwargs: Any,
 ) -> list[RelaxResult]:
     """Relax ``structures`` in place, all unconverged ones evaluated in one call per step.
@@ -114,6 +116,11 @@ def relax_many(
         Atoms per model call at most (larger batches are split).
     progress : bool
         A progress bar counting the structures that are done.
+    observer : callable, optional
+        ``observer(index, atoms, step)`` for every structure each time it is evaluated (its
+        results are current), before its step; raising :class:`~ase_nemp.neb.StopExploration`
+        ends that structure's relaxation there (its result has ``stopped`` set), the others
+        go on.
     **optimizer_kwargs
         Passed to every optimizer (e.g. ``maxstep``).
 
@@ -125,6 +132,7 @@ def relax_many(
     from tqdm.auto import tqdm
 
     from .calculator import NEMPCalculator
+    from .neb import StopExploration
     from .signals import deferred_stop
     from .uncertainty import doubt, model_confidence
 
@@ -156,6 +164,7 @@ def relax_many(
         optimizers.append(opt)
     active = list(range(len(structures)))
     converged = [False] * len(structures)
+    stopped: dict[int, str] = {}
     bar = tqdm(total=len(structures), desc=f"relax {len(structures)} structures", file=sys.stdout,
                mininterval=0.2, disable=not progress)
     start, step = time.perf_counter(), 0
@@ -166,6 +175,14 @@ def relax_many(
                 # the sequence of opt.run: forces at the current positions, a convergence check,
                 # then a step; here the forces of all structures still running come from one call
                 calculator.calculate_batch([structures[k] for k in active], ("energy", "forces"), max_atoms)
+                if observer is not None:  # each structure as just evaluated, before its step
+                    for k in list(active):
+                        try:
+                            observer(k, structures[k], optimizers[k].nsteps)
+                        except StopExploration as err:
+                            stopped[k] = str(err) or "stopped by the observer"
+                            active.remove(k)
+                            bar.update(1)
                 running = []
                 for k in active:
                     opt = optimizers[k]
@@ -192,7 +209,7 @@ def relax_many(
                            forces_uncertainty=float(np.max(r["forces_uncertainty"])) if len(atoms) else 0.0)
         results.append(RelaxResult(float(atoms.get_potential_energy()), opt.nsteps, done,
                                    float(np.sqrt((f**2).sum(axis=1).max())) if len(atoms) else 0.0,
-                                   doubt=doubt(r, confidence), **spreads))
+                                   doubt=doubt(r, confidence), stopped=stopped.get(len(results)), **spreads))
     if stop:
         raise RelaxInterrupted(f"stopped by signal {stop[0]} after {step} batched steps: {sum(converged)} of "
                                f"{len(structures)} structures had converged", results)

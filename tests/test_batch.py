@@ -1,6 +1,8 @@
 """Many structures per model call: NEMPCalculator.calculate_batch, BatchedNEB, relax_many
 and nemp relax give exactly what one calculator per structure gives."""
 
+from contextlib import nullcontext
+
 import numpy as np
 import pytest
 from ase.constraints import FixAtoms
@@ -283,3 +285,22 @@ def test_relax_reports_the_committee_s_doubts_and_keeps_finished_work(tmp_path, 
     stopped = read(tmp_path / "stopped.extxyz", ":")
     assert len(stopped) == 3 and all(a.info["relax_steps"] == 3 for a in stopped if not a.info["converged"])
     assert all(a.info["interrupted"] != a.info["converged"] for a in stopped)
+
+
+def test_relax_many_observer_sees_every_evaluation_and_can_stop_one_structure(model):
+    from ase_nemp.neb import StopExploration
+
+    structures = [random_molecule(n=n, seed=n, symbols="HCO", min_dist=1.0) for n in (3, 4, 5)]
+    seen = []
+
+    def observer(k, atoms, step):
+        assert not atoms.calc.calculation_required(atoms, ["energy", "forces"])  # results are current
+        seen.append((k, step))
+        if k == 1 and step == 2:
+            raise StopExploration("structure 1 left the data")
+
+    with pytest.warns(UserWarning) if hasattr(model, "members") else nullcontext():
+        results = relax_many(structures, NEMPCalculator(model), fmax=1e-4, steps=6, progress=False, observer=observer)
+    assert results[1].stopped == "structure 1 left the data" and not results[1].converged and results[1].steps == 2
+    assert [r.stopped for r in (results[0], results[2])] == [None, None]
+    assert [s for k, s in seen if k == 0] == list(range(7)) and max(s for k, s in seen if k == 1) == 2

@@ -9,6 +9,7 @@ own prediction for them (so that its error can be measured once they are labelle
 from __future__ import annotations
 
 import time
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from typing import Callable
@@ -16,6 +17,7 @@ from typing import Callable
 import numpy as np
 from ase import Atoms
 
+from ..calculator import NEMPCalculator
 from ..neb import NEBProtocol, StopExploration, run_neb
 from ..neb import relax as relax_structure
 
@@ -200,17 +202,35 @@ def run_network(network, slab: Atoms, factory: Callable, protocol: NEBProtocol, 
     sites = find_sites(slab)
     wanted = set(network.structures) if groups is None else {n for g in groups for n in network.groups[g]}
     minima: dict[str, dict] = {}
-    for name in (n for n in network.structures if n in wanted):
+    names = [n for n in network.structures if n in wanted]
+    starts = []
+    for name in names:
         atoms = network.structures[name].copy()
         rng = np.random.default_rng(zlib.crc32(name.encode()))
         atoms.positions[len(slab):, :2] += rng.uniform(-nudge, nudge, size=(len(atoms) - len(slab), 2))
-        hook = None if observe is None else (lambda a, step, name=name: observe(a, f"relax:{name}:step{step}"))
-        try:
-            energy, n_steps, converged = relax_structure(atoms, factory(), fmax, steps, f"relax {name}",
-                                                         progress=False, observer=hook)
-        except StopExploration as err:
-            minima[name] = {"stopped": str(err)}
-            log(f"  {name}: stopped ({err})")
+        starts.append(atoms)
+    calc = factory()
+    if isinstance(calc, NEMPCalculator):  # all relaxations in lockstep, one model call per step
+        from ..relax import relax_many
+
+        hook = None if observe is None else (lambda k, a, step: observe(a, f"relax:{names[k]}:step{step}"))
+        with warnings.catch_warnings():  # the committee's doubts are what the exploration collects
+            warnings.filterwarnings("ignore", message=".*relaxed structures lie outside")
+            results = relax_many(starts, calc, fmax, steps, progress=progress, observer=hook)
+        outcome = [(r.energy, r.steps, r.converged, r.stopped) for r in results]
+    else:
+        outcome = []
+        for name, atoms in zip(names, starts):
+            hook = None if observe is None else (lambda a, step, name=name: observe(a, f"relax:{name}:step{step}"))
+            try:
+                outcome.append((*relax_structure(atoms, factory(), fmax, steps, f"relax {name}", progress=False,
+                                                 observer=hook), None))
+            except StopExploration as err:
+                outcome.append((None, None, False, str(err)))
+    for name, atoms, (energy, n_steps, converged, stopped) in zip(names, starts, outcome):
+        if stopped:
+            minima[name] = {"stopped": stopped}
+            log(f"  {name}: stopped ({stopped})")
             continue
         atoms.calc = None
         minima[name] = {"energy": float(energy), "key": minimum_key(atoms, slab, sites), "converged": converged,
