@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -95,8 +96,9 @@ class NEBProtocol:
         problems = []
         if not isinstance(self.images, int) or self.images < 3:
             problems.append(f"images must be a whole number >= 3 (end points included), got {self.images!r}")
-        if not self.fmax > 0 or not self.climb_fmax > 0 or not self.relax_fmax > 0:
-            problems.append("fmax, climb_fmax and relax_fmax must be positive (eV/Å)")
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < math.inf
+                   for x in (self.fmax, self.climb_fmax, self.relax_fmax)):
+            problems.append("fmax, climb_fmax and relax_fmax must be finite and positive (eV/Å)")
         if not isinstance(self.steps, int) or self.steps < 1 or not isinstance(self.relax_steps, int) or self.relax_steps < 0:
             problems.append("steps must be >= 1 and relax_steps >= 0")
         if self.interpolation not in ("idpp", "linear"):
@@ -105,8 +107,9 @@ class NEBProtocol:
             problems.append(f"optimizer must be one of {sorted(_OPTIMIZERS)}, not {self.optimizer!r}")
         if not isinstance(self.workers, int) or self.workers < 1:
             problems.append(f"workers must be a whole number >= 1, got {self.workers!r}")
-        if not self.spring > 0 or not self.maxstep > 0:
-            problems.append("spring and maxstep must be positive")
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < math.inf
+                   for x in (self.spring, self.maxstep)):
+            problems.append("spring and maxstep must be finite and positive")
         if problems:
             raise ValueError("invalid NEB protocol: " + "; ".join(problems))
 

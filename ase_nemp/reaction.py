@@ -96,10 +96,10 @@ class ReactionSettings:
     def __post_init__(self) -> None:
         problems = []
         for name in ("minimum_fmax", "saddle_fmax", "rmsd_tolerance"):
-            if not getattr(self, name) > 0:
-                problems.append(f"{name} must be positive")
-        if not self.split_tolerance >= 0 or not self.threshold >= 0:
-            problems.append("split_tolerance and threshold must be >= 0")
+            if not 0 < getattr(self, name) < np.inf:
+                problems.append(f"{name} must be finite and positive")
+        if not 0 <= self.split_tolerance < np.inf or not 0 <= self.threshold < np.inf:
+            problems.append("split_tolerance and threshold must be finite and >= 0")
         if not isinstance(self.max_steps, int) or self.max_steps < 1:
             problems.append("max_steps must be a whole number >= 1")
         if not all(np.isfinite(t) and t > 0 for t in self.temperatures):

@@ -112,3 +112,5 @@ def test_demo_refuses_bad_arguments_before_any_work(tmp_path, capsys):
     assert "images must be a whole number >= 3" in capsys.readouterr().err
     assert main(["demo", "--threads", "-1", "--output", str(tmp_path)]) == 2
     assert "--threads" in capsys.readouterr().err
+    assert main(["demo", "--fmax", "inf", "--output", str(tmp_path)]) == 2  # a band that never converges
+    assert "fmax, climb_fmax and relax_fmax must be finite and positive" in capsys.readouterr().err
