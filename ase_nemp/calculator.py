@@ -14,7 +14,6 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes

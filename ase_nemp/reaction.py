@@ -28,7 +28,6 @@ without flags is a verified elementary step.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
