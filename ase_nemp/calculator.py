@@ -337,7 +337,9 @@ class NEMPCalculator(Calculator):
     def todict(self) -> dict[str, Any]:
         """What this calculator is: model file (or architecture), committee size, dtype, device, skin."""
         cfg = self.model.config
-        return {"model": self.model_file or "nemp (module)", "committee_size": self.model.size if self.is_committee else 1,
+        single = self.model.members[0] if self.is_committee else self.model
+        return {"model": self.model_file or f"{single.architecture} (in memory)", "architecture": single.architecture,
+                "committee_size": self.model.size if self.is_committee else 1,
                 "elements": cfg.symbols, "cutoff": cfg.cutoff, "dtype": str(self.dtype).replace("torch.", ""),
                 "device": str(self.device), "skin": self.neighbour_list.skin}
 

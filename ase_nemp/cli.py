@@ -23,15 +23,18 @@ def _info(args: argparse.Namespace) -> int:
 
     model = load(args.model)
     cfg = model.config
+    single = model.members[0] if hasattr(model, "members") else model
     print(f"model file      {args.model}")
+    print(f"architecture    {single.architecture}" + ("" if single.conservative else " (direct forces)"))
     if hasattr(model, "members"):
         print(f"committee       {model.size} members")
     print(f"elements        {', '.join(cfg.symbols)}")
     print(f"cutoff          {cfg.cutoff} Å")
-    print(f"L / l / C / T   {cfg.sh_lmax} / {cfg.feat_lmax} / {cfg.num_channels} / {cfg.num_layers}")
+    common = {"species", "cutoff", "eps", "isolated_atom_switch", "zbl", "zbl_radius_scale"}
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in common}
+    print("settings        " + ", ".join(f"{k} {v}" for k, v in settings.items()))
     print(f"parameters      {model.num_parameters():,}")
     print(f"dtype           {str(model.dtype).replace('torch.', '')}")
-    single = model.members[0] if hasattr(model, "members") else model
     print("reference E     " + ", ".join(f"{s} {e:.4f} eV" for s, e in zip(cfg.symbols, single.atomic_energies.tolist())))
     print(f"isolated atoms  {'exactly E0 (switch width ' + str(cfg.isolated_atom_switch) + ')' if cfg.isolated_atom_switch else 'no switch'}")
     print(f"ZBL repulsion   {'on' if cfg.zbl else 'off'}")

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def test_public_api():
     import ase_nemp
@@ -99,3 +101,28 @@ def test_the_torch_floor_is_the_tested_version():
     assert installed >= floor[:2]
     assert callable(torch.compiler.is_compiling)
     torch.optim.Adam([torch.zeros(2, requires_grad=True)], fused=True, amsgrad=True)
+
+
+@pytest.mark.parametrize("name", ["nemp", "equireann", "equireann-atomic-number", "leignn-direct",
+                                  "leignn-conservative", "committee"])
+def test_info_and_todict_name_every_architecture(name, tmp_path, capsys):
+    """nemp info on any model file (it used to know NEMP's settings only) and the calculator's
+    todict (it said "nemp (module)" for everything) name the architecture."""
+    from ase_nemp import NEMPCalculator, save
+    from ase_nemp.cli import main
+    from ase_nemp.model import Committee
+    from ase_nemp.testing import random_model, tiny_configs
+
+    if name == "committee":
+        model = Committee([random_model(tiny_configs()["equireann"], seed=s) for s in (1, 2)])
+        architecture = "equireann"
+    else:
+        model, architecture = random_model(tiny_configs()[name], seed=1), name.split("-")[0]
+    path = save(model, tmp_path / "m.pt")
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"architecture    {architecture}" in out and "settings" in out
+    assert ("committee       2 members" in out) == (name == "committee")
+    assert ("direct forces" in out) == (name == "leignn-direct")
+    assert NEMPCalculator(path).todict()["architecture"] == architecture
+    assert NEMPCalculator(model).todict()["model"] == f"{architecture} (in memory)"
