@@ -1,5 +1,6 @@
 """Training and evaluation on a tiny synthetic data set (EMT labels)."""
 
+import dataclasses
 import math
 import signal
 
@@ -557,3 +558,43 @@ def test_direct_force_leignn_says_that_it_cannot_train_stress(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         setup("b", stress_weight=0.0)
+
+
+def test_config_type_weights_scale_each_structure_s_share_of_the_loss(data_file, tmp_path):
+    """A config_type weighted 0 leaves the loss (and so the gradient) to the others; 2
+    doubles its terms; the weights reach training and validation samples alike."""
+    from ase_nemp.train.data import make_batch
+    from ase_nemp.train.loss import LossWeights, batch_loss
+
+    run = run_config(data_file, tmp_path / "w", epochs=1, config_type_weights={"odd": 0.0})
+    trainer = Trainer(run, progress=False)
+    try:
+        trainer.setup()
+    finally:
+        trainer._release()
+    samples = trainer.train_set + trainer.valid_set
+    assert {s.config_type: s.weight for s in samples} == {"even": 1.0, "odd": 0.0}
+    model = trainer.model.double()
+    weights = LossWeights(energy=3.0, forces=2.0)
+
+    def loss(batch_samples):
+        batch = make_batch(batch_samples).to(torch.device("cpu"), torch.float64)
+        return float(batch_loss(evaluate_model_out(model, batch), batch, weights))
+
+    even = [s for s in samples if s.config_type == "even"]
+    odd = [s for s in samples if s.config_type == "odd"]
+    assert loss(even + odd) == pytest.approx(loss(even), rel=1e-12)
+    for s in odd:
+        s.weight = 2.0
+    unweighted = [dataclasses.replace(s, weight=1.0) for s in odd]
+    assert loss(even + odd) == pytest.approx(loss(even) + 2 * loss(unweighted), rel=1e-12)
+    assert loss(odd) > 0
+    for bad in ({"odd": -1}, {"odd": float("inf")}, {"odd": True}, ["odd"]):
+        with pytest.raises(ValueError, match="config_type_weights"):
+            run_config(data_file, tmp_path / "x", config_type_weights=bad)
+
+
+def evaluate_model_out(model, batch):
+    from ase_nemp.model import energy_forces_stress
+
+    return energy_forces_stress(model, batch.graph, stress=False)

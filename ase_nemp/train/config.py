@@ -27,6 +27,7 @@ Relative paths are resolved against the directory of the YAML file.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -195,6 +196,11 @@ class TrainConfig:
         runs through the same graph, compiled once more without the parameters' backward.
         Needs a C++ compiler on the CPU. On a 2-core CPU, run two processes of one thread
         each under ``torchrun``.
+    config_type_weights : dict or None
+        ``{config_type: weight}``: the weight of the structures of that ``config_type`` in
+        the loss (training and validation), 1 for the others; for example a few
+        structures with very large forces (a repulsive wall, two-body curves) at 0.1, so
+        that they shape the model without dominating its optimisation.
     checkpoint_every : int
         Write the resumable checkpoint every this many epochs (and always on exit).
     valid_every : int
@@ -237,6 +243,7 @@ class TrainConfig:
     force_weight: float = 10.0
     force_weight_final: float = 0.1
     stress_weight: float = 0.0
+    config_type_weights: dict | None = None
     dtype: str = "float32"
     device: str = "cpu"
     seed: int = 0
@@ -270,6 +277,11 @@ class TrainConfig:
             problems.append("batch sizes must be >= 1")
         if not 1 <= self.workers <= self.batch_size:
             problems.append("workers must be between 1 and batch_size")
+        weights = self.config_type_weights
+        if weights is not None and (not isinstance(weights, dict) or not all(
+                isinstance(k, str) and not isinstance(v, bool) and isinstance(v, (int, float)) and 0 <= v < math.inf
+                for k, v in weights.items())):
+            problems.append(f"config_type_weights must map config_type names to finite weights >= 0, not {weights!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             problems.append("ema_decay must be in [0, 1)")
         if not 0.0 < self.plateau_factor < 1.0:

@@ -54,6 +54,7 @@ class Sample:
     stress: np.ndarray | None  # (3, 3) or None
     config_type: str = "Default"
     index: int = -1
+    weight: float = 1.0  # of this structure's terms in the loss (training.config_type_weights)
 
     @property
     def num_atoms(self) -> int:
@@ -196,12 +197,14 @@ class Batch:
     has_stress: torch.Tensor  # (B,) bool
     num_atoms: torch.Tensor  # (B,)
     samples: list[Sample] = field(repr=False, default_factory=list)
+    weight: torch.Tensor | None = None  # (B,) float64, each structure's weight in the loss; None: all 1
 
     def to(self, device: torch.device, dtype: torch.dtype) -> "Batch":
         # energies stay float64: totals of 1e3 eV would lose 1e-4 eV per structure in float32,
         # and the model's energies are float64 too (its reference energies are)
         return Batch(self.graph.to(device, dtype), self.energy.to(device), self.forces.to(device, dtype),
-                     self.stress.to(device, dtype), self.has_stress.to(device), self.num_atoms.to(device), self.samples)
+                     self.stress.to(device, dtype), self.has_stress.to(device), self.num_atoms.to(device), self.samples,
+                     None if self.weight is None else self.weight.to(device))
 
 
 def make_batch(samples: Sequence[Sample]) -> Batch:
@@ -214,6 +217,8 @@ def make_batch(samples: Sequence[Sample]) -> Batch:
         has_stress=torch.tensor([s.stress is not None for s in samples]),
         num_atoms=torch.tensor([s.num_atoms for s in samples]),
         samples=list(samples),
+        weight=(torch.tensor([s.weight for s in samples], dtype=torch.float64)
+                if any(s.weight != 1.0 for s in samples) else None),
     )
 
 

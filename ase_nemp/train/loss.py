@@ -2,9 +2,12 @@
 
 Loss of a batch, a **sum** over its structures g with N_g atoms::
 
-    L = w_E sum_g ((E_g - E_g^ref) / N_g)^2
-      + w_F sum_g (1 / 3N_g) sum_{i in g} |F_i - F_i^ref|^2
-      + w_S sum_g |sigma_g - sigma_g^ref|^2 / 9          (structures with stress only)
+    L = w_E sum_g c_g ((E_g - E_g^ref) / N_g)^2
+      + w_F sum_g c_g (1 / 3N_g) sum_{i in g} |F_i - F_i^ref|^2
+      + w_S sum_g c_g |sigma_g - sigma_g^ref|^2 / 9          (structures with stress only)
+
+``c_g`` is the structure's weight (1 unless ``training.config_type_weights`` gives its
+``config_type`` another).
 """
 
 from __future__ import annotations
@@ -27,14 +30,19 @@ class LossWeights:
 def batch_loss(out: dict[str, torch.Tensor], batch, weights: LossWeights) -> torch.Tensor:
     """Weighted loss of one batch (a scalar tensor that can be back-propagated)."""
     n = batch.num_atoms.to(out["energy"].dtype)
-    loss = weights.energy * (((out["energy"] - batch.energy) / n) ** 2).sum()
+    c = getattr(batch, "weight", None)
+
+    def weighted(terms):  # per structure
+        return (terms * c.to(terms.dtype)).sum() if c is not None else terms.sum()
+
+    loss = weights.energy * weighted(((out["energy"] - batch.energy) / n) ** 2)
     if weights.forces:
         sq = ((out["forces"] - batch.forces) ** 2).sum(1)  # (N,)
         per_graph = torch.zeros_like(n, dtype=sq.dtype).index_add_(0, batch.graph.batch, sq)
-        loss = loss + weights.forces * (per_graph / (3.0 * n.to(sq.dtype))).sum()
+        loss = loss + weights.forces * weighted(per_graph / (3.0 * n.to(sq.dtype)))
     if weights.stress and "stress" in out and bool(batch.has_stress.any()):
         diff = ((out["stress"] - batch.stress) ** 2).sum((1, 2)) / 9.0
-        loss = loss + weights.stress * diff[batch.has_stress].sum()
+        loss = loss + weights.stress * weighted(torch.where(batch.has_stress, diff, torch.zeros_like(diff)))
     return loss
 
 

@@ -269,6 +269,9 @@ class Trainer:
             self.train_set, self.valid_set, species = data
         else:
             self.train_set, self.valid_set, species = prepare_data(self.run, cutoff, species, self.progress)
+        weights = self.cfg.config_type_weights or {}
+        for sample in list(self.train_set) + list(self.valid_set):
+            sample.weight = float(weights.get(sample.config_type, 1.0))
         if ckpt:
             architecture = ckpt.get("architecture", "nemp")  # checkpoints before the registry: NEMP
             model = model_class(architecture)(config_class(architecture).from_dict(ckpt["model_config"]),
