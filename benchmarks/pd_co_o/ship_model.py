@@ -1,7 +1,13 @@
 """Write a trained committee as the shipped model, keeping the active-learning provenance.
 
-    python benchmarks/pd_co_o/ship_model.py runs/pd-co-o-polish/best.pt \
+    nemp calibrate runs/pd-co-o-polish/best.pt benchmarks/pd_co_o/learn/data/valid.extxyz \
+        --output runs/pd-co-o-polish/calibrated.pt --check benchmarks/pd_co_o/learn/monitor.extxyz \
+        --plot benchmarks/pd_co_o/reliability.png
+    python benchmarks/pd_co_o/ship_model.py runs/pd-co-o-polish/calibrated.pt \
         --provenance runs/pd-co-o-learn/committee.pt [--output ase_nemp/pretrained/pd-co-o.pt]
+
+The calibration of the committee's spread (``nemp calibrate``: fitted on the loop's validation
+set, its coverage checked on the monitor set it never saw) travels in the file's metadata.
 
 The committee of ``nemp train`` (here the polishing run, pd-co-o-polish.yaml) carries its own
 validation errors and calibration; the confidence level (the force spread above which the
