@@ -58,7 +58,7 @@ __all__ = [
     "harmonic_rate",
 ]
 
-_LAZY = {"BatchedNEB": "neb", "relax_many": "relax", "hessian": "vibrations", "refine_saddle": "saddle",
+_LAZY = {"BatchedNEB": "batched_neb", "relax_many": "relax", "hessian": "vibrations", "refine_saddle": "saddle",
          "verify_saddle": "saddle", "elementary_steps": "reaction", "harmonic_rate": "rates"}
 
 

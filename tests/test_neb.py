@@ -100,3 +100,28 @@ def test_batched_neb_gives_bare_end_points_its_model_and_refuses_another_potenti
     final.calc = None
     with pytest.raises(ValueError, match="spring constant k must be positive"):
         BatchedNEB(images, calc, k=-0.1)
+
+
+def test_batched_neb_is_a_module_level_class():
+    """Pickled by reference, subclassed by name, found where documentation tools look; and
+    importing the package still does not import ase.mep."""
+    import pickle
+    import subprocess
+    import sys
+
+    from ase.mep import NEB
+
+    from ase_nemp import BatchedNEB
+    from ase_nemp.batched_neb import BatchedNEB as by_module
+    from ase_nemp.neb import BatchedNEB as by_neb
+
+    assert BatchedNEB is by_module is by_neb and issubclass(BatchedNEB, NEB)
+    assert (BatchedNEB.__module__, BatchedNEB.__qualname__) == ("ase_nemp.batched_neb", "BatchedNEB")
+    assert pickle.loads(pickle.dumps(BatchedNEB)) is BatchedNEB
+
+    class Mine(BatchedNEB):
+        pass
+
+    assert Mine.__mro__[1] is BatchedNEB
+    code = "import sys, ase_nemp; print('ase.mep' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
