@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import os
 import threading
 from pathlib import Path
@@ -40,6 +41,13 @@ def _chunks(indices: list[int], sizes: list[int], max_atoms: int) -> list[list[i
         current.append(index)
         atoms += size
     return groups + ([current] if current else [])
+
+
+def check_max_atoms(max_atoms) -> int:
+    """``max_atoms`` (atoms per model call) as a whole number >= 1, or a clear error."""
+    if isinstance(max_atoms, bool) or not isinstance(max_atoms, numbers.Integral) or max_atoms < 1:
+        raise ValueError(f"max_atoms must be a whole number >= 1 (atoms per model call), got {max_atoms!r}")
+    return int(max_atoms)
 
 
 class StressUnavailableError(PropertyNotImplementedError, ValueError):
@@ -229,8 +237,6 @@ class NEMPCalculator(Calculator):
             Atoms per model call at most (memory grows with it); larger batches are
             split, and a single larger structure goes alone.
         """
-        from .relax import check_max_atoms
-
         if isinstance(images, Atoms):
             raise TypeError("calculate_batch takes a list of Atoms; for one structure pass [atoms]")
         if isinstance(properties, str):

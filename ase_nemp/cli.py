@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 
 
@@ -106,10 +105,8 @@ def _relax(args: argparse.Namespace) -> int:
     calc = NEMPCalculator(model, dtype=args.dtype)
     interrupted = None
     try:
-        with warnings.catch_warnings():  # said below, structure by structure
-            warnings.filterwarnings("ignore", message=".*relaxed structures lie outside")
-            results = relax_many(frames, calc, fmax=args.fmax, steps=args.steps, optimizer=args.optimizer,
-                                 max_atoms=args.max_atoms, progress=not args.quiet)
+        results = relax_many(frames, calc, fmax=args.fmax, steps=args.steps, optimizer=args.optimizer,
+                             max_atoms=args.max_atoms, progress=not args.quiet, warn=False)  # said below, one by one
     except RelaxInterrupted as err:
         interrupted, results = err, err.results
     out = []

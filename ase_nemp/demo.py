@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .neb import NEBProtocol
 from .reaction import ReactionSettings
-from .uncertainty import DEFAULT_CONFIDENCE, model_confidence, outside_confidence  # noqa: F401 (public here too)
+from .uncertainty import DEFAULT_CONFIDENCE, model_confidence, outside_confidence  # noqa: F401 (once defined here)
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 DEMO_PROTOCOL = NEBProtocol()  # batched images (one model call per step): the same band, 1.5x faster than threads

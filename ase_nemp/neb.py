@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .uncertainty import interval
+
 __all__ = ["NEBProtocol", "BatchedNEB", "run_neb", "optimise_band", "relax", "band_uncertainties", "make_optimizer",
            "StopExploration"]
 
@@ -114,6 +116,12 @@ class NEBProtocol:
 
     def replace(self, **changes: Any) -> "NEBProtocol":
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_settings(cls, settings: dict, images: int) -> "NEBProtocol":
+        """The protocol of a settings mapping (an exploration's), its other keys ignored."""
+        fields = {f.name for f in dataclasses.fields(cls)} - {"images"}
+        return cls(images=images, **{k: v for k, v in settings.items() if k in fields})
 
 
 def _same_potential(calc, other) -> bool:
@@ -230,9 +238,9 @@ def band_uncertainties(images) -> dict[str, np.ndarray] | None:
         out["energy_uncertainty"] = relative.std(axis=1, ddof=1)
         out["forces_uncertainty"] = np.array([float(np.max(r["forces_uncertainty"])) for r in results])
         out["member_energies"] = relative
-        calc = images[-1].calc
-        if getattr(calc, "calibration", None) is not None:
-            out["energy_interval"] = calc.calibration.radius("energy", out["energy_uncertainty"], calc.interval_level)
+        radius = interval(images[-1].calc, out["energy_uncertainty"])
+        if radius is not None:
+            out["energy_interval"] = radius
     return out
 
 

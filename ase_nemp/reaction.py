@@ -38,6 +38,7 @@ from ase import Atoms
 from .neb import NEBProtocol, optimise_band, relax, run_neb
 from .rates import HarmonicRate, harmonic_rate
 from .saddle import Connection, SaddleResult, displacement, refine_saddle, rmsd, verify_saddle
+from .uncertainty import interval
 from .vibrations import IMAGINARY_THRESHOLD, ModelVibrations, free_atoms, hessian, imaginary_frequencies
 
 __all__ = ["ReactionSettings", "ElementaryStep", "ReactionPath", "elementary_steps", "interior_minima",
@@ -451,7 +452,7 @@ def _analyse(left: Atoms, right: Atoms, res: dict, calc: Any, s: ReactionSetting
     vib_left, vib_right = vibrations(left), vibrations(right)
     peak = res["peak"]
     saddle = connection = rate = None
-    barrier_spread, interval = None, (None, None)
+    barrier_spread = barrier_radius = level = None
     energies = np.asarray(res["energies"])
     rise = float(energies.max() - max(energies[0], energies[-1]))  # above the higher end point
     notes = []
@@ -487,9 +488,9 @@ def _analyse(left: Atoms, right: Atoms, res: dict, calc: Any, s: ReactionSetting
         member_barriers = members[1] - members[0] if members[0] is not None and members[1] is not None else None
         if member_barriers is not None:
             barrier_spread = float(np.std(member_barriers, ddof=1))
-            if getattr(calc, "calibration", None) is not None:
-                interval = (float(calc.calibration.radius("energy", barrier_spread, calc.interval_level)),
-                            calc.interval_level)
+            barrier_radius = interval(calc, barrier_spread)
+            if barrier_radius is not None:
+                barrier_radius, level = float(barrier_radius), calc.interval_level
         if saddle.first_order:
             rate = harmonic_rate(vib_left, saddle.vibrations, barrier, s.temperatures, member_barriers)
     else:
@@ -500,5 +501,5 @@ def _analyse(left: Atoms, right: Atoms, res: dict, calc: Any, s: ReactionSetting
     return ElementaryStep(initial=left, final=right, band=res, images=list(images or res["images"]), saddle=saddle, connection=connection,
                           initial_vibrations=vib_left, final_vibrations=vib_right, rate=rate, barrier=float(barrier),
                           reaction_energy=float(reaction_energy), barrier_spread=barrier_spread,
-                          barrier_interval=interval[0], interval_level=interval[1], flags=flags,
+                          barrier_interval=barrier_radius, interval_level=level, flags=flags,
                           notes=notes)

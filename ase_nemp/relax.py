@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["relax_many", "RelaxResult", "RelaxInterrupted", "OPTIMIZERS", "check_max_atoms"]
+__all__ = ["relax_many", "RelaxResult", "RelaxInterrupted", "OPTIMIZERS"]
 
 # ASE optimizers that take one step at a time from the forces of the current positions (the
 # line-search ones evaluate more points inside a step, one structure at a time); ODE12r has
@@ -80,13 +80,6 @@ def _optimizer_class(optimizer: str | type):
     return cls
 
 
-def check_max_atoms(max_atoms) -> int:
-    """``max_atoms`` (atoms per model call) as a whole number >= 1, or a clear error."""
-    if isinstance(max_atoms, bool) or not isinstance(max_atoms, (int, np.integer)) or max_atoms < 1:
-        raise ValueError(f"max_atoms must be a whole number >= 1 (atoms per model call), got {max_atoms!r}")
-    return int(max_atoms)
-
-
 def relax_many(
     structures: Sequence[Any],
     calculator,
@@ -96,6 +89,7 @@ def relax_many(
     max_atoms: int = 4096,
     progress: bool = True,
     observer=None,
+    warn: bool = True,
     **optimizer_kwargs: Any,
 ) -> list[RelaxResult]:
     """Relax ``structures`` in place, all unconverged ones evaluated in one call per step.
@@ -121,6 +115,9 @@ def relax_many(
         results are current), before its step; raising :class:`~ase_nemp.neb.StopExploration`
         ends that structure's relaxation there (its result has ``stopped`` set), the others
         go on.
+    warn : bool
+        Warn when structures end outside the committee's confidence (their results say so
+        either way); callers that report the doubts themselves pass False.
     **optimizer_kwargs
         Passed to every optimizer (e.g. ``maxstep``).
 
@@ -131,7 +128,7 @@ def relax_many(
     from ase import Atoms
     from tqdm.auto import tqdm
 
-    from .calculator import NEMPCalculator
+    from .calculator import NEMPCalculator, check_max_atoms
     from .neb import StopExploration
     from .signals import deferred_stop
     from .uncertainty import doubt, model_confidence
@@ -214,7 +211,7 @@ def relax_many(
         raise RelaxInterrupted(f"stopped by signal {stop[0]} after {step} batched steps: {sum(converged)} of "
                                f"{len(structures)} structures had converged", results)
     doubtful = [k for k, res in enumerate(results) if res.doubt]
-    if doubtful:
+    if doubtful and warn:
         warnings.warn(f"{len(doubtful)} of {len(results)} relaxed structures lie outside the model's confidence "
                       f"(structure {doubtful[0]}: {results[doubtful[0]].doubt}); their minima may be artefacts of "
                       "the model (see RelaxResult.doubt)", stacklevel=2)

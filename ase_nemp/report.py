@@ -17,7 +17,7 @@ from ase.io import write
 
 from .reaction import member_energies
 from .saddle import displacement
-from .uncertainty import doubt
+from .uncertainty import doubt, interval
 
 __all__ = ["step_table", "write_reaction", "plot_profile", "path_coordinates", "confidence_flags", "refuse_existing",
            "summarise", "describe_step", "exit_code"]
@@ -33,10 +33,8 @@ def confidence_flags(step, confidence: dict) -> list[str]:
         frames.append(("saddle", step.saddle.atoms))
     for name, atoms in frames:
         results = getattr(atoms.calc, "results", {}) or {}
-        if "forces_uncertainty" not in results:
-            continue
-        f, e = float(np.max(results["forces_uncertainty"])), float(results["energy_uncertainty"])
-        if f > confidence["forces_uncertainty"] or e > confidence["energy_uncertainty"]:
+        if doubt(results, confidence) is not None:
+            f, e = float(np.max(results["forces_uncertainty"])), float(results["energy_uncertainty"])
             out.append(f"{name} (force spread {f:.2f} eV/Å, energy spread {e:.3f} eV)")
     return out
 
@@ -110,10 +108,9 @@ def _image_spreads(images, reference) -> tuple[np.ndarray | None, str]:
     if ref is None or any(r is None for r in rows):
         return None, ""
     spread = np.array([np.std(np.asarray(r) - ref, ddof=1) for r in rows])
-    calc = images[-1].calc
-    if getattr(calc, "calibration", None) is not None:
-        level = calc.interval_level
-        return calc.calibration.radius("energy", spread, level), f"calibrated {100 * level:.0f} % interval"
+    radius = interval(images[-1].calc, spread)
+    if radius is not None:
+        return radius, f"calibrated {100 * images[-1].calc.interval_level:.0f} % interval"
     return spread, "committee spread"
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = ["Calibration", "fit_calibration", "coverage", "DEFAULT_LEVEL", "LEVELS", "METADATA_KEY",
-           "DEFAULT_CONFIDENCE", "model_confidence", "outside_confidence", "doubt"]
+           "DEFAULT_CONFIDENCE", "model_confidence", "outside_confidence", "doubt", "interval"]
 
 METADATA_KEY = "interval_calibration"
 DEFAULT_LEVEL = 0.9
@@ -140,6 +140,13 @@ class Calibration:
         """The calibration a (loaded) committee carries in its metadata, or None."""
         raw = (getattr(model, "metadata", None) or {}).get(METADATA_KEY)
         return None if raw is None else cls.from_dict(raw)
+
+
+def interval(calc, spread, prop: str = "energy"):
+    """The calibrated interval (radius, eV or eV/Å) of ``spread`` at ``calc``'s
+    ``interval_level``; None where ``calc`` is not a calibrated committee's calculator."""
+    calibration = getattr(calc, "calibration", None)
+    return None if calibration is None else calibration.radius(prop, spread, calc.interval_level)
 
 
 def _conformal_factor(ratios: np.ndarray, level: float) -> float:

@@ -246,6 +246,12 @@ def test_relax_reports_the_committee_s_doubts_and_keeps_finished_work(tmp_path, 
     with pytest.warns(UserWarning, match="3 of 3 relaxed structures lie outside the model's confidence"):
         results = relax_many([s.copy() for s in structures], NEMPCalculator(strict), steps=5, progress=False)
     assert all("force spread" in r.doubt and r.forces_uncertainty > 1e-6 for r in results)
+    import warnings
+
+    with warnings.catch_warnings():  # a caller that reports the doubts itself asks for no warning
+        warnings.simplefilter("error")
+        quiet = relax_many([s.copy() for s in structures], NEMPCalculator(strict), steps=5, progress=False, warn=False)
+    assert [r.doubt for r in quiet] == [r.doubt for r in results]
     relaxed_ok = relax_many([s.copy() for s in structures], NEMPCalculator(committee), steps=5, progress=False)
     assert all(r.doubt is None and r.energy_uncertainty is not None for r in relaxed_ok)
 

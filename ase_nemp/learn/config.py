@@ -105,10 +105,10 @@ class Exploration:
         if kind not in EXPLORATION_KINDS:
             raise ValueError(f"explore entry {index}: kind must be one of {list(EXPLORATION_KINDS)}, not {kind!r}")
         name = str(raw.pop("name", f"{kind}-{index}"))
+        from ..neb import NEBProtocol
+
         known = dict(EXPLORATION_KINDS[kind])
         if kind in ("neb", "network"):
-            from ..neb import NEBProtocol
-
             known.update({f.name: f.default for f in dataclasses.fields(NEBProtocol) if f.name != "images"})
         unknown = sorted(set(raw) - set(known))
         if unknown:
@@ -127,15 +127,12 @@ class Exploration:
         if kind == "network":
             _check_network(settings, index)
         if kind in ("neb", "network"):  # the band's settings are checked now, not rounds later
-            from ..neb import NEBProtocol
-
-            fields = {f.name for f in dataclasses.fields(NEBProtocol)} - {"images"}
             images = settings["images"]
             if not images or any(isinstance(n, bool) or not isinstance(n, int) for n in images):
                 raise ValueError(f"explore entry {index} ({kind}): images must be whole numbers, got {images!r}")
             try:
                 for n in images:
-                    NEBProtocol(images=n, **{k: v for k, v in settings.items() if k in fields})
+                    NEBProtocol.from_settings(settings, n)
             except (TypeError, ValueError) as err:
                 raise ValueError(f"explore entry {index} ({kind}): {err}") from None
         return cls(kind, name, settings)

@@ -9,7 +9,6 @@ own prediction for them (so that its error can be measured once they are labelle
 from __future__ import annotations
 
 import time
-import warnings
 import zlib
 from dataclasses import dataclass, field
 from typing import Callable
@@ -157,8 +156,6 @@ def _structures(settings, factory, collector):
 def _neb(settings, factory, collector, progress):
     from ..train.data import read_structures
 
-    protocol_keys = set(NEBProtocol.__dataclass_fields__) - {"images"}
-    base = NEBProtocol(**{k: v for k, v in settings.items() if k in protocol_keys})
     rep = collector.report
     initial, final = read_structures(settings["initial"])[0], read_structures(settings["final"])[0]
     for n in settings["images"]:
@@ -168,7 +165,8 @@ def _neb(settings, factory, collector, progress):
             for k, image in enumerate(images[1:-1], start=1):
                 collector.observe(image, f"neb{n}:image{k}:step{step}")
 
-        res = run_neb(is_, fs_, factory, base.replace(images=int(n)), observer=observer, progress=progress)
+        res = run_neb(is_, fs_, factory, NEBProtocol.from_settings(settings, int(n)), observer=observer,
+                      progress=progress)
         if res["stopped"]:
             rep.stopped.append(res["stopped"])
         rep.details[f"neb{n}"] = {"barrier_eV": res["barrier"], "converged": res["converged"],
@@ -214,9 +212,8 @@ def run_network(network, slab: Atoms, factory: Callable, protocol: NEBProtocol, 
         from ..relax import relax_many
 
         hook = None if observe is None else (lambda k, a, step: observe(a, f"relax:{names[k]}:step{step}"))
-        with warnings.catch_warnings():  # the committee's doubts are what the exploration collects
-            warnings.filterwarnings("ignore", message=".*relaxed structures lie outside")
-            results = relax_many(starts, calc, fmax, steps, progress=progress, observer=hook)
+        # the committee's doubts are what the exploration collects: no warning about them
+        results = relax_many(starts, calc, fmax, steps, progress=progress, observer=hook, warn=False)
         outcome = [(r.energy, r.steps, r.converged, r.stopped) for r in results]
     else:
         outcome = []
@@ -270,9 +267,7 @@ def _network(settings, factory, collector, progress):
     from ..sites import co_oxidation_network
     from ..train.data import read_structures
 
-    protocol_keys = set(NEBProtocol.__dataclass_fields__) - {"images"}
-    protocol = NEBProtocol(**{k: v for k, v in settings.items() if k in protocol_keys},
-                           images=int(settings["images"][0]))
+    protocol = NEBProtocol.from_settings(settings, int(settings["images"][0]))
     slab = read_structures(settings["slab"])[0]
     slab.calc = None
     if settings["surface_atoms"] != "all":

@@ -97,6 +97,7 @@ class ActiveLearning:
         self.data_dir = self.out / "data"
         self._stop: int | None = None
         self._teacher = None
+        self._frames: list | None = None  # data.train, once read
 
     # -- state ----------------------------------------------------------------------------
     def _state_path(self) -> Path:
@@ -167,19 +168,24 @@ class ActiveLearning:
         """Check the teacher on the smallest structure of the data before any exploration."""
         if self._teacher is not None:
             return
-        from ..train.data import read_structures
-
-        frames = read_structures(self.cfg.data.train)
-        probe = min(frames, key=len).copy()
+        probe = min(self._start_frames(), key=len).copy()
         probe.calc = None
         self._teacher = check_teacher(self.cfg.teacher.calculator, self.cfg.teacher.kwargs, probe,
                                       stress=self.cfg.teacher.stress)
+
+    def _start_frames(self) -> list:
+        """The structures of ``data.train``, read once."""
+        if self._frames is None:
+            from ..train.data import read_structures
+
+            self._frames = read_structures(self.cfg.data.train)
+        return self._frames
 
     def _initial_split(self):
         from ..train.data import read_structures, split_indices
 
         d = self.cfg.data
-        frames = read_structures(d.train)
+        frames = self._start_frames()
         if d.valid:
             return frames, read_structures(d.valid)
         seed = int(self.cfg.finetune.get("seed", TrainConfig.seed))
@@ -305,16 +311,17 @@ class ActiveLearning:
             self.state["teacher_calls"] += 1
             t0 = time.perf_counter()
             try:
-                frame = label(cand, self._teacher, stress=self.cfg.teacher.stress)
+                frame, error = label(cand, self._teacher, stress=self.cfg.teacher.stress), None
             except Exception as err:  # a teacher may fail on a configuration: record it and go on
+                frame, error = None, err
+            seconds = time.perf_counter() - t0
+            self.state["teacher_seconds"] = self.state.get("teacher_seconds", 0.0) + seconds
+            if error is not None:
                 self.state["teacher_failures"] += 1
-                self.state["teacher_seconds"] = self.state.get("teacher_seconds", 0.0) + time.perf_counter() - t0
-                self.state.setdefault("failures", []).append({"round": k, "candidate": n, "error": str(err)[:300]})
+                self.state.setdefault("failures", []).append({"round": k, "candidate": n, "error": str(error)[:300]})
                 self._save_state()
                 failed_now += 1
                 continue
-            seconds = time.perf_counter() - t0
-            self.state["teacher_seconds"] = self.state.get("teacher_seconds", 0.0) + seconds
             kind = str(cand.info["al_source"]).split(":")[0].rstrip("0123456789")
             frame.info = {"al_round": k, "al_candidate": n, "al_source": cand.info["al_source"],
                           "al_teacher": self.cfg.teacher.calculator.rpartition(":")[2],

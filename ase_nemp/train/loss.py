@@ -30,7 +30,7 @@ class LossWeights:
 def batch_loss(out: dict[str, torch.Tensor], batch, weights: LossWeights) -> torch.Tensor:
     """Weighted loss of one batch (a scalar tensor that can be back-propagated)."""
     n = batch.num_atoms.to(out["energy"].dtype)
-    c = getattr(batch, "weight", None)
+    c = batch.weight  # (B,) or None: every structure weighs 1
 
     def weighted(terms):  # per structure
         return (terms * c.to(terms.dtype)).sum() if c is not None else terms.sum()

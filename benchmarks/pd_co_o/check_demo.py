@@ -38,12 +38,13 @@ def main() -> int:
     from teacher import EMLPCalculator
 
     from ase_nemp import NEMPCalculator, load
-    from ase_nemp.demo import DEMO_PROTOCOL, example_structures, outside_confidence, DEFAULT_CONFIDENCE
+    from ase_nemp.demo import DEMO_PROTOCOL, example_structures
     from ase_nemp.neb import run_neb
+    from ase_nemp.uncertainty import model_confidence, outside_confidence
 
     teacher = EMLPCalculator(args.teacher)
     model = load(args.model, dtype=args.dtype)
-    confidence = {**DEFAULT_CONFIDENCE, **(getattr(model, "metadata", {}).get("confidence") or {})}
+    confidence = model_confidence(model)
     template = NEMPCalculator(model, dtype=args.dtype)
     lines = [f"# The demo's final band against the reference potential\n",
              f"`python benchmarks/pd_co_o/check_demo.py --images {' '.join(map(str, args.images))}`: model "

@@ -74,6 +74,7 @@ def main() -> int:
     from ase_nemp.demo import DEMO_PROTOCOL, example_structures
     from ase_nemp.learn.explore import run_network
     from ase_nemp.neb import optimise_band, relax
+    from ase_nemp.reaction import member_energies
     from ase_nemp.sites import co_oxidation_network
     from ase_nemp.uncertainty import Calibration, doubt, model_confidence
 
@@ -98,10 +99,8 @@ def main() -> int:
         images = path["images"]
         doubts = [doubt(im.calc.results, confidence) for im in images]
         peak = int(np.argmax(path["energies"]))
-        spread = None
-        if "committee_energy" in images[0].calc.results:
-            members = np.array([im.calc.results["committee_energy"] for im in images])
-            spread = float(np.std(members[peak] - members[0], ddof=1))
+        members = [member_energies(images[0]), member_energies(images[peak])]
+        spread = None if members[0] is None else float(np.std(members[1] - members[0], ddof=1))
         bar = calibration.radius("energy", spread) if calibration is not None and spread is not None else spread
         before = teacher.calls
         ref = []
