@@ -272,6 +272,21 @@ class NEMPCalculator(Calculator):
         twin._lock = threading.RLock()
         return twin
 
+    def recipe(self) -> "CalculatorRecipe":
+        """What another process needs to build this calculator: the model file's bytes and
+        the settings (picklable; for jobs on other workers, :mod:`ase_nemp.jobs`)."""
+        import tempfile
+
+        from .io import save
+
+        if self.model_file is not None:
+            data = Path(self.model_file).read_bytes()
+        else:
+            with tempfile.TemporaryDirectory() as folder:
+                data = save(self.model, Path(folder) / "model.pt", **getattr(self.model, "metadata", {})).read_bytes()
+        return CalculatorRecipe(data, str(self.dtype).replace("torch.", ""), self.neighbour_list.skin,
+                                self.interval_level)
+
     def shares_model_with(self, calc: Any) -> bool:
         """Whether ``calc`` is an NEMPCalculator on this one's model and dtype (a sibling)."""
         return isinstance(calc, NEMPCalculator) and calc.model is self.model and calc.dtype == self.dtype
@@ -354,3 +369,31 @@ class NEMPCalculator(Calculator):
         committee = f", committee of {self.model.size}" if self.is_committee else ""
         return (f"NEMPCalculator(elements={cfg.symbols}, cutoff={cfg.cutoff}{committee}, device='{self.device}', "
                 f"dtype={str(self.dtype).replace('torch.', '')}, skin={self.neighbour_list.skin})")
+
+
+_BUILT: dict[tuple, NEMPCalculator] = {}  # the calculators a worker process has built, by recipe
+
+
+class CalculatorRecipe:
+    """A picklable stand-in for an :class:`NEMPCalculator` (:meth:`NEMPCalculator.recipe`):
+    :meth:`build` makes the calculator in the process that runs a job, once per process."""
+
+    def __init__(self, model_bytes: bytes, dtype: str, skin: float, interval_level: float) -> None:
+        import hashlib
+
+        self.model_bytes, self.dtype, self.skin, self.interval_level = model_bytes, dtype, skin, interval_level
+        self.key = (hashlib.sha256(model_bytes).hexdigest(), dtype, skin, interval_level)
+
+    def build(self) -> NEMPCalculator:
+        """The calculator (on the CPU), built on first use in this process and kept."""
+        calc = _BUILT.get(self.key)
+        if calc is None:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as folder:
+                path = Path(folder) / "model.pt"
+                path.write_bytes(self.model_bytes)
+                calc = NEMPCalculator(path, dtype=self.dtype, skin=self.skin, interval_level=self.interval_level)
+            calc.model_file = None  # the temporary file is gone
+            _BUILT[self.key] = calc
+        return calc

@@ -71,7 +71,7 @@ def _learn(args: argparse.Namespace) -> int:
     from .learn.loop import format_log
 
     try:
-        rows = learn(args.config, resume=args.resume, progress=not args.quiet)
+        rows = learn(args.config, resume=args.resume, progress=not args.quiet, scheduler=args.scheduler)
     except LearningInterrupted as err:
         print(f"nemp learn: {err}; continue with: nemp learn {args.config} --resume", file=sys.stderr)
         return 130
@@ -86,9 +86,11 @@ def _relax(args: argparse.Namespace) -> int:
     from . import NEMPCalculator
     from .devices import set_threads
     from .io import check_output_format, check_writable_folder
+    from .jobs import InProcess, check_spec, open_executor
     from .relax import RelaxInterrupted, relax_many
     from .train.data import read_structures
 
+    check_spec(args.scheduler)
     output = args.output or args.structures.with_name(args.structures.stem + "-relaxed.extxyz")
     if output.exists():
         raise FileExistsError(f"{output} exists; choose another --output (nothing is overwritten)")
@@ -104,16 +106,19 @@ def _relax(args: argparse.Namespace) -> int:
         model = model_path("pd-co-o")
     calc = NEMPCalculator(model, dtype=args.dtype)
     interrupted = None
-    try:
-        results = relax_many(frames, calc, fmax=args.fmax, steps=args.steps, optimizer=args.optimizer,
-                             max_atoms=args.max_atoms, progress=not args.quiet, warn=False)  # said below, one by one
-    except RelaxInterrupted as err:
-        interrupted, results = err, err.results
+    with open_executor(args.scheduler) as executor:
+        try:
+            results = relax_many(frames, calc, fmax=args.fmax, steps=args.steps, optimizer=args.optimizer,
+                                 max_atoms=args.max_atoms, progress=not args.quiet, warn=False,  # said one by one
+                                 executor=None if isinstance(executor, InProcess) else executor, per_job=args.per_job)
+        except RelaxInterrupted as err:
+            interrupted, results = err, err.results
     out = []
     for k, (atoms, result) in enumerate(zip(frames, results)):
         done = atoms.copy()
-        r = atoms.calc.results
-        done.calc = SinglePointCalculator(done, energy=r["energy"], forces=r["forces"])
+        r = atoms.calc.results if atoms.calc is not None else {}
+        if "energy" in r:  # not for a structure an interruption kept from its worker
+            done.calc = SinglePointCalculator(done, energy=r["energy"], forces=r["forces"])
         done.info.update(converged=result.converged, relax_steps=result.steps, fmax=result.fmax)
         if interrupted is not None:
             done.info["interrupted"] = not result.converged
@@ -146,20 +151,28 @@ def _neb(args: argparse.Namespace) -> int:
     from . import NEMPCalculator
     from .devices import set_threads
     from .io import check_writable_folder
+    from .jobs import check_spec
     from .neb import NEBProtocol
     from .reaction import ReactionSettings, check_end_points, elementary_steps
     from .uncertainty import model_confidence
     from .report import exit_code, refuse_existing, summarise
     from .train.data import read_structures
 
-    ends = []
-    for name, file in (("initial", args.initial), ("final", args.final)):
-        frames = read_structures(file)
-        if len(frames) != 1:
-            raise ValueError(f"the {name} file {str(file)!r} holds {len(frames)} structures; give one per file")
-        ends.append(frames[0])
-    check_end_points(*ends)
-    refuse_existing(args.output)
+    check_spec(args.scheduler)
+    initials, finals = read_structures(args.initial), read_structures(args.final)
+    if len(initials) != len(finals) and 1 not in (len(initials), len(finals)):
+        raise ValueError(f"{args.initial} holds {len(initials)} structures and {args.final} {len(finals)}: give "
+                         "as many initial as final states (the k-th with the k-th), or one of either")
+    pairs = list(zip(initials * (len(finals) if len(initials) == 1 else 1),
+                     finals * (len(initials) if len(finals) == 1 else 1)))
+    for k, (a, b) in enumerate(pairs, start=1):
+        try:
+            check_end_points(a, b)
+        except ValueError as err:
+            raise ValueError(f"reaction {k}: {err}" if len(pairs) > 1 else str(err)) from None
+    folders = [args.output] if len(pairs) == 1 else [args.output / f"reaction-{k}" for k in range(1, len(pairs) + 1)]
+    for folder in folders:
+        refuse_existing(folder)
     check_writable_folder(args.output)
     set_threads(args.threads)
     if args.model:
@@ -170,18 +183,57 @@ def _neb(args: argparse.Namespace) -> int:
         model = model_path("pd-co-o")
     calc = NEMPCalculator(model, dtype=args.dtype)
     known = set(calc.model.config.symbols)
-    for name, atoms in zip(("initial", "final"), ends):
-        unknown = sorted(set(atoms.get_chemical_symbols()) - known)
-        if unknown:
-            raise ValueError(f"the {name} structure has element(s) {', '.join(unknown)} that the model does not "
-                             f"know (it knows {', '.join(sorted(known))})")
+    for k, pair in enumerate(pairs, start=1):
+        for name, atoms in zip(("initial", "final"), pair):
+            unknown = sorted(set(atoms.get_chemical_symbols()) - known)
+            if unknown:
+                which = f"the {name} structure" + (f" of reaction {k}" if len(pairs) > 1 else "")
+                raise ValueError(f"{which} has element(s) {', '.join(unknown)} that the model does not know (it "
+                                 f"knows {', '.join(sorted(known))})")
     protocol = NEBProtocol(**{k: v for k, v in (("images", args.images), ("fmax", args.fmax)) if v is not None})
     settings = ReactionSettings(protocol=protocol, temperatures=tuple(args.temperature))
-    path = elementary_steps(ends[0], ends[1], calc, settings, progress=not args.quiet, log=print)
     confidence = model_confidence(calc.model)
+    if len(pairs) > 1:
+        return _many_reactions(args, pairs, calc, settings)
+    path = elementary_steps(pairs[0][0], pairs[0][1], calc, settings, progress=not args.quiet, log=print)
     title = f"{args.initial.name} -> {args.final.name}: {len(path.steps)} elementary step(s)"
     summarise(path, args.output, title, confidence)
     return exit_code(path, confidence)
+
+
+def _many_reactions(args: argparse.Namespace, pairs: list, calc, settings) -> int:
+    """``nemp neb`` over many pairs: one job per reaction on ``--scheduler``, a table of all."""
+    from .jobs import open_executor
+    from .report import run_reactions
+
+    with open_executor(args.scheduler) as executor:
+        outcomes = run_reactions(pairs, calc, settings, args.output, executor, progress=not args.quiet)
+    lines = ["| reaction | steps | barriers (eV) | reaction energy (eV) | verified | files |", "|---|---|---|---|---|---|"]
+    codes = []
+    for outcome in outcomes:
+        k = outcome.index + 1
+        if not outcome.ok:
+            codes.append(2)
+            lines.append(f"| {k} | failed: {type(outcome.error).__name__}: {outcome.error} | | | | |")
+            continue
+        v = outcome.value
+        print(f"{v['title']}\n{v['table']}\n")
+        codes.append(v["code"])
+        barriers = ", ".join(f"{st['barrier']:.3f}" + (f" ± {st['error_bar']:.3f}" if st["error_bar"] else "")
+                             for st in v["steps"])
+        lines.append(f"| {k} | {len(v['steps'])} | {barriers} | {sum(st['reaction_energy'] for st in v['steps']):+.3f} "
+                     f"| {'yes' if all(st['verified'] for st in v['steps']) else 'no'} | reaction-{k}/ |")
+    table = "\n".join(lines)
+    (args.output / "reactions.md").write_text(f"# {len(pairs)} reactions\n\n{table}\n")
+    print(table)
+    print(f"files: {args.output}/reaction-K/ (one folder per reaction), {args.output / 'reactions.md'}")
+    if 4 in codes:
+        print("WARNING: some reactions pass outside the model's confidence (see their tables): label such frames "
+              "with a reference method and fine-tune (nemp learn) before trusting their barriers.", file=sys.stderr)
+    if 2 in codes:
+        print(f"nemp neb: {codes.count(2)} of {len(pairs)} reactions could not be analysed (see the table)",
+              file=sys.stderr)
+    return max(codes, key=lambda c: (c == 2, c))
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -310,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     le.add_argument("config", type=Path)
     le.add_argument("--resume", action="store_true", help="continue the run in the config's output.dir")
     le.add_argument("--quiet", action="store_true", help="no progress bars")
+    le.add_argument("--scheduler", help="where the teacher labels a round's frames, all at once: serial, "
+                                        "processes:N (local) or a Dask scheduler tcp://HOST:PORT "
+                                        "(default: teacher.scheduler of the config, else serial)")
     le.set_defaults(func=_learn)
 
     rx = sub.add_parser("relax", help="relax every structure of a file, all in one model call per step")
@@ -325,11 +380,17 @@ def build_parser() -> argparse.ArgumentParser:
     rx.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     rx.add_argument("--threads", type=int, help="torch CPU threads")
     rx.add_argument("--quiet", action="store_true", help="no progress bar")
+    rx.add_argument("--scheduler", default="serial",
+                    help="where to relax: serial (this process, all in lockstep), processes:N (N local processes) "
+                         "or a Dask scheduler tcp://HOST:PORT; jobs of --per-job structures")
+    rx.add_argument("--per-job", type=int, default=8, help="structures per job on a --scheduler (default 8)")
     rx.set_defaults(func=_relax)
 
     nb = sub.add_parser("neb", help="a reaction between two structures: elementary steps, verified saddles, rates")
-    nb.add_argument("initial", type=Path, help="initial state (one structure, any format ase.io.read understands)")
-    nb.add_argument("final", type=Path, help="final state: the same atoms in the same order")
+    nb.add_argument("initial", type=Path, help="initial state (any format ase.io.read understands); a file of "
+                                               "several structures: one reaction each, with the final state of the "
+                                               "same position")
+    nb.add_argument("final", type=Path, help="final state(s): the same atoms in the same order")
     nb.add_argument("--model", type=Path, help="a model file (default: the shipped pd-co-o model)")
     nb.add_argument("--images", type=int, help="images per band, end points included (default 7)")
     nb.add_argument("--fmax", type=float, help="force tolerance of the bands in eV/Å (default 0.05)")
@@ -339,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     nb.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     nb.add_argument("--threads", type=int, help="torch CPU threads")
     nb.add_argument("--quiet", action="store_true", help="no progress bars")
+    nb.add_argument("--scheduler", default="serial",
+                    help="for several reactions, where to run them (one job each): serial, processes:N (local) or "
+                         "a Dask scheduler tcp://HOST:PORT; each writes OUTPUT/reaction-K/")
     nb.set_defaults(func=_neb)
 
     ev = sub.add_parser("eval", help="errors of a model on labelled structures")

@@ -90,6 +90,8 @@ def relax_many(
     progress: bool = True,
     observer=None,
     warn: bool = True,
+    executor=None,
+    per_job: int = 8,
     **optimizer_kwargs: Any,
 ) -> list[RelaxResult]:
     """Relax ``structures`` in place, all unconverged ones evaluated in one call per step.
@@ -118,6 +120,13 @@ def relax_many(
     warn : bool
         Warn when structures end outside the committee's confidence (their results say so
         either way); callers that report the doubts themselves pass False.
+    executor : concurrent.futures.Executor, optional
+        Relax on these workers instead of this process (:mod:`ase_nemp.jobs`: local
+        processes, a Dask cluster...): ``per_job`` structures per job, relaxed in lockstep
+        there. Each structure takes the same steps as here (to round-off) and its final
+        positions and results come back into ``structures``; no ``observer`` then.
+    per_job : int
+        Structures per job on an ``executor``.
     **optimizer_kwargs
         Passed to every optimizer (e.g. ``maxstep``).
 
@@ -152,6 +161,15 @@ def relax_many(
             raise ValueError(f"structures {seen[id(atoms)]} and {k} are one and the same Atoms object: it would be "
                              "driven by two optimizers at once; pass a copy (atoms.copy()) to relax it twice")
         seen[id(atoms)] = k
+    if executor is not None:
+        if observer is not None:
+            raise ValueError("an observer runs in this process: relax without an executor to observe every step")
+        if isinstance(per_job, bool) or not isinstance(per_job, int) or per_job < 1:
+            raise ValueError(f"per_job must be a whole number >= 1, got {per_job!r}")
+        settings = dict(fmax=fmax, steps=steps, optimizer=optimizer, max_atoms=max_atoms, **optimizer_kwargs)
+        results = _relax_on(executor, structures, calculator, per_job, settings, progress)
+        _warn_doubts(results, warn)
+        return results
     for atoms in structures:
         calculator._sibling_for(atoms)
     optimizers = []
@@ -210,12 +228,66 @@ def relax_many(
     if stop:
         raise RelaxInterrupted(f"stopped by signal {stop[0]} after {step} batched steps: {sum(converged)} of "
                                f"{len(structures)} structures had converged", results)
+    _warn_doubts(results, warn)
+    if progress:
+        print(f"relaxed {sum(converged)} of {len(structures)} structures to fmax {fmax} eV/Å in "
+              f"{time.perf_counter() - start:.1f} s ({step} batched steps)")
+    return results
+
+
+def _warn_doubts(results: list[RelaxResult], warn: bool) -> None:
     doubtful = [k for k, res in enumerate(results) if res.doubt]
     if doubtful and warn:
         warnings.warn(f"{len(doubtful)} of {len(results)} relaxed structures lie outside the model's confidence "
                       f"(structure {doubtful[0]}: {results[doubtful[0]].doubt}); their minima may be artefacts of "
-                      "the model (see RelaxResult.doubt)", stacklevel=2)
+                      "the model (see RelaxResult.doubt)", stacklevel=3)
+
+
+def _relax_job(job) -> list[tuple[np.ndarray, dict, RelaxResult]]:
+    """One job of :func:`relax_many` on a worker: relax its structures in lockstep and send
+    back each one's positions, calculator results and outcome."""
+    recipe, structures, settings = job
+    results = relax_many(structures, recipe.build(), progress=False, warn=False, **settings)
+    return [(atoms.positions.copy(), dict(atoms.calc.results), res) for atoms, res in zip(structures, results)]
+
+
+def _relax_on(executor, structures: list, calculator, per_job: int, settings: dict,
+              progress: bool) -> list[RelaxResult]:
+    """:func:`relax_many` with jobs of ``per_job`` structures on ``executor``; the results
+    are put back into ``structures`` (positions, and their calculators' results)."""
+    from .jobs import run_jobs
+    from .signals import deferred_stop
+
+    recipe = calculator.recipe()
+    groups = [list(range(k, min(k + per_job, len(structures)))) for k in range(0, len(structures), per_job)]
+    jobs = [(recipe, [structures[k].copy() for k in group], settings) for group in groups]
+    results: list[RelaxResult | None] = [None] * len(structures)
+    start, stop = time.perf_counter(), []
+    with deferred_stop(stop.append):
+        outcomes = run_jobs(_relax_job, jobs, executor, progress=progress,
+                            desc=f"relax {len(structures)} structures in {len(jobs)} jobs", stop=lambda: bool(stop))
+    failed = [o for o in outcomes if not o.ok]
+    for outcome in outcomes:
+        if not outcome.ok:
+            continue
+        for k, (positions, calc_results, res) in zip(groups[outcome.index], outcome.value):
+            atoms = structures[k]
+            atoms.positions = positions
+            calc = calculator._sibling_for(atoms)
+            calc.atoms, calc.results = atoms.copy(), calc_results
+            results[k] = res
+    if failed:
+        first = failed[0]
+        raise RuntimeError(f"{len(failed)} of {len(jobs)} relaxation jobs failed (structures "
+                           f"{groups[first.index][0]}-{groups[first.index][-1]}: {type(first.error).__name__}: "
+                           f"{first.error}); the others are relaxed in place")
+    if stop:
+        unfinished = [k for k, r in enumerate(results) if r is None]
+        for k in unfinished:
+            results[k] = RelaxResult(float("nan"), 0, False, float("nan"), stopped="interrupted before it ran")
+        raise RelaxInterrupted(f"stopped by signal {stop[0]}: {len(unfinished)} of {len(structures)} structures "
+                               "were not relaxed", results)
     if progress:
-        print(f"relaxed {sum(converged)} of {len(structures)} structures to fmax {fmax} eV/Å in "
-              f"{time.perf_counter() - start:.1f} s ({step} batched steps)")
+        print(f"relaxed {sum(r.converged for r in results)} of {len(structures)} structures to fmax "
+              f"{settings['fmax']} eV/Å in {time.perf_counter() - start:.1f} s ({len(jobs)} jobs)")
     return results

@@ -20,7 +20,7 @@ from .saddle import displacement
 from .uncertainty import doubt, interval
 
 __all__ = ["step_table", "write_reaction", "plot_profile", "path_coordinates", "confidence_flags", "refuse_existing",
-           "summarise", "describe_step", "exit_code"]
+           "summarise", "describe_step", "exit_code", "run_reactions"]
 
 
 def confidence_flags(step, confidence: dict) -> list[str]:
@@ -243,11 +243,13 @@ def summarise(path, output: Path, title: str, confidence: dict | None = None) ->
     return files
 
 
-def exit_code(path, confidence: dict | None) -> int:
+def exit_code(path, confidence: dict | None, warn: bool = True) -> int:
     """The exit code of a command that analysed ``path``: 4 (with a warning on standard
-    error) where a step passes outside the committee's ``confidence``, else 3 where a step
-    is not verified, else 0."""
+    error unless not ``warn``) where a step passes outside the committee's ``confidence``,
+    else 3 where a step is not verified, else 0."""
     doubtful = [k for k, st in enumerate(path.steps, start=1) if confidence and confidence_flags(st, confidence)]
+    if doubtful and not warn:
+        return 4
     if doubtful:
         print(f"WARNING: step(s) {', '.join(map(str, doubtful))} pass outside the model's confidence (force spread "
               f"above {confidence['forces_uncertainty']} eV/Å or energy spread above "
@@ -301,3 +303,59 @@ def describe_step(initial, final) -> str:
     shift = d[[mobile.index(i) for i in sorted(fragment)]].mean(0)
     formula = initial[sorted(fragment)].get_chemical_formula(mode="hill")
     return f"{formula} moves {np.linalg.norm(shift):.2f} Å (Δz {shift[2]:+.2f} Å), no bond between adsorbates changes"
+
+
+def _reaction_job(job) -> dict:
+    """One reaction of :func:`run_reactions` on a worker: its analysis, the table, and the
+    bytes of the files :func:`write_reaction` writes (so that they reach the caller's disk
+    from any machine)."""
+    import tempfile
+
+    from .calculator import CalculatorRecipe
+    from .reaction import elementary_steps
+    from .uncertainty import model_confidence
+
+    maker, initial, final, settings, title = job
+    if isinstance(maker, CalculatorRecipe):
+        calc, factory = maker.build(), None
+    else:
+        factory, calc = maker, maker()
+    path = elementary_steps(initial, final, calc, settings, calculator_factory=factory, progress=False)
+    confidence = model_confidence(calc.model) if hasattr(calc, "model") else None
+    with tempfile.TemporaryDirectory() as folder:
+        files = write_reaction(path, Path(folder), title, confidence)
+        data = {f.name: f.read_bytes() for f in files}
+    steps = [{"barrier": st.barrier, "error_bar": st.error_bar[0], "reaction_energy": st.reaction_energy,
+              "verified": st.verified, "flags": list(st.flags)} for st in path.steps]
+    return {"title": title, "table": step_table(path, confidence=confidence), "steps": steps, "files": data,
+            "code": exit_code(path, confidence, warn=False), "seconds": path.seconds["total"]}
+
+
+def run_reactions(pairs, calculator, settings, output: Path, executor=None, progress: bool = True,
+                  calculator_factory=None) -> list:
+    """Analyse many reactions (:func:`ase_nemp.reaction.elementary_steps`), one job each on
+    ``executor`` (:mod:`ase_nemp.jobs`; default: one after another in this process), and
+    write each one's files into ``output/reaction-K`` (K from 1) as it finishes.
+
+    ``pairs`` are (initial, final) structures; ``calculator`` an NEMPCalculator (its model
+    travels to the workers), or pass ``calculator_factory``, a picklable callable that
+    makes any other ASE calculator (a class, say). Returns one :class:`~ase_nemp.jobs.Outcome`
+    per reaction, in order: ``value`` is a dict with the ``title``, the ``table``, each
+    step's ``barrier``, ``error_bar``, ``reaction_energy``, ``verified`` and ``flags``, the
+    exit ``code`` (:func:`exit_code`) and the wall ``seconds``; ``error`` where the
+    reaction could not be analysed (e.g. both ends relax to the same minimum)."""
+    from .jobs import run_jobs
+
+    maker = calculator_factory if calculator_factory is not None else calculator.recipe()
+    jobs = [(maker, a, b, settings, f"reaction {k}: {a.get_chemical_formula()}")
+            for k, (a, b) in enumerate(pairs, start=1)]
+
+    def save(outcome) -> None:
+        if outcome.ok:
+            folder = Path(output) / f"reaction-{outcome.index + 1}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, data in outcome.value.pop("files").items():
+                (folder / name).write_bytes(data)
+
+    return run_jobs(_reaction_job, jobs, executor, retries=0, on_done=save, progress=progress,
+                    desc=f"{len(jobs)} reactions")

@@ -15,3 +15,16 @@ def require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"reference data not found at {path} (the ../shared folder is not present)")
     return path
+
+
+@pytest.fixture(scope="session")
+def dask_executor():
+    """A Dask distributed cluster of 2 worker processes on this machine, as an Executor."""
+    distributed = pytest.importorskip("distributed", reason="Dask distributed is not installed "
+                                                            "(pip install 'dask[distributed]')")
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                       silence_logs=40)
+    client = distributed.Client(cluster)
+    yield client.get_executor(pure=False)
+    client.close()
+    cluster.close()

@@ -310,3 +310,43 @@ def test_relax_many_observer_sees_every_evaluation_and_can_stop_one_structure(mo
     assert results[1].stopped == "structure 1 left the data" and not results[1].converged and results[1].steps == 2
     assert [r.stopped for r in (results[0], results[2])] == [None, None]
     assert [s for k, s in seen if k == 0] == list(range(7)) and max(s for k, s in seen if k == 1) == 2
+
+
+@pytest.mark.filterwarnings("ignore:.*outside the model's confidence")  # random committees disagree
+def test_relax_many_on_workers_gives_the_lockstep_results(tmp_path, capsys, dask_executor):
+    """Jobs of two structures on a local pool and on Dask: the same steps, positions,
+    energies and committee spreads as all structures in lockstep in this process."""
+    from ase_nemp.jobs import open_executor
+
+    committee = Committee([random_model(CONFIG, seed=s) for s in (1, 2, 3)])
+    structures = mixed_structures()[1:] + [random_molecule(n=n, seed=n, symbols="HCO", min_dist=1.0) for n in (4, 6)]
+    here = [s.copy() for s in structures]
+    expected = relax_many(here, NEMPCalculator(committee), fmax=0.05, steps=60, progress=False)
+    with open_executor("processes:2") as pool:
+        for executor in (pool, dask_executor):
+            there = [s.copy() for s in structures]
+            results = relax_many(there, NEMPCalculator(committee), fmax=0.05, steps=60, progress=False,
+                                 executor=executor, per_job=2)
+            for a, b, ra, rb in zip(here, there, expected, results):
+                np.testing.assert_allclose(b.positions, a.positions, atol=1e-10)
+                assert (rb.steps, rb.converged) == (ra.steps, ra.converged)
+                assert rb.energy == pytest.approx(ra.energy, abs=1e-10)
+                assert rb.forces_uncertainty == pytest.approx(ra.forces_uncertainty, abs=1e-10)
+                np.testing.assert_allclose(b.get_forces(), a.get_forces(), atol=1e-10)  # the results came back
+    assert len({r.steps for r in expected}) > 1
+    with pytest.raises(ValueError, match="observer"):
+        relax_many([s.copy() for s in structures], NEMPCalculator(committee), executor=dask_executor,
+                   observer=lambda *a: None)
+
+    save(committee, tmp_path / "c.pt")
+    write(tmp_path / "in.extxyz", structures)
+    for name, scheduler in (("serial", "serial"), ("pool", "processes:2")):
+        assert main(["relax", str(tmp_path / "in.extxyz"), "--model", str(tmp_path / "c.pt"), "--steps", "60",
+                     "--output", str(tmp_path / f"{name}.extxyz"), "--quiet", "--scheduler", scheduler,
+                     "--per-job", "3"]) in (0, 3, 4)
+    for a, b in zip(read(tmp_path / "serial.extxyz", ":"), read(tmp_path / "pool.extxyz", ":")):
+        np.testing.assert_allclose(b.positions, a.positions, atol=1e-10)
+        assert a.info["relax_steps"] == b.info["relax_steps"]
+    assert main(["relax", str(tmp_path / "in.extxyz"), "--model", str(tmp_path / "c.pt"),
+                 "--output", str(tmp_path / "x.extxyz"), "--scheduler", "threads"]) == 2
+    assert "unknown scheduler 'threads'" in capsys.readouterr().err

@@ -86,6 +86,18 @@ def workspace(tmp_path_factory):
                     raise RuntimeError("SCF did not converge")
                 super().calculate(*args, **kwargs)
 
+        class DyingEMT(EMT):
+            """EMT whose process dies at its second calculation (once per flag file)."""
+            def __init__(self, flag=None):
+                super().__init__()
+                self.flag, self.calls = flag, 0
+            def calculate(self, *args, **kwargs):
+                self.calls += 1
+                if self.calls == 2 and self.flag and not os.path.exists(self.flag):
+                    open(self.flag, "w").close()
+                    os._exit(1)
+                super().calculate(*args, **kwargs)
+
         class WrongShapeEMT(EMT):
             def calculate(self, *args, **kwargs):
                 super().calculate(*args, **kwargs)
@@ -293,3 +305,27 @@ def test_teacher_results_of_the_wrong_shape_and_rounds_true_are_refused(workspac
         label(atoms, teacher)
     with pytest.raises(ValueError, match="rounds must be a whole number"):
         LearnConfig.from_dict({**learn_config(workspace, "x").to_dict(), "rounds": True})
+
+
+def test_labels_from_dask_workers_make_the_serial_run_s_data_set(workspace, tmp_path, dask_executor):
+    """The teacher on 2 Dask worker processes, one of which dies in the middle: the same
+    frames in the same order with the same labels as the teacher in this process."""
+    serial = learn_config(workspace, str(tmp_path / "serial"), rounds=1)
+    learn(serial, progress=False)
+    raw = serial.to_dict()
+    raw["output"] = {"dir": str(tmp_path / "dask")}
+    raw["teacher"] = {"calculator": str(workspace / "teacher.py") + ":DyingEMT",
+                      "kwargs": {"flag": str(tmp_path / "died")}}
+    rows = learn(LearnConfig.from_dict(raw), progress=False, scheduler=dask_executor)
+    assert (tmp_path / "died").exists()  # a worker did die
+    for name in ("train", "valid"):
+        a = read(tmp_path / "serial" / "data" / f"{name}.extxyz", ":")
+        b = read(tmp_path / "dask" / "data" / f"{name}.extxyz", ":")
+        assert [x.info.get("al_candidate") for x in a] == [x.info.get("al_candidate") for x in b]
+        assert sum("al_round" in x.info for x in b) > 0
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x.positions, y.positions)
+            np.testing.assert_array_equal(x.get_forces(), y.get_forces())
+            assert x.get_potential_energy() == y.get_potential_energy()
+    assert rows[1]["labelled"] == len(read(tmp_path / "dask" / "round-1" / "candidates.extxyz", ":"))
+    assert json.loads((tmp_path / "dask" / "state.json").read_text())["teacher_failures"] == 0

@@ -336,9 +336,14 @@ def test_nemp_neb_refuses_bad_input_before_any_work(tmp_path, capsys):
     write(tmp_path / "nan.extxyz", bad)
     code, err = run(tmp_path / "nan.extxyz", tmp_path / "fs.extxyz")
     assert code == 2 and "non-finite" in err.err
-    write(tmp_path / "two.extxyz", [initial, final])
-    code, err = run(tmp_path / "two.extxyz", tmp_path / "fs.extxyz")
-    assert code == 2 and "holds 2 structures" in err.err
+    write(tmp_path / "two.extxyz", [initial, initial])
+    write(tmp_path / "three.extxyz", [final, final, final])
+    code, err = run(tmp_path / "two.extxyz", tmp_path / "three.extxyz")
+    assert code == 2 and "holds 2 structures" in err.err and "as many initial as final" in err.err
+    write(tmp_path / "pairs_is.extxyz", [initial, bad])
+    write(tmp_path / "pairs_fs.extxyz", [final, final])
+    code, err = run(tmp_path / "pairs_is.extxyz", tmp_path / "pairs_fs.extxyz")
+    assert code == 2 and "reaction 2: " in err.err and "non-finite" in err.err  # all pairs checked first
     code, err = run(tmp_path / "missing.extxyz", tmp_path / "fs.extxyz")
     assert code == 2 and "does not exist" in err.err
     out.mkdir(exist_ok=True)
@@ -346,3 +351,52 @@ def test_nemp_neb_refuses_bad_input_before_any_work(tmp_path, capsys):
     code, err = run(tmp_path / "is.extxyz", tmp_path / "fs.extxyz")
     assert code == 2 and "profile.png" in err.err and "nothing is" in err.err
     assert (out / "profile.png").read_text() == "the user's own"
+
+
+def test_many_reactions_on_workers_give_the_serial_analysis(tmp_path, dask_executor):
+    """Three reactions, one of which cannot be analysed: one job each, in this process and on
+    Dask's worker processes; the same steps and barriers, each reaction's files in its own
+    folder, the bad one reported without costing the others."""
+    from ase_nemp.report import run_reactions
+
+    pairs = [(_atom(-0.1), _atom(2.05)), (_atom(0.1), _atom(-0.1)), (_atom(-1.9, 0.1), _atom(2.1, -0.1))]
+    runs = {}
+    for name, executor in (("serial", None), ("dask", dask_executor)):
+        runs[name] = run_reactions(pairs, None, _corrugation_settings(), tmp_path / name, executor,
+                                   progress=False, calculator_factory=Corrugation)
+    for serial, dask in zip(runs["serial"], runs["dask"]):
+        assert serial.ok == dask.ok
+        if serial.ok:
+            assert [st["barrier"] for st in serial.value["steps"]] == [st["barrier"] for st in dask.value["steps"]]
+            assert serial.value["table"] == dask.value["table"]
+    first, bad, two = runs["dask"]
+    assert not bad.ok and "same minimum" in str(bad.error)
+    assert len(first.value["steps"]) == 1 and len(two.value["steps"]) == 2 and first.value["code"] == 0
+    assert first.value["steps"][0]["barrier"] == pytest.approx(2 * Corrugation.A, abs=1e-4)
+    for k in (1, 3):
+        assert {"minima.extxyz", "steps.md", "profile.png", "step1_saddle.extxyz"} <= \
+            {p.name for p in (tmp_path / "dask" / f"reaction-{k}").iterdir()}
+    assert not (tmp_path / "dask" / "reaction-2").exists()
+
+
+def test_nemp_neb_over_many_pairs_reports_each_reaction(tmp_path, capsys):
+    from ase.io import write
+
+    from ase_nemp.cli import main
+    from ase_nemp.io import save
+    from ase_nemp.testing import random_model, random_molecule, tiny_config
+
+    save(random_model(tiny_config(species=(1, 6, 8), cutoff=3.0), seed=1), tmp_path / "m.pt")
+    molecules = [random_molecule(n=4, seed=s, symbols="HCO", min_dist=1.0) for s in (1, 2)]
+    write(tmp_path / "is.extxyz", molecules)
+    write(tmp_path / "fs.extxyz", molecules)  # each relaxes to its own start: no reaction to analyse
+    write(tmp_path / "three.extxyz", molecules + molecules[:1])
+    base = ["neb", str(tmp_path / "is.extxyz"), "--model", str(tmp_path / "m.pt"), "--quiet"]
+    assert main([*base[:2], str(tmp_path / "three.extxyz"), *base[2:], "--output", str(tmp_path / "x")]) == 2
+    assert "holds 2 structures" in capsys.readouterr().err
+    code = main([*base[:2], str(tmp_path / "fs.extxyz"), *base[2:], "--output", str(tmp_path / "out"),
+                 "--scheduler", "processes:2"])
+    captured = capsys.readouterr()
+    assert code == 2 and "2 of 2 reactions could not be analysed" in captured.err
+    table = (tmp_path / "out" / "reactions.md").read_text()
+    assert table.count("failed: EndPointError") == 2 and "same minimum" in table

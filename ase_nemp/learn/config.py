@@ -10,6 +10,7 @@
     teacher:                      # any ASE calculator: module:Class or path/to/file.py:Class
       calculator: ase.calculators.emt:EMT   # imported and run as code: only use configs you trust
       kwargs: {}
+      scheduler: serial           # or processes:4, or tcp://HOST:PORT (Dask): a round's frames at once
     explore:                      # what the committee explores every round (see below)
       - {kind: md, structures: is.extxyz, temperatures: [300, 600], steps: 400}
       - {kind: relax, structures: sites.extxyz}
@@ -230,16 +231,26 @@ class SelectConfig:
 @dataclass(frozen=True)
 class TeacherConfig:
     """The labelling calculator (section ``teacher``): ``module:Class`` or ``file.py:Class``
-    with keyword arguments; ``stress: true`` also labels the stress of 3D-periodic frames."""
+    with keyword arguments; ``stress: true`` also labels the stress of 3D-periodic frames.
+    ``scheduler`` says where the round's frames are labelled, all at once
+    (:func:`ase_nemp.jobs.open_executor`): ``serial`` (in this process, one after another),
+    ``processes:N`` (N local processes) or a Dask scheduler's address ``tcp://HOST:PORT``."""
 
     calculator: str
     kwargs: dict = field(default_factory=dict)
     stress: bool = False
+    scheduler: str = "serial"  # where the labels are computed: ase_nemp.jobs.open_executor
 
     def __post_init__(self) -> None:
         if ":" not in str(self.calculator):
             raise ValueError(f"teacher.calculator must look like 'package.module:Class' or 'path/file.py:Class', "
                              f"not {self.calculator!r}")
+        from ..jobs import check_spec
+
+        try:
+            check_spec(self.scheduler)
+        except ValueError as err:
+            raise ValueError(f"teacher.scheduler: {err}") from None
 
 
 @dataclass(frozen=True)

@@ -14,16 +14,21 @@ Files in ``output.dir``::
     data/valid.extxyz     the validation set: the start data's split + every n-th labelled frame
     round-k/explore.json  what each exploration met (frames, largest uncertainty, NEB results)
     round-k/candidates.extxyz   the frames selected for the teacher, with the committee's prediction
+    round-k/labelled.extxyz     the teacher's frames of round k, in the order they were labelled
     round-k/train/        the fine-tuning of the committee (nemp train output, one folder per member)
     committee.pt          the current committee
     learn_log.csv, learn_log.md, learning.png   the log, one row per round
 
 Labelled frames carry ``info`` keys ``al_round``, ``al_source`` (the exploration and the
 step it came from), ``al_teacher``, ``al_uncertainty`` (eV/Å, at selection) and
-``config_type`` ``al_<kind>``. Every frame is written to disk as soon as the teacher has
-labelled it, so an interruption (Ctrl-C, SIGTERM) loses no teacher call; ``--resume``
-continues from the phase it was in (a half-finished fine-tuning resumes from its
-checkpoint).
+``config_type`` ``al_<kind>``. A round's frames go to the teacher all at once on its
+scheduler (``teacher.scheduler``: in this process, local processes or a Dask cluster; a
+frame whose call fails is tried once more, then listed under ``failures`` in state.json).
+Every frame is written to disk as soon as the teacher has labelled it
+(``round-k/labelled.extxyz``) and joins the data set in the order of the candidates, so
+the data set does not depend on the scheduler and an interruption (Ctrl-C, SIGTERM) loses
+no teacher call; ``--resume`` continues from the phase it was in (a half-finished
+fine-tuning resumes from its checkpoint, a half-finished labelling labels only the rest).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import math
 import os
 import shutil
 import time
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -87,11 +93,17 @@ def _read(path: Path) -> list:
     return read(path, index=":", format="extxyz")
 
 
+def _label_here(teacher, stress: bool, job) -> Any:
+    """The in-process labelling job: the teacher already loaded (and checked) here."""
+    return label(job[0], teacher, stress=stress)
+
+
 class ActiveLearning:
     """Run an active-learning loop from a :class:`LearnConfig` (see the module docstring)."""
 
-    def __init__(self, config: LearnConfig, progress: bool = True) -> None:
+    def __init__(self, config: LearnConfig, progress: bool = True, executor: Executor | None = None) -> None:
         self.cfg = config
+        self.executor = executor  # for the teacher's labels, instead of teacher.scheduler
         self.progress = progress
         self.out = Path(config.output_dir)
         self.data_dir = self.out / "data"
@@ -289,60 +301,86 @@ class ActiveLearning:
         return max(int(round(1.0 / fraction)), 2) if fraction > 0 else 0
 
     def _label(self, k: int) -> None:
-        from tqdm.auto import tqdm
+        """Label round k's candidates, all at once on the teacher's scheduler. Each frame is
+        saved as soon as it is labelled (round-k/labelled.extxyz, in the order they finish)
+        and joins the data set in the candidates' order, whatever the scheduler, as soon as
+        every candidate before it is labelled or has failed: the data set is the serial
+        run's. A resume labels only what is in neither file."""
+        from functools import partial
+
+        from ..jobs import InProcess, open_executor, run_jobs
+        from .teacher import label_on_worker
 
         rd = self._round_dir(k)
         candidates = _read(rd / "candidates.extxyz")
-        done = {int(a.info["al_candidate"]) for a in _read(self.data_dir / "train.extxyz")
-                + _read(self.data_dir / "valid.extxyz") if a.info.get("al_round") == k}
+        numbers = [int(c.info["al_candidate"]) for c in candidates]
+        in_data = {int(a.info["al_candidate"]) for a in _read(self.data_dir / "train.extxyz")
+                   + _read(self.data_dir / "valid.extxyz") if a.info.get("al_round") == k}
+        staged = {int(a.info["al_candidate"]): a for a in _read(rd / "labelled.extxyz")}
+        todo = [c for c, n in zip(candidates, numbers) if n not in in_data and n not in staged]
         self._probe_teacher()
         every = self._valid_every()
-        failed_now = 0
-        bar = tqdm(total=len(candidates), initial=len(done), desc=f"round {k}: teacher", leave=False,
-                   disable=not self.progress)
-        for cand in candidates:
+        teacher = self.cfg.teacher
+        failed: set[int] = set()
+
+        def flush() -> None:
+            """Move the labelled frames whose predecessors are all settled into the data set."""
+            for n in numbers:
+                if n in staged and n not in in_data:
+                    target = "valid" if every and n % every == every - 1 else "train"
+                    _append_frame(self.data_dir / f"{target}.extxyz", staged[n])
+                    in_data.add(n)
+                elif n not in in_data and n not in failed:
+                    return
+
+        def done(outcome) -> None:
+            cand = todo[outcome.index]
             n = int(cand.info["al_candidate"])
-            if n in done:
-                continue
-            if self._stop is not None:
-                bar.close()
-                raise LearningInterrupted(self._interrupt_message(f"labelling ({len(done)} of {len(candidates)} "
-                                                                  f"frames of round {k} are on disk)"))
-            self.state["teacher_calls"] += 1
-            t0 = time.perf_counter()
-            try:
-                frame, error = label(cand, self._teacher, stress=self.cfg.teacher.stress), None
-            except Exception as err:  # a teacher may fail on a configuration: record it and go on
-                frame, error = None, err
-            seconds = time.perf_counter() - t0
-            self.state["teacher_seconds"] = self.state.get("teacher_seconds", 0.0) + seconds
-            if error is not None:
+            self.state["teacher_calls"] += outcome.attempts
+            self.state["teacher_seconds"] = self.state.get("teacher_seconds", 0.0) + outcome.seconds
+            if not outcome.ok:  # a teacher may fail on a configuration: record it and go on
+                failed.add(n)
                 self.state["teacher_failures"] += 1
-                self.state.setdefault("failures", []).append({"round": k, "candidate": n, "error": str(error)[:300]})
-                self._save_state()
-                failed_now += 1
-                continue
-            kind = str(cand.info["al_source"]).split(":")[0].rstrip("0123456789")
-            frame.info = {"al_round": k, "al_candidate": n, "al_source": cand.info["al_source"],
-                          "al_teacher": self.cfg.teacher.calculator.rpartition(":")[2],
-                          "al_uncertainty": float(cand.info["al_uncertainty"]), "al_teacher_seconds": round(seconds, 3),
-                          "config_type": f"al_{kind}"}
-            target = "valid" if every and n % every == every - 1 else "train"
-            _append_frame(self.data_dir / f"{target}.extxyz", frame)
-            done.add(n)
+                self.state.setdefault("failures", []).append(
+                    {"round": k, "candidate": n, "attempts": outcome.attempts, "error": str(outcome.error)[:300]})
+            else:
+                frame = outcome.value
+                kind = str(cand.info["al_source"]).split(":")[0].rstrip("0123456789")
+                frame.info = {"al_round": k, "al_candidate": n, "al_source": cand.info["al_source"],
+                              "al_teacher": teacher.calculator.rpartition(":")[2],
+                              "al_uncertainty": float(cand.info["al_uncertainty"]),
+                              "al_teacher_seconds": round(outcome.seconds, 3), "config_type": f"al_{kind}"}
+                _append_frame(rd / "labelled.extxyz", frame)
+                staged[n] = frame
+            flush()
             self._save_state()
-            bar.update(1)
-        bar.close()
-        if failed_now and not done:
+
+        t0 = time.perf_counter()
+        with open_executor(self.executor or teacher.scheduler) as executor:
+            if isinstance(executor, InProcess):  # the teacher loaded and checked in this process
+                fn = partial(_label_here, self._teacher, teacher.stress)
+            else:
+                fn = partial(label_on_worker, teacher.calculator, teacher.kwargs, teacher.stress)
+            jobs = [(c.copy(), str((rd / "teacher" / f"frame-{c.info['al_candidate']}").resolve())) for c in todo]
+            outcomes = run_jobs(fn, jobs, executor, retries=1, on_done=done, progress=self.progress,
+                                desc=f"round {k}: teacher", stop=lambda: self._stop is not None)
+        self.state["label_seconds"] = self.state.get("label_seconds", 0.0) + time.perf_counter() - t0
+        flush()
+        self._save_state()
+        if len(outcomes) < len(todo):
+            raise LearningInterrupted(self._interrupt_message(
+                f"labelling ({len(in_data | set(staged))} of {len(candidates)} frames of round {k} are on disk)"))
+        failed_now = len(failed)
+        if failed_now and not (in_data or staged):
             errors = sorted({f["error"] for f in self.state["failures"] if f["round"] == k})
-            self._save_state()
             raise TeacherFailed(f"the teacher failed on all {failed_now} frames of round {k} (e.g. {errors[0]}); "
                                 "nothing was fine-tuned. Fix the teacher section and continue with --resume")
         if failed_now:
             import sys
 
-            print(f"nemp learn: the teacher failed on {failed_now} of {len(candidates)} frames of round {k} "
-                  "(listed under 'failures' in state.json); going on with the others", file=sys.stderr)
+            print(f"nemp learn: the teacher failed on {failed_now} of {len(candidates)} frames of round {k}, "
+                  "each tried twice (listed under 'failures' in state.json); going on with the others",
+                  file=sys.stderr)
         self.state["phase"] = "train"
         self._save_state()
 
@@ -482,12 +520,22 @@ def format_log(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def learn(config: LearnConfig | str | os.PathLike, resume: bool = False, progress: bool = True) -> list[dict]:
+def learn(config: LearnConfig | str | os.PathLike, resume: bool = False, progress: bool = True,
+          scheduler: Any = None) -> list[dict]:
     """Run ``nemp learn`` from Python: a :class:`LearnConfig` or the path of its YAML file.
+    ``scheduler`` (if given) replaces ``teacher.scheduler``: where the teacher's labels are
+    computed (:func:`ase_nemp.jobs.open_executor`; an Executor object is used as it is).
     The output folder is locked against a second run meanwhile."""
     cfg = config if isinstance(config, LearnConfig) else LearnConfig.from_yaml(config)
+    executor = None
+    if isinstance(scheduler, Executor):
+        executor = scheduler
+    elif scheduler is not None:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, scheduler=str(scheduler)))
     lock = FolderLock(cfg.output_dir)
     try:
-        return ActiveLearning(cfg, progress=progress).run(resume=resume)
+        return ActiveLearning(cfg, progress=progress, executor=executor).run(resume=resume)
     finally:
         lock.release()

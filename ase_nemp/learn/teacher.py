@@ -11,7 +11,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-__all__ = ["load_teacher", "label", "check_teacher"]
+__all__ = ["load_teacher", "label", "check_teacher", "label_on_worker"]
 
 
 def load_teacher(spec: str, kwargs: dict | None = None):
@@ -81,3 +81,23 @@ def check_teacher(spec: str, kwargs: dict | None, probe: Atoms, stress: bool = F
         raise ValueError(f"the teacher {spec} failed on a test structure ({probe.get_chemical_formula()}, "
                          f"{len(probe)} atoms): {type(err).__name__}: {err}") from None
     return teacher
+
+
+_LOADED: dict[str, object] = {}  # the teachers a worker process has loaded, by specification
+
+
+def label_on_worker(spec: str, kwargs: dict | None, stress: bool, job: tuple[Atoms, str | None]) -> Atoms:
+    """:func:`label` as a job for an executor (:mod:`ase_nemp.jobs`): the worker loads the
+    teacher named by ``spec`` once and keeps it for its next jobs. ``job`` is the structure
+    and, for a calculator that works in a folder (ASE's file-based calculators have a
+    ``directory``), a folder of its own, so that jobs running at once never share one."""
+    import json
+
+    atoms, directory = job
+    key = json.dumps([spec, kwargs or {}], sort_keys=True, default=str)
+    teacher = _LOADED.get(key)
+    if teacher is None:
+        teacher = _LOADED[key] = load_teacher(spec, kwargs)
+    if directory is not None and hasattr(teacher, "directory"):
+        teacher.directory = directory
+    return label(atoms, teacher, stress=stress)
