@@ -85,10 +85,10 @@ def _relax(args: argparse.Namespace) -> int:
 
     from . import NEMPCalculator
     from .devices import set_threads
-    from .io import check_output_format, check_writable_folder
+    from .files import check_output_format, check_writable_folder
     from .jobs import InProcess, check_spec, open_executor
     from .relax import RelaxInterrupted, relax_many
-    from .train.data import read_structures
+    from .files import read_structures
 
     check_spec(args.scheduler)
     output = args.output or args.structures.with_name(args.structures.stem + "-relaxed.extxyz")
@@ -150,13 +150,13 @@ def _relax(args: argparse.Namespace) -> int:
 def _neb(args: argparse.Namespace) -> int:
     from . import NEMPCalculator
     from .devices import set_threads
-    from .io import check_writable_folder
+    from .files import check_writable_folder
     from .jobs import check_spec
     from .neb import NEBProtocol
     from .reaction import ReactionSettings, check_end_points, elementary_steps
     from .uncertainty import model_confidence
     from .report import exit_code, refuse_existing, summarise
-    from .train.data import read_structures
+    from .files import read_structures
 
     check_spec(args.scheduler)
     initials, finals = read_structures(args.initial), read_structures(args.final)
@@ -238,7 +238,7 @@ def _many_reactions(args: argparse.Namespace, pairs: list, calc, settings) -> in
 
 def _eval(args: argparse.Namespace) -> int:
     from .devices import resolve_device
-    from .io import check_writable_folder
+    from .files import check_writable_folder
     from .train import LabelKeys, format_table, predictions
 
     resolve_device(args.device)
@@ -292,7 +292,8 @@ def format_coverage(table: dict) -> str:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from .io import check_writable_folder, load, save
+    from .files import check_writable_folder
+    from .io import load, save
     from .train import predictions
     from .uncertainty import METADATA_KEY, coverage, fit_calibration
 

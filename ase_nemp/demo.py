@@ -69,7 +69,8 @@ def _rates(step) -> str:
 def run_demo(args: argparse.Namespace) -> int:
     from . import NEMPCalculator
     from .devices import set_threads
-    from .io import check_writable_folder, load
+    from .files import check_writable_folder
+    from .io import load
     from .reaction import elementary_steps
     from .report import describe_step, exit_code, refuse_existing, summarise
 

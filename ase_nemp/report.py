@@ -117,7 +117,7 @@ def _image_spreads(images, reference) -> tuple[np.ndarray | None, str]:
 def plot_profile(path, file: Path, title: str) -> Path:
     """Energy along the whole path: every step's band, its refined saddle (a star), its
     minima, and the barrier of each step from the minimum it starts from."""
-    from .train.plots import figure
+    from .plotting import figure
 
     fig, ax = figure(figsize=(7.5, 4.5))
     e0 = path.minima[0].get_potential_energy()

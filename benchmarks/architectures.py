@@ -139,7 +139,7 @@ def main() -> int:
     print("\n" + text)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.with_suffix(".md").write_text(text + "\n")
-    from ase_nemp.train.plots import figure
+    from ase_nemp.plotting import figure
 
     fig, ax = figure(figsize=(5.5, 4.0))
     for r in rows:

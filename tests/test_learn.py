@@ -212,7 +212,7 @@ def test_config_errors_name_the_problem(workspace, tmp_path):
         load_teacher(cfg.teacher.calculator)
     (tmp_path / "bad.yaml").write_text("data: [unclosed\n")
     assert main(["learn", str(tmp_path / "bad.yaml")]) == 2
-    from ase_nemp.io import FolderLock
+    from ase_nemp.files import FolderLock
     from ase_nemp.learn import learn
 
     lock = FolderLock(tmp_path / "x")  # a loop already running there

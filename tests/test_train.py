@@ -269,7 +269,7 @@ def test_results_and_user_files_without_a_checkpoint_are_not_overwritten(data_fi
 
 
 def test_a_second_run_in_the_same_folder_is_refused(data_file, tmp_path):
-    from ase_nemp.io import FolderLock
+    from ase_nemp.files import FolderLock
 
     lock = FolderLock(tmp_path / "busy")  # as held by a run in another process
     try:

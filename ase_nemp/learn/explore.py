@@ -94,7 +94,7 @@ def read_frames(paths) -> list[tuple[str, Atoms]]:
     """``(label, atoms)`` for every structure of one or several files."""
     from pathlib import Path
 
-    from ..train.data import read_structures
+    from ..files import read_structures
 
     out = []
     for path in paths if isinstance(paths, (list, tuple)) else [paths]:
@@ -154,7 +154,7 @@ def _structures(settings, factory, collector):
 
 
 def _neb(settings, factory, collector, progress):
-    from ..train.data import read_structures
+    from ..files import read_structures
 
     rep = collector.report
     initial, final = read_structures(settings["initial"])[0], read_structures(settings["final"])[0]
@@ -265,7 +265,7 @@ def run_network(network, slab: Atoms, factory: Callable, protocol: NEBProtocol, 
 
 def _network(settings, factory, collector, progress):
     from ..sites import co_oxidation_network
-    from ..train.data import read_structures
+    from ..files import read_structures
 
     protocol = NEBProtocol.from_settings(settings, int(settings["images"][0]))
     slab = read_structures(settings["slab"])[0]

@@ -46,7 +46,8 @@ from typing import Any
 
 import numpy as np
 
-from ..io import FolderLock, atomic_write, load, save
+from ..files import FolderLock, atomic_write
+from ..io import load, save
 from ..signals import deferred_stop
 from ..train.config import RunConfig, TrainConfig
 from .config import LearnConfig
@@ -188,13 +189,14 @@ class ActiveLearning:
     def _start_frames(self) -> list:
         """The structures of ``data.train``, read once."""
         if self._frames is None:
-            from ..train.data import read_structures
+            from ..files import read_structures
 
             self._frames = read_structures(self.cfg.data.train)
         return self._frames
 
     def _initial_split(self):
-        from ..train.data import read_structures, split_indices
+        from ..files import read_structures
+        from ..train.data import split_indices
 
         d = self.cfg.data
         frames = self._start_frames()

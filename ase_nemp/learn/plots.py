@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..train.plots import figure
+from ..plotting import figure
 
 
 def learning_plot(rows: list[dict], path: str | Path, threshold: float | None = None) -> Path:

@@ -1,7 +1,8 @@
 """Training and evaluation (``nemp train``, ``nemp eval``). The model and calculator never import this."""
 
 from .config import DataConfig, RunConfig, TrainConfig
-from .data import LabelKeys, fit_atomic_energies, isolated_atom_energies, read_structures
+from ..files import read_structures
+from .data import LabelKeys, fit_atomic_energies, isolated_atom_energies
 from .evaluate import evaluate, format_table, predictions
 from .trainer import Trainer, TrainingInterrupted, train
 

@@ -7,9 +7,7 @@ Labels are looked up under configurable keys, first in ``atoms.info`` /
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -24,7 +22,6 @@ from ..nl import build_graph
 __all__ = [
     "LabelKeys",
     "Sample",
-    "read_structures",
     "get_labels",
     "fit_atomic_energies",
     "isolated_atom_energies",
@@ -59,30 +56,6 @@ class Sample:
     @property
     def num_atoms(self) -> int:
         return self.graph.num_atoms
-
-
-def read_structures(path: str | os.PathLike | list, index: str = ":") -> list[Atoms]:
-    """All structures of any file ASE reads (of each file, in order, for a list of files);
-    a clear error if there is none."""
-    from ase.io import read
-
-    if isinstance(path, (list, tuple)):
-        if not path:
-            raise ValueError("an empty list of data files")
-        return [atoms for p in path for atoms in read_structures(p, index)]
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {str(path)!r} does not exist")
-    if path.stat().st_size == 0:
-        raise ValueError(f"data file {str(path)!r} is empty")
-    try:
-        frames = read(path, index=index)
-    except Exception as err:  # ASE's readers raise anything from StopIteration to KeyError on bad files
-        raise ValueError(f"cannot read structures from {str(path)!r}: {type(err).__name__}: {err}") from err
-    frames = frames if isinstance(frames, list) else [frames]
-    if not frames:
-        raise ValueError(f"{str(path)!r} holds no structures")
-    return frames
 
 
 def _available_keys(atoms: Atoms) -> list[str]:

@@ -13,7 +13,8 @@ from ase import Atoms
 from ..devices import resolve_device
 from ..io import load, resolve_dtype
 from ..model import AtomisticModel, Committee, committee_energy_forces_stress, committee_statistics, energy_forces_stress
-from .data import LabelKeys, Sample, build_samples, make_batch, read_structures
+from ..files import read_structures
+from .data import LabelKeys, Sample, build_samples, make_batch
 from .loss import ErrorStats
 
 __all__ = ["evaluate", "format_table", "predictions", "calibration", "format_calibration"]

@@ -11,13 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def figure(nrows: int = 1, ncols: int = 1, figsize=(6, 4)):
-    """``(fig, axes)`` of a figure detached from pyplot; save it with ``fig.savefig``."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize)
-    return fig, fig.subplots(nrows, ncols)
+from ..plotting import figure
 
 
 def learning_curve(history: list[dict], path: str | Path) -> Path:

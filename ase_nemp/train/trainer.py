@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..io import FolderLock, atomic_write, load, resolve_dtype, save
+from ..files import FolderLock, atomic_write, read_structures
+from ..io import load, resolve_dtype, save
 from ..signals import deferred_stop
 from ..model import AtomisticModel, Committee, ModelConfig, config_class, energy_forces_stress, model_class
 from .config import RunConfig, TrainConfig, checked_fields
@@ -36,7 +37,6 @@ from .data import (
     fit_atomic_energies,
     isolated_atom_energies,
     make_batch,
-    read_structures,
     split_indices,
 )
 from .compiled import compiled_or_none

@@ -32,7 +32,7 @@ def main() -> int:
     parser.add_argument("runs", nargs="+", help="run folders, each optionally =LABEL")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "wall_time.png")
     args = parser.parse_args()
-    from ase_nemp.train.plots import figure
+    from ase_nemp.plotting import figure
 
     fig, ax = figure(figsize=(6.5, 4.2))
     for spec in args.runs:
