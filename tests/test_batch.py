@@ -17,7 +17,7 @@ from ase_nemp.io import save
 from ase_nemp.model import Committee
 from ase_nemp.testing import random_crystal, random_model, random_molecule, tiny_config
 
-from .test_neb import end_points
+from .conftest import end_points
 
 CONFIG = tiny_config(species=(1, 6, 8), cutoff=3.0)
 

@@ -142,7 +142,7 @@ def test_training_with_the_compiled_step_follows_eager_training(tmp_path, monkey
     traced graph, run without code generation here; inductor is timed by benchmarks/acac)."""
     from ase.io import write
 
-    from .test_train import labelled, run_config, trained
+    from .conftest import labelled, run_config, trained
 
     data = tmp_path / "train.extxyz"
     write(data, labelled(8, seed=300))

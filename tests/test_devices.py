@@ -16,7 +16,7 @@ from ase_nemp.nl import build_graph
 from ase_nemp.testing import devices, evaluate, random_crystal, random_model, random_molecule, tiny_configs
 from ase_nemp.train.compiled import CompiledDerivatives
 
-from .test_train import data_file, run_config, trained  # noqa: F401  (data_file is a fixture)
+from .conftest import run_config, trained
 
 DEVICES = devices()
 

@@ -11,7 +11,7 @@ import yaml
 
 from ase_nemp.train.distributed import ProcessGroup
 
-from .test_train import data_file, run_config, trained  # noqa: F401  (data_file is a fixture)
+from .conftest import run_config, trained
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="this torch build has no torch.distributed with gloo")

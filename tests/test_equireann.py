@@ -10,7 +10,7 @@ from ase_nemp.model import EquiREANN, create_model, equireann
 from ase_nemp.nl import build_graph
 from ase_nemp.testing import evaluate, random_model, random_molecule, tiny_equireann_config
 
-from .test_angular import random_rotation
+from ase_nemp.testing import random_rotation
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from ase_nemp.model import energy_forces_stress, kernels
 from ase_nemp.nl import build_graph
 from ase_nemp.testing import evaluate, random_crystal, random_model, random_molecule, tiny_config
 
-from .test_parity import CASES, close, load_case
+from .conftest import CASES, close, load_case
 
 pytestmark = pytest.mark.skipif(
     not kernels.available(torch.float64), reason="fused kernels unavailable (no working C compiler)"

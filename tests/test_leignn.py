@@ -12,7 +12,7 @@ from ase_nemp.model import LEIGNN, LEIGNNConfig, energy_forces_stress
 from ase_nemp.nl import build_graph
 from ase_nemp.testing import evaluate, random_crystal, random_model, random_molecule, tiny_leignn_config
 
-from .test_angular import random_rotation
+from ase_nemp.testing import random_rotation
 
 
 def two_fragments(separation):

@@ -2,27 +2,18 @@
 
 import numpy as np
 import pytest
-from ase import Atoms
-from ase.constraints import FixAtoms
 
 from ase_nemp import NEMPCalculator
 from ase_nemp.model import Committee
 from ase_nemp.neb import NEBProtocol, StopExploration, run_neb
 from ase_nemp.testing import random_model, tiny_config
 
+from .conftest import end_points
+
 
 @pytest.fixture(scope="module")
 def committee():
     return Committee([random_model(tiny_config(species=(1, 6, 8), cutoff=3.0), seed=s) for s in (1, 2, 3)])
-
-
-def end_points():
-    """H hopping between two sites beside a fixed CO."""
-    base = Atoms("COH", positions=[[0, 0, 0], [1.15, 0, 0], [0.5, 1.6, 0.0]])
-    base.set_constraint(FixAtoms([0, 1]))
-    final = base.copy()
-    final.positions[2] = [0.6, -1.6, 0.2]
-    return base, final
 
 
 def band(committee, **changes):

@@ -7,38 +7,10 @@ import pytest
 import torch
 
 from ase_nemp.convert import config_from_reference, from_reference
-from ase_nemp.graph import AtomicGraph
 from ase_nemp.model import energy_forces_stress
 from ase_nemp.nl import matscipy_neighbour_list
 
-from .conftest import PARITY_DIR, require
-
-CASES = ["case_a_molecule", "case_b_periodic", "case_c_periodic_nonorm", "case_d_molecule_znum_linear"]
-RTOL = 1e-10
-
-
-def load_case(name):
-    data = np.load(require(PARITY_DIR / f"{name}.npz"))
-    model = from_reference(data, str(data["hp_json"]))
-    graph = AtomicGraph(
-        positions=torch.tensor(data["x"]),
-        numbers=torch.tensor(data["z"]),
-        cell=torch.tensor(data["H"]),
-        pbc=torch.tensor(data["pbc"]),
-        edge_index=torch.tensor(data["edge_index"]),
-        shifts=torch.tensor(data["shift"], dtype=torch.float64),
-        batch=torch.tensor(data["graph"]),
-    )
-    return data, model, graph
-
-
-def close(actual, expected):
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    assert actual.shape == expected.shape
-    tol = RTOL * max(1.0, np.abs(expected).max())
-    err = np.abs(actual - expected).max()
-    assert err <= tol, f"max deviation {err:.3e} > {tol:.1e}"
-
+from .conftest import CASES, PARITY_DIR, RTOL, close, load_case, require
 
 @pytest.mark.parametrize("name", CASES)
 def test_energy_forces_stress_match_reference(name):

@@ -18,44 +18,9 @@ from ase_nemp.train import RunConfig, TrainingInterrupted, evaluate, fit_atomic_
 from ase_nemp.train.config import TrainConfig
 from ase_nemp.train.trainer import Trainer
 from ase_nemp.testing import evaluate as evaluate_model
-from ase_nemp.testing import random_crystal, random_molecule
+from ase_nemp.testing import random_crystal
 
-TINY_MODEL = dict(cutoff=3.5, num_channels=4, num_layers=2, pair_dim=8, pair_mlp=[1, 8], edge_mlp=[1, 8],
-                  coeff_mlp=[1, 8], readout_mlp=[1, 8])
-
-
-def labelled(n, seed):
-    frames = []
-    for k in range(n):
-        atoms = random_molecule(n=5, seed=seed + k, symbols="CO", min_dist=1.1)
-        atoms.calc = EMT()
-        atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces())
-        atoms.info["config_type"] = "even" if k % 2 == 0 else "odd"
-        frames.append(atoms)
-    return frames
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "train.extxyz"
-    write(path, labelled(12, seed=100))
-    return path
-
-
-def run_config(data_file, out, epochs=2, **training):
-    settings = dict(epochs=epochs, batch_size=3, valid_batch_size=4, dtype="float64", seed=1, lr_warm=2e-3,
-                    lr_peak=5e-3, warmup_epochs=2, ema_decay=0.5)
-    settings.update(training)
-    return RunConfig.from_dict({"data": {"train": str(data_file), "valid_fraction": 0.25},
-                                "model": TINY_MODEL, "training": settings, "output": {"dir": str(out)}})
-
-
-def trained(run, resume=False):
-    trainer = Trainer(run, progress=False)
-    trainer.setup(resume=resume)
-    trainer.fit()
-    return trainer
-
+from .conftest import TINY_MODEL, labelled, run_config, trained
 
 def test_two_epochs_lower_the_loss_and_write_outputs(data_file, tmp_path):
     trainer = trained(run_config(data_file, tmp_path / "run", epochs=4))
