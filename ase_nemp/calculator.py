@@ -22,7 +22,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from .devices import resolve_device
 from .io import load, resolve_dtype
-from .model import AtomisticModel, Committee, committee_energy_forces_stress, committee_statistics, energy_forces_stress
+from .model import AtomisticModel, Committee
 from .graph import collate
 from .model.derivatives import NO_STRESS_MESSAGE as _NO_STRESS
 from .nl import NeighbourList, build_graph
@@ -147,7 +147,7 @@ class NEMPCalculator(Calculator):
         for p in model.parameters():
             p.requires_grad_(False)
         self.model = model
-        self.is_committee = isinstance(model, Committee)
+        self.is_committee = model.is_committee
         from .uncertainty import Calibration
 
         if isinstance(interval_level, bool) or not isinstance(interval_level, (int, float)) or \
@@ -157,8 +157,7 @@ class NEMPCalculator(Calculator):
         if self.calibration is not None:
             self.calibration.radius("energy", 0.0, interval_level)  # a clear error for a level outside its table
         self.interval_level = float(interval_level)
-        single = model.members[0] if self.is_committee else model
-        self.conservative = bool(getattr(single, "conservative", True))
+        self.conservative = bool(model.conservative)
         self.implemented_properties = [p for p in type(self).implemented_properties
                                        if self.conservative or p != "stress"]
         self.implemented_properties += [p for p in self.committee_properties if self.is_committee
@@ -318,14 +317,10 @@ class NEMPCalculator(Calculator):
                     raise
                 raise ValueError(f"structure {labels[k]} of the batch: {err}") from None
         graph = collate(graphs)
-        if self.is_committee:
-            members = committee_energy_forces_stress(self.model, graph, stress=want_stress)
-            out = committee_statistics(members)
-        else:
-            out = energy_forces_stress(self.model, graph, stress=want_stress)
+        out = self.model.predict(graph, stress=want_stress)
         out = {k: v.to(torch.float64).cpu().numpy() for k, v in out.items()}
         if self.is_committee:
-            member_energies = members["energy"].to(torch.float64).cpu().numpy()  # (M, B)
+            member_energies = out.pop("member_energy")  # (M, B)
         results, stop = [], 0
         for b, atoms in enumerate(structures):
             start, stop = stop, stop + len(atoms)
@@ -358,9 +353,8 @@ class NEMPCalculator(Calculator):
     def todict(self) -> dict[str, Any]:
         """What this calculator is: model file (or architecture), committee size, dtype, device, skin."""
         cfg = self.model.config
-        single = self.model.members[0] if self.is_committee else self.model
-        return {"model": self.model_file or f"{single.architecture} (in memory)", "architecture": single.architecture,
-                "committee_size": self.model.size if self.is_committee else 1,
+        return {"model": self.model_file or f"{self.model.architecture} (in memory)",
+                "architecture": self.model.architecture, "committee_size": self.model.size,
                 "elements": cfg.symbols, "cutoff": cfg.cutoff, "dtype": str(self.dtype).replace("torch.", ""),
                 "device": str(self.device), "skin": self.neighbour_list.skin}
 

@@ -22,10 +22,9 @@ def _info(args: argparse.Namespace) -> int:
 
     model = load(args.model)
     cfg = model.config
-    single = model.members[0] if hasattr(model, "members") else model
     print(f"model file      {args.model}")
-    print(f"architecture    {single.architecture}" + ("" if single.conservative else " (direct forces)"))
-    if hasattr(model, "members"):
+    print(f"architecture    {model.architecture}" + ("" if model.conservative else " (direct forces)"))
+    if model.is_committee:
         print(f"committee       {model.size} members")
     print(f"elements        {', '.join(cfg.symbols)}")
     print(f"cutoff          {cfg.cutoff} Å")
@@ -34,7 +33,7 @@ def _info(args: argparse.Namespace) -> int:
     print("settings        " + ", ".join(f"{k} {v}" for k, v in settings.items()))
     print(f"parameters      {model.num_parameters():,}")
     print(f"dtype           {str(model.dtype).replace('torch.', '')}")
-    print("reference E     " + ", ".join(f"{s} {e:.4f} eV" for s, e in zip(cfg.symbols, single.atomic_energies.tolist())))
+    print("reference E     " + ", ".join(f"{s} {e:.4f} eV" for s, e in zip(cfg.symbols, model.atomic_energies.tolist())))
     print(f"isolated atoms  {'exactly E0 (switch width ' + str(cfg.isolated_atom_switch) + ')' if cfg.isolated_atom_switch else 'no switch'}")
     print(f"ZBL repulsion   {'on' if cfg.zbl else 'off'}")
     for key, value in sorted(getattr(model, "metadata", {}).items()):
@@ -305,7 +304,7 @@ def _calibrate(args: argparse.Namespace) -> int:
             raise FileExistsError(f"{args.plot} exists; choose another --plot (nothing is overwritten)")
         check_writable_folder(args.plot.parent)
     model = load(args.model)
-    if not hasattr(model, "members"):
+    if not model.is_committee:
         raise ValueError(f"{args.model} holds a single model; calibration needs a committee (its spread)")
     _, pred, ref = predictions(model, args.heldout, dtype=args.dtype)
     fitted = fit_calibration(pred, ref, floor=args.floor, source=args.heldout.name)

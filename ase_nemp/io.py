@@ -84,18 +84,17 @@ def save(model: AtomisticModel | Committee, path: str | os.PathLike, **metadata:
         training data's name or validation errors.
     """
     cfg = model.config
-    single = model.members[0] if isinstance(model, Committee) else model
     payload = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "package_version": __version__,
         "torch_version": str(torch.__version__),
-        "architecture": single.architecture,
+        "architecture": model.architecture,
         "config": cfg.to_dict(),
-        "committee_size": model.size if isinstance(model, Committee) else None,
+        "committee_size": model.size if model.is_committee else None,
         "species": list(cfg.species),
-        "atomic_energies": single.atomic_energies.tolist(),
-        "force_rms": float(single.force_rms),
+        "atomic_energies": model.atomic_energies.tolist(),
+        "force_rms": float(model.force_rms),
         "units": "energy eV, length Å",
         "dtype": str(model.dtype).replace("torch.", ""),
         "metadata": _plain(metadata),

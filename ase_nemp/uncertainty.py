@@ -48,7 +48,7 @@ def model_confidence(model) -> dict | None:
     """A committee's confidence thresholds: the largest atomic force spread (eV/Å) and energy
     spread (eV) at which it is "at home" (its metadata ``confidence``, else
     :data:`DEFAULT_CONFIDENCE`); None for a single model, which has no spread."""
-    if not hasattr(model, "members"):
+    if not getattr(model, "is_committee", False):
         return None
     return {**DEFAULT_CONFIDENCE, **(getattr(model, "metadata", {}).get("confidence") or {})}
 

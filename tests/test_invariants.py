@@ -79,6 +79,27 @@ def test_the_invariant_checks_catch_a_broken_model():
     assert "stress" in check_invariants(random_model(tiny_config(), seed=3), only=["stress"])
 
 
+@pytest.mark.parametrize("name", ARCHITECTURES + ["leignn-local"])
+def test_receptive_hops_is_how_far_an_energy_sees(name):
+    """On a chain spaced 0.75 cutoffs, moving atom k changes atom 0's energy exactly for
+    k <= receptive_hops (what LAMMPS's ghost atoms must cover); None for a global node."""
+    config = tiny_configs(cutoff=3.0)[name if name != "leignn-local" else "leignn-conservative"]
+    if name == "leignn-local":
+        config = config.replace(use_global=False)
+    model = random_model(config, seed=3)
+    chain = Atoms("C" * 9, positions=[[2.25 * k, 0, 0] for k in range(9)])
+    ref = evaluate(model, chain)["energies"][0]
+    seen = []
+    for k in range(1, 9):
+        moved = chain.copy()
+        moved.positions[k, 0] += 0.1
+        seen.append(evaluate(model, moved)["energies"][0] != ref)
+    if model.receptive_hops is None:
+        assert all(seen)
+    else:
+        assert seen == [k <= model.receptive_hops for k in range(1, 9)]
+
+
 # -- 6: forces are minus the gradient ----------------------------------------------------
 
 

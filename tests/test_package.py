@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 
 def test_public_api():
@@ -126,3 +127,18 @@ def test_info_and_todict_name_every_architecture(name, tmp_path, capsys):
     assert ("direct forces" in out) == (name == "leignn-direct")
     assert NEMPCalculator(path).todict()["architecture"] == architecture
     assert NEMPCalculator(model).todict()["model"] == f"{architecture} (in memory)"
+    assert NEMPCalculator(model).todict()["committee_size"] == (2 if name == "committee" else 1)
+    # one protocol: the same questions and the same prediction call for a model and a committee
+    from ase_nemp import load
+    from ase_nemp.nl import build_graph
+    from ase_nemp.testing import random_molecule
+
+    again = load(path)
+    assert (again.architecture, again.is_committee, again.size) == (architecture, name == "committee",
+                                                                    2 if name == "committee" else 1)
+    assert again.conservative == (name != "leignn-direct") and architecture in again.describe()
+    graph = build_graph(random_molecule(seed=4), again.cutoff)
+    before, after = model.predict(graph), again.predict(graph)
+    assert set(before) == set(after) and ("forces_uncertainty" in after) == (name == "committee")
+    for key in before:
+        assert torch.equal(before[key], after[key]), key  # save and load keep every number

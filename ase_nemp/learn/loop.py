@@ -137,7 +137,7 @@ class ActiveLearning:
                                   "or pick another output.dir")
         self._refuse_foreign_files()
         start = load(self.cfg.start)
-        if not hasattr(start, "members"):
+        if not start.is_committee:
             raise ValueError(f"start {self.cfg.start} holds a single model; active learning needs a committee "
                              "(train one with training.committee: N)")
         self.out.mkdir(parents=True, exist_ok=True)

@@ -58,10 +58,23 @@ class AtomisticModel(nn.Module):
     conservative : bool
         Forces are ``-dE/dx`` by autograd (and stress the strain derivative). A
         direct-force model sets it false and returns forces from :meth:`forward`.
+    receptive_hops : int or None
+        How many cutoffs away an atom's energy still depends on other atoms (None: on
+        every atom of the structure, for a model with a global node). Domain
+        decomposition (LAMMPS) needs ghost atoms this many cutoffs deep.
+    is_committee : bool
+        False; a :class:`~ase_nemp.model.Committee` answers the same questions (the
+        attributes above, :meth:`predict`, :meth:`describe`) with True and its ``size``.
     """
 
     architecture = ""
     conservative = True
+    is_committee = False
+    size = 1
+
+    @property
+    def receptive_hops(self) -> int | None:
+        raise NotImplementedError  # pragma: no cover - each architecture says
 
     def __init__(self, config: Any, dtype: torch.dtype = torch.float64, seed: int | None = None) -> None:
         super().__init__()
@@ -205,6 +218,20 @@ class AtomisticModel(nn.Module):
         species = self.species_index(graph.numbers)
         energies = self.network_energies(graph, species, fused=fused) + self.atomic_energies.index_select(0, species)
         return {"energy": scatter(energies, graph.batch, graph.num_graphs), "energies": energies}
+
+    def predict(self, graph: AtomicGraph, forces: bool = True, stress: bool = False) -> dict[str, torch.Tensor]:
+        """Inference: ``energy`` (B,), ``energies`` (N,) and, as asked, ``forces`` (N, 3)
+        and ``stress`` (B, 3, 3), detached (:func:`~ase_nemp.model.energy_forces_stress`).
+        A committee returns the same keys (its mean) and its spreads besides."""
+        from .derivatives import energy_forces_stress
+
+        return energy_forces_stress(self, graph, forces=forces, stress=stress)
+
+    def describe(self) -> str:
+        """One line: architecture, species, cutoff and size."""
+        kind = self.architecture + ("" if self.conservative else " (direct forces)")
+        return (f"{kind} model of {', '.join(self.config.symbols)}, cutoff {self.cutoff} Å, "
+                f"{self.num_parameters():,} parameters")
 
     def extra_repr(self) -> str:
         return f"species={self.config.symbols}, cutoff={self.cutoff}, parameters={self.num_parameters():,}"

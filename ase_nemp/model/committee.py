@@ -69,6 +69,41 @@ class Committee(nn.Module):
     def size(self) -> int:
         return len(self.members)
 
+    is_committee = True
+
+    @property
+    def architecture(self) -> str:
+        return self.members[0].architecture
+
+    @property
+    def conservative(self) -> bool:
+        return self.members[0].conservative
+
+    @property
+    def receptive_hops(self) -> int | None:
+        return self.members[0].receptive_hops
+
+    @property
+    def atomic_energies(self) -> torch.Tensor:
+        """The members' reference energies E0 per species (eV; the members share them)."""
+        return self.members[0].atomic_energies
+
+    @property
+    def force_rms(self) -> torch.Tensor:
+        return self.members[0].force_rms
+
+    def predict(self, graph: AtomicGraph, forces: bool = True, stress: bool = False) -> dict[str, torch.Tensor]:
+        """The members' mean ``energy``, ``energies``, ``forces`` and ``stress`` (as asked),
+        the spreads ``energy_uncertainty`` (B,) and ``forces_uncertainty`` (N,)
+        (:func:`committee_statistics`) and every member's energy, ``member_energy`` (M, B)."""
+        members = committee_energy_forces_stress(self, graph, forces=forces, stress=stress)
+        return {**committee_statistics(members), "member_energy": members["energy"]}
+
+    def describe(self) -> str:
+        """One line: the committee's size and what its members are."""
+        return f"committee of {self.size}: " + self.members[0].describe().replace(
+            f"{self.members[0].num_parameters():,} parameters", f"{self.num_parameters():,} parameters in all")
+
     def __len__(self) -> int:
         return len(self.members)
 

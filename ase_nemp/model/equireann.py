@@ -180,6 +180,11 @@ class EquiREANN(AtomisticModel):
 
     architecture = "equireann"
 
+    @property
+    def receptive_hops(self) -> int:
+        """T + 1: the first densities, then one hop per iteration."""
+        return self.config.num_iterations + 1
+
     def _build(self, cfg: EquiREANNConfig) -> None:
         self._register_species(cfg)
         S, K, M, L, T = cfg.num_species, cfg.num_radial, cfg.num_orbitals, cfg.sh_lmax, cfg.num_iterations

@@ -165,6 +165,11 @@ class LEIGNN(AtomisticModel):
 
     architecture = "leignn"
 
+    @property
+    def receptive_hops(self) -> int | None:
+        """One hop per layer; None with the global node, which couples every atom."""
+        return None if self.config.use_global else self.config.num_layers
+
     def _build(self, cfg: LEIGNNConfig) -> None:
         self._register_species(cfg)
         self.conservative = cfg.force_mode == "conservative"

@@ -72,6 +72,11 @@ class NEMP(AtomisticModel):
 
     architecture = "nemp"
 
+    @property
+    def receptive_hops(self) -> int:
+        """The embedding's neighbour sum, then one hop per layer."""
+        return self.config.num_layers + 1
+
     # ------------------------------------------------------------------------------
     # construction
     # ------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from ase import Atoms
 
 from ..devices import resolve_device
 from ..io import load, resolve_dtype
-from ..model import AtomisticModel, Committee, committee_energy_forces_stress, committee_statistics, energy_forces_stress
+from ..model import AtomisticModel, Committee
 from ..files import read_structures
 from .data import LabelKeys, Sample, build_samples, make_batch
 from .loss import ErrorStats
@@ -45,8 +45,7 @@ def predictions(
     device = resolve_device(device)
     model = _as_model(model, device, dtype)
     model.eval()
-    is_committee = isinstance(model, Committee)
-    conservative = bool(getattr(model.members[0] if is_committee else model, "conservative", True))
+    is_committee, conservative = model.is_committee, bool(model.conservative)
     if isinstance(frames, (str, os.PathLike)):
         frames = read_structures(frames)
     if len(frames) and isinstance(frames[0], Sample):
@@ -60,12 +59,10 @@ def predictions(
     for start in range(0, len(samples), batch_size):
         batch = make_batch(samples[start : start + batch_size]).to(device, model.dtype)
         want_stress = bool(batch.has_stress.any()) and conservative
+        out = model.predict(batch.graph, stress=want_stress)
         if is_committee:
-            out = committee_statistics(committee_energy_forces_stress(model, batch.graph, stress=want_stress))
             pred["energy_uncertainty"].append(out["energy_uncertainty"].double().cpu().numpy())
             pred["forces_uncertainty"].append(out["forces_uncertainty"].double().cpu().numpy())
-        else:
-            out = energy_forces_stress(model, batch.graph, stress=want_stress)
         stats.add(out, batch)
         n = batch.num_atoms.double().cpu().numpy()
         for store, energy, forces in ((pred, out["energy"], out["forces"]), (ref, batch.energy, batch.forces)):

@@ -317,7 +317,7 @@ class Trainer:
     def _starting_model(self, start) -> AtomisticModel:
         """The model an ``init_from`` run starts from: the file's model, or member k of its committee."""
         size = self.cfg.committee
-        if isinstance(start, Committee):
+        if start.is_committee:
             if self.member is None or start.size != size:
                 raise ValueError(f"init_from {self.cfg.init_from} is a committee of {start.size}; set "
                                  f"training.committee: {start.size} to fine-tune it (member k starts from member k)")
