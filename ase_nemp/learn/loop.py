@@ -387,7 +387,8 @@ class ActiveLearning:
         self._save_state()
 
     def _train(self, k: int) -> None:
-        from ..train.trainer import TrainingInterrupted, train_committee
+        from ..train.committee import train_committee
+        from ..train.trainer import TrainingInterrupted
 
         rd = self._round_dir(k)
         d = self.cfg.data
