@@ -420,3 +420,35 @@ print(float((fused["forces"] - eager["forces"].detach()).abs().max()))
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     assert float(run.stdout.split()[-1]) < 1e-10
+
+
+def test_the_bindings_are_read_from_the_header_and_the_compiler_holds_the_source_to_it(tmp_path):
+    """One list of signatures (_kernels.h): the ctypes bindings come from it, every function
+    in it is in the built library, and a definition that drifts from its prototype does
+    not compile."""
+    import ctypes
+    import shutil
+    import subprocess
+
+    from ase_nemp.model.kernels import _HEADER, _SOURCE, _library, signatures
+
+    table = signatures(_HEADER.read_text())
+    assert table["nemp_csr"] == ([ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 3, ctypes.c_int)
+    assert table["nemp_geom_fwd"][0][5:7] == [ctypes.c_double, ctypes.c_double] and table["nemp_tp_fwd"][1] is None
+    lib = _library(torch.float64)
+    if lib is not None:
+        assert all(getattr(lib, name).argtypes == args for name, (args, _) in table.items())
+    with pytest.raises(ValueError, match="type the bindings do not know"):
+        signatures("void nemp_x(REAL scale);")
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler: the fused kernels are not built here")
+    source = _SOURCE.read_text()
+    drifted = source.replace("int nemp_csr(i64 E, i64 n, const i64 *key", "int nemp_csr(int E, i64 n, const i64 *key", 1)
+    assert drifted != source
+    for name, text, ok in (("same.c", source, True), ("drifted.c", drifted, False)):
+        path = tmp_path / name
+        path.write_text(_HEADER.read_text() + "\n" + text)
+        run = subprocess.run([cc, "-fsyntax-only", "-DREAL=double", str(path)], capture_output=True, text=True)
+        assert (run.returncode == 0) == ok, run.stderr[-500:]
+    assert "conflicting types" in run.stderr and "nemp_csr" in run.stderr

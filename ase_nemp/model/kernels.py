@@ -55,26 +55,36 @@ _SOURCE_TEXT = _SOURCE.read_bytes()
 _LIBS: dict[torch.dtype, ctypes.CDLL | None] = {}
 _LOCK = threading.Lock()
 _REAL = {torch.float32: "float", torch.float64: "double"}
-_P = ctypes.c_void_p
-_I = ctypes.c_int64
-_SIGNATURES = {
-    "nemp_set_threads": ([ctypes.c_int], ctypes.c_int),
-    "nemp_csr": ([_I, _I, _P, _P, _P], ctypes.c_int),
-    "nemp_edge_inv_fwd": ([_I, _I, _I, _I, _P, _P, _P, _P, _P, _I, _P, _I, ctypes.c_int, _P, _P, _P, _P], None),
-    "nemp_edge_inv_bwd": ([_I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _I, _P, _I, _P, _P, _P, _P, _P, _P,
-                           _P, _I, _P, _I, _P, _P], ctypes.c_int),
-    "nemp_node_dens_fwd": ([_I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _I, _P, _I, _P, _P], None),
-    "nemp_node_dens_bwd": ([_I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _I, _P, _I, _P, _P, _P, _P, _I, _P,
-                            _I, _P], None),
-    "nemp_mlp_fwd": ([_I, _I, _I, _I, _I, _I, _P, _I, _P, _P, _P, _P, _P, _P, _P, _P], ctypes.c_int),
-    "nemp_mlp_bwd": ([_I, _I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P], ctypes.c_int),
-    "nemp_species_mm": ([_I, _I, _I, _P, _P, _P, _I, ctypes.c_int, ctypes.c_double, _P], None),
-    "nemp_tp_fwd": ([_I] * 7 + [_P] * 9, None),
-    "nemp_tp_bwd": ([_I] * 7 + [_P] * 11, None),
-    "nemp_geom_fwd": ([_I, _I, _I, _I, _I, ctypes.c_double, ctypes.c_double, _P, _P, _P, _P, _P, _P, _P, _P], None),
-    "nemp_geom_bwd": ([_I, _I, _I, _I, _I, ctypes.c_double, ctypes.c_double, _P, _P, _P, _P, _P, _P, _P, _P, _P],
-                      None),
-}
+_HEADER = Path(__file__).with_name("_kernels.h")
+_HEADER_TEXT = _HEADER.read_bytes()
+_C_TYPES = {"i64": ctypes.c_int64, "int": ctypes.c_int, "double": ctypes.c_double}
+
+
+def signatures(header: str) -> dict[str, tuple[list, type | None]]:
+    """ctypes ``(argtypes, restype)`` of every function prototype in the kernels' header:
+    a pointer of any type is ``c_void_p``, ``i64`` / ``int`` / ``double`` by value are
+    ``c_int64`` / ``c_int`` / ``c_double``; ``int`` returns ``c_int``, ``void`` None.
+    Raises ``ValueError`` for a type it does not know (say, REAL by value, whose width
+    depends on the library)."""
+    import re
+
+    text = re.sub(r"/\*.*?\*/", "", header, flags=re.S)
+    out = {}
+    for ret, name, params in re.findall(r"^(int|void)\s+(nemp_\w+)\s*\(([^)]*)\)\s*;", text, flags=re.M):
+        args = []
+        for param in (" ".join(p.split()) for p in params.split(",")):
+            if "*" in param:
+                args.append(ctypes.c_void_p)
+                continue
+            kind = param.replace("const ", "").split()[0]
+            if kind not in _C_TYPES:
+                raise ValueError(f"{name}: parameter {param!r} has a type the bindings do not know")
+            args.append(_C_TYPES[kind])
+        out[name] = (args, ctypes.c_int if ret == "int" else None)
+    return out
+
+
+_SIGNATURES = signatures(_HEADER_TEXT.decode())
 
 
 def _cache_dir() -> Path:
@@ -163,7 +173,7 @@ def _compile(cc: str, flags: list[str], real: str, out: Path) -> str | None:
     build at once) and the finished library is moved into place atomically."""
     fd, src = tempfile.mkstemp(prefix=out.stem + ".", suffix=".c", dir=out.parent)
     with os.fdopen(fd, "wb") as fh:
-        fh.write(_SOURCE_TEXT)
+        fh.write(_HEADER_TEXT + b"\n" + _SOURCE_TEXT)  # every definition checked against its prototype
     fd, tmp = tempfile.mkstemp(prefix=out.stem + ".", suffix=".tmp.so", dir=out.parent)
     os.close(fd)
     cmd = [*cc.split(), "-O3", *flags, "-fPIC", "-shared", f"-DREAL={real}", src, "-o", tmp, "-lm", "-lpthread"]
@@ -199,7 +209,7 @@ def _build_and_load(real: str) -> tuple[ctypes.CDLL, BuildInfo] | None:
     if cc is None:
         _warn_once("ase-nemp fused kernels: no C compiler found (tried $CC, cc, gcc, clang)")
         return None
-    identity = (_SOURCE_TEXT, real, _cpu_tag(), cc, _compiler_identity(cc), sys.platform)
+    identity = (_HEADER_TEXT, _SOURCE_TEXT, real, _cpu_tag(), cc, _compiler_identity(cc), sys.platform)
     errors = []
     for flags in _flag_sets():
         key = hashlib.sha256(repr((*identity, flags)).encode()).hexdigest()[:16]
