@@ -31,16 +31,24 @@ def require(path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def dask_executor():
-    """A Dask distributed cluster of 2 worker processes on this machine, as an Executor."""
+def dask_cluster():
+    """A Dask distributed cluster of 2 worker processes on this machine."""
     distributed = pytest.importorskip("distributed", reason="Dask distributed is not installed "
                                                             "(pip install 'dask[distributed]')")
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                        silence_logs=40)
-    client = distributed.Client(cluster)
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture(scope="session")
+def dask_executor(dask_cluster):
+    """That cluster as a concurrent.futures Executor."""
+    import distributed
+
+    client = distributed.Client(dask_cluster)
     yield client.get_executor(pure=False)
     client.close()
-    cluster.close()
 
 
 # -- a tiny training run (test_train, test_compiled, test_devices, test_distributed) -------------

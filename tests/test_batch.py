@@ -313,7 +313,7 @@ def test_relax_many_observer_sees_every_evaluation_and_can_stop_one_structure(mo
 
 
 @pytest.mark.filterwarnings("ignore:.*outside the model's confidence")  # random committees disagree
-def test_relax_many_on_workers_gives_the_lockstep_results(tmp_path, capsys, dask_executor):
+def test_relax_many_on_workers_gives_the_lockstep_results(tmp_path, capsys, dask_executor, dask_cluster):
     """Jobs of two structures on a local pool and on Dask: the same steps, positions,
     energies and committee spreads as all structures in lockstep in this process."""
     from ase_nemp.jobs import open_executor
@@ -340,13 +340,15 @@ def test_relax_many_on_workers_gives_the_lockstep_results(tmp_path, capsys, dask
 
     save(committee, tmp_path / "c.pt")
     write(tmp_path / "in.extxyz", structures)
-    for name, scheduler in (("serial", "serial"), ("pool", "processes:2")):
+    for name, scheduler in (("serial", "serial"), ("pool", "processes:2"), ("dask", dask_cluster.scheduler_address)):
         assert main(["relax", str(tmp_path / "in.extxyz"), "--model", str(tmp_path / "c.pt"), "--steps", "60",
                      "--output", str(tmp_path / f"{name}.extxyz"), "--quiet", "--scheduler", scheduler,
                      "--per-job", "3"]) in (0, 3, 4)
-    for a, b in zip(read(tmp_path / "serial.extxyz", ":"), read(tmp_path / "pool.extxyz", ":")):
-        np.testing.assert_allclose(b.positions, a.positions, atol=1e-10)
-        assert a.info["relax_steps"] == b.info["relax_steps"]
+    assert dask_cluster.scheduler_address.startswith("tcp://")  # --scheduler tcp://HOST:PORT, as on a cluster
+    for other in ("pool", "dask"):
+        for a, b in zip(read(tmp_path / "serial.extxyz", ":"), read(tmp_path / f"{other}.extxyz", ":")):
+            np.testing.assert_allclose(b.positions, a.positions, atol=1e-10)
+            assert a.info["relax_steps"] == b.info["relax_steps"]
     assert main(["relax", str(tmp_path / "in.extxyz"), "--model", str(tmp_path / "c.pt"),
                  "--output", str(tmp_path / "x.extxyz"), "--scheduler", "threads"]) == 2
     assert "unknown scheduler 'threads'" in capsys.readouterr().err
