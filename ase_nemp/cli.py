@@ -235,6 +235,20 @@ def _many_reactions(args: argparse.Namespace, pairs: list, calc, settings) -> in
     return max(codes, key=lambda c: (c == 2, c))
 
 
+def _lammps(args: argparse.Namespace) -> int:
+    from .lammps import LammpsPotential, lammps_input, resolve_model, write_pointer
+
+    if args.output.exists():
+        raise FileExistsError(f"{args.output} exists; choose another --output (nothing is overwritten)")
+    model = resolve_model(args.model)
+    potential = LammpsPotential(model, dtype=args.dtype)
+    lines = lammps_input(potential, str(args.output.resolve()), skin=args.skin, types=args.types)
+    write_pointer(model, args.output, dtype=args.dtype)
+    print(f"# {potential.model.describe()}; reach {potential.hops} x {potential.model.cutoff} Å")
+    print("\n".join(lines))
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from .devices import resolve_device
     from .files import check_writable_folder
@@ -404,6 +418,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="for several reactions, where to run them (one job each): serial, processes:N (local) or "
                          "a Dask scheduler tcp://HOST:PORT; each writes OUTPUT/reaction-K/")
     nb.set_defaults(func=_neb)
+
+    lm = sub.add_parser("lammps", help="the file LAMMPS's pair_style mliap unified reads, and the lines for the input")
+    lm.add_argument("model", help="a model or committee file, or a shipped model's name (pd-co-o)")
+    lm.add_argument("--output", type=Path, default=Path("model.mliap"),
+                    help="the pointer file to write (it names the model file; the weights stay there)")
+    lm.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    lm.add_argument("--skin", type=float, default=2.0, help="the input's neighbour skin in Å (sets comm_modify cutoff)")
+    lm.add_argument("--types", nargs="+", help="the element of each LAMMPS atom type, in type order "
+                                               "(default: the model's species)")
+    lm.set_defaults(func=_lammps)
 
     ev = sub.add_parser("eval", help="errors of a model on labelled structures")
     ev.add_argument("model", type=Path)

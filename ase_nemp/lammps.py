@@ -1,0 +1,234 @@
+"""The package's models in LAMMPS, through ML-IAP's unified Python interface.
+
+LAMMPS (built with ML-IAP, PYTHON and MPI: ``scripts/build-lammps.sh``) runs the molecular
+dynamics and its domain decomposition; each rank hands this module its atoms' pairs
+within the cutoff, and gets back its local atoms' energies and the forces on every pair.
+Any conservative architecture (NEMP, EquiREANN, conservative LEIGNN) and committees
+(their mean) work, in float64 or float32.
+
+An atom's energy depends on atoms up to ``receptive_hops`` cutoffs away (T + 1 for NEMP
+with T layers and for EquiREANN with T iterations, T for a local LEIGNN), so each rank
+needs its ghost atoms that deep with their own neighbour lists: ``pair_style mliap unified FILE 1``
+(the 1 asks for the ghosts' neighbours) and ``comm_modify cutoff`` of at least T x cutoff
+plus the skin. :func:`lammps_input` writes those lines for a model. LAMMPS then sums the
+ghosts' forces onto their owners and tallies the virial from the pair forces.
+
+From a Python driver (library mode; ``mpi4py`` for several ranks)::
+
+    from lammps import lammps
+    from ase_nemp.lammps import LammpsPotential
+    lmp = lammps()
+    ...                                          # units metal, atoms, box
+    LammpsPotential("model.pt").attach(lmp)      # pair_style and pair_coeff for its species
+
+From the plain ``lmp`` executable (``mpirun -np 4 lmp -in in.md``), write a small pointer
+file once with ``nemp lammps model.pt --output model.mliap`` and use ``pair_style mliap
+unified model.mliap 1``. That file names the model file, its dtype and the class to load
+it with; the weights stay in the package's weights-only format and are checked when
+loaded (:func:`ase_nemp.io.load`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .graph import AtomicGraph
+from .io import load, resolve_dtype
+from .model import AtomisticModel, Committee
+
+__all__ = ["LammpsPotential", "lammps_input", "write_pointer"]
+
+
+def _rebuild(path: str, dtype: str) -> "LammpsPotential":
+    """What a pointer file unpickles to: the potential loaded from its model file."""
+    return LammpsPotential(path, dtype=dtype)
+
+
+class LammpsPotential:
+    """An ML-IAP unified model (``lammps.mliap``'s ``MLIAPUnified`` interface) for a model
+    or committee file of this package, or a model object.
+
+    Parameters
+    ----------
+    model : path or model
+        A model file (any conservative architecture, or a committee: its mean) or a
+        model / :class:`~ase_nemp.model.Committee` object.
+    dtype : "float64" or "float32"
+        Of the model's arithmetic; LAMMPS receives float64 either way.
+    """
+
+    def __init__(self, model: str | os.PathLike | AtomisticModel | Committee, dtype: str = "float64") -> None:
+        self.dtype = resolve_dtype(dtype)
+        self.model_file = None
+        if isinstance(model, (str, os.PathLike)):
+            self.model_file = str(Path(model).resolve())
+            model = load(model, dtype=self.dtype)
+        elif isinstance(model, (AtomisticModel, Committee)):
+            import copy
+
+            model = copy.deepcopy(model).to(dtype=self.dtype)  # the caller's model stays as it is
+        else:
+            raise TypeError(f"model must be a model file or a model, not {type(model).__name__}")
+        if not model.conservative:
+            raise ValueError(f"LAMMPS needs a conservative model (forces from the energy's derivative); "
+                             f"{model.architecture} predicts forces directly")
+        if model.receptive_hops is None:
+            raise ValueError(f"this {model.architecture} model has a global node that couples every atom, which "
+                             "domain decomposition cannot split; train it with use_global: false for LAMMPS")
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.model = model
+        self.is_committee = model.is_committee
+        from ase.data import atomic_numbers
+
+        self.element_types = list(model.config.symbols)
+        self._numbers = torch.tensor([atomic_numbers[s] for s in self.element_types], dtype=torch.long)
+        # what ML-IAP's unified interface reads: the pair cutoff is 2 x rcutfac
+        self.interface = None
+        self.ndescriptors = 1
+        self.nparams = 1
+        self.rcutfac = 0.5 * float(model.cutoff)
+        self.hops = int(model.receptive_hops)
+        # what the calls cost: model seconds, local atoms and all atoms (ghosts included) summed over calls
+        self.stats = {"calls": 0, "seconds": 0.0, "local_atoms": 0, "all_atoms": 0, "pairs": 0}
+        self._lmp = None  # for the per-atom spread (attach(..., spread=True))
+
+    # -- ML-IAP's unified interface ------------------------------------------------------
+    def compute_descriptors(self, data) -> None:
+        """Not used: the model needs no separate descriptors."""
+
+    def compute_gradients(self, data) -> None:
+        """Not used: forces come from :meth:`compute_forces`."""
+
+    def compute_forces(self, data) -> None:
+        """Energies of the rank's local atoms and ``dE/dr_ij`` for every pair.
+
+        LAMMPS gives the pairs within the cutoff of local and ghost atoms (``pair_i`` the
+        centre, ``jatoms`` the neighbour, ``rij = x_j - x_i``) and every atom's element
+        index (``elems``). The energy is that of the local atoms (``i < nlocal``); LAMMPS
+        adds ``fij`` to atom i and subtracts it from atom j (ghosts' forces go back to
+        their owners) and tallies the virial from the same pairs.
+        """
+        import time
+
+        start = time.perf_counter()
+        n, nlocal, npairs = int(data.ntotal), int(data.nlocal), int(data.npairs)
+        numbers = self._numbers.index_select(0, torch.from_numpy(np.asarray(data.elems, dtype=np.int64)))
+        if npairs:
+            i = torch.from_numpy(np.asarray(data.pair_i, dtype=np.int64))
+            j = torch.from_numpy(np.asarray(data.jatoms, dtype=np.int64))
+            rij = torch.from_numpy(np.array(data.rij, dtype=np.float64)).to(self.dtype)
+        else:
+            i = j = torch.zeros(0, dtype=torch.long)
+            rij = torch.zeros((0, 3), dtype=self.dtype)
+        rij.requires_grad_(True)
+        # positions at the origin and the pair vectors as the shifts of a unit cell: the
+        # model's edge vectors, x_j - x_i + shift @ I, are exactly LAMMPS's rij
+        graph = AtomicGraph(
+            positions=torch.zeros((n, 3), dtype=self.dtype), numbers=numbers,
+            cell=torch.eye(3, dtype=self.dtype).unsqueeze(0), pbc=torch.zeros((1, 3), dtype=torch.bool),
+            edge_index=torch.stack([i, j]), shifts=rij, batch=torch.zeros(n, dtype=torch.long))
+        with torch.enable_grad():
+            energies = self.model(graph, fused=True)["energies"]  # (N,) or (M, N) for a committee
+            if self.is_committee:
+                if self._spread is not None:  # the members' spread of each local atom's energy
+                    self._spread[:nlocal] = energies[:, :nlocal].detach().std(0, correction=1).double().numpy()
+                energies = energies.mean(0)
+            local = energies[:nlocal]
+            total = local.sum()
+            (fij,) = torch.autograd.grad(total, rij, allow_unused=True) if npairs else (None,)
+        data.energy = float(total.detach())
+        listed = np.asarray(data.iatoms[: int(data.nlistatoms)], dtype=np.int64)
+        data.eatoms = np.ascontiguousarray(local.detach().to(torch.float64).numpy()[listed])
+        if npairs:
+            fij = fij if fij is not None else torch.zeros_like(rij)
+            data.update_pair_forces(np.ascontiguousarray(fij.detach().to(torch.float64).numpy()))
+        st = self.stats
+        st["calls"] += 1
+        st["seconds"] += time.perf_counter() - start
+        st["local_atoms"] += nlocal
+        st["all_atoms"] += n
+        st["pairs"] += npairs
+
+    # -- pickling: a pointer to the model file, never the weights -----------------------------
+    def __reduce__(self):  # the LAMMPS instance of attach() is not part of it
+        if self.model_file is None:
+            raise pickle.PicklingError("a LammpsPotential built from a model object has no file to point to; "
+                                       "save the model (ase_nemp.save) and build it from the file")
+        return _rebuild, (self.model_file, str(self.dtype).replace("torch.", ""))
+
+    # -- LAMMPS commands ---------------------------------------------------------------------
+    def attach(self, lmp, types: list[str] | None = None, skin: float = 2.0, spread: bool = False) -> None:
+        """Load this potential into a running ``lammps.lammps`` instance (library mode,
+        after the box and atoms exist): the ML-IAP Python coupling, ``pair_style mliap
+        unified EXISTS 1``, ``pair_coeff`` naming the element of each LAMMPS atom type
+        (``types``, in type order; default the model's species) and the ghost cutoff for
+        the input's neighbour ``skin`` (Å).
+
+        ``spread`` (a committee): every force call also stores the members' standard
+        deviation of each atom's energy (eV) in the per-atom property
+        ``d_nemp_energy_spread`` (``fix nemp_spread``), which ``dump custom`` can write and
+        ``lmp.numpy.extract_atom("d_nemp_energy_spread")`` reads: where in a large
+        simulation the committee disagrees."""
+        from lammps.mliap import activate_mliappy, load_unified
+
+        commands = lammps_input(self, file="EXISTS", skin=skin, types=types)  # bad types fail before LAMMPS sees them
+        if spread and not self.is_committee:
+            raise ValueError("spread needs a committee: a single model has no spread")
+        activate_mliappy(lmp)
+        load_unified(self)
+        lmp.commands_list(commands)
+        if spread:
+            lmp.command("fix nemp_spread all property/atom d_nemp_energy_spread ghost no")
+            self._lmp = lmp
+
+    @property
+    def _spread(self):
+        """The per-atom spread array of the attached LAMMPS instance (None when not asked for)."""
+        if self._lmp is None:
+            return None
+        return self._lmp.numpy.extract_atom("d_nemp_energy_spread")
+
+
+def lammps_input(potential: LammpsPotential, file: str, skin: float = 2.0,
+                 types: list[str] | None = None) -> list[str]:
+    """The LAMMPS commands for ``potential``: ``pair_style mliap unified FILE 1``,
+    ``pair_coeff * * SYMBOLS`` (``types``: the element of each LAMMPS atom type in order;
+    default the model's species) and ``comm_modify cutoff`` covering the receptive
+    field, receptive hops x cutoff + ``skin`` (Å, the neighbour skin of the input)."""
+    types = list(types) if types is not None else list(potential.element_types)
+    unknown = [t for t in types if t not in potential.element_types]
+    if unknown:
+        raise ValueError(f"atom types {unknown} are not species of the model ({', '.join(potential.element_types)})")
+    reach = potential.hops * 2.0 * potential.rcutfac + float(skin)
+    return [f"pair_style mliap unified {file} 1", f"pair_coeff * * {' '.join(types)}",
+            f"comm_modify cutoff {math.ceil(reach * 1000) / 1000:.3f}"]
+
+
+def write_pointer(model: str | os.PathLike, output: str | os.PathLike, dtype: str = "float64") -> Path:
+    """Write the file ``pair_style mliap unified FILE 1`` reads in the plain ``lmp``
+    executable: a pickle of :class:`LammpsPotential` that holds only the model file's
+    absolute path and the dtype (the weights stay in the model file). The model is loaded
+    once here, so a bad file fails now, not on the cluster."""
+    potential = LammpsPotential(model, dtype=dtype)
+    output = Path(output)
+    with open(output, "wb") as f:
+        pickle.dump(potential, f)
+    return output
+
+
+def resolve_model(name: str | os.PathLike) -> Path:
+    """A model file's path, or the shipped model of that name (``pd-co-o``)."""
+    path = Path(name)
+    if path.exists() or path.suffix:
+        return path
+    from .pretrained import model_path
+
+    return model_path(str(name))
