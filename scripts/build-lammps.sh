@@ -90,12 +90,16 @@ start=$(date +%s)
 cmake --build "$CACHE/build" -j "$JOBS" >"$CACHE/build.log"
 echo "built in $(( $(date +%s) - start )) s"
 echo "== the lammps Python module into $VIRTUAL_ENV, and lmp into its bin/"
-# lmp embeds the interpreter it was built with: a small wrapper puts the venv's packages on its path
-# (and the interpreter's own standard library: PYTHONHOME, else it may find the system's)
-site=$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+# lmp embeds the interpreter it was built with: a small wrapper gives it its own standard library
+# (PYTHONHOME, else it may find the system's) and this environment's packages as a site directory
+# (a sitecustomize that adds it, so that .pth files such as an editable install's are read too)
+boot="$VIRTUAL_ENV/share/ase-nemp-lmp"
+mkdir -p "$boot"
+python -c 'import sys, sysconfig; open(sys.argv[1], "w").write(
+    "import site\nsite.addsitedir(%r)\n" % sysconfig.get_paths()["purelib"])' "$boot/sitecustomize.py"
 home=$(python -c 'import sys; print(sys.base_prefix)')
 printf '#!/bin/sh\n# LAMMPS (%s) with this virtual environment'"'"'s Python packages (ase_nemp, torch)\nPYTHONHOME="%s" PYTHONPATH="%s${PYTHONPATH:+:$PYTHONPATH}" exec "%s" "$@"\n' \
-    "$CACHE" "$home" "$site" "$CACHE/build/lmp" > "$VIRTUAL_ENV/bin/lmp"
+    "$CACHE" "$home" "$boot" "$CACHE/build/lmp" > "$VIRTUAL_ENV/bin/lmp"
 chmod +x "$VIRTUAL_ENV/bin/lmp"
 # with the active environment's python (the cached build may have been configured from another one)
 (cd "$CACHE/build" && python "$CACHE/src/python/install.py" -p "$CACHE/src/python/lammps" \
