@@ -112,6 +112,9 @@ def _relax(args: argparse.Namespace) -> int:
                                  executor=None if isinstance(executor, InProcess) else executor, per_job=args.per_job)
         except RelaxInterrupted as err:
             interrupted, results = err, err.results
+        except RuntimeError as err:  # jobs that failed on their workers (the others are relaxed, not written)
+            print(f"nemp relax: error: {err}", file=sys.stderr)
+            return 1
     out = []
     for k, (atoms, result) in enumerate(zip(frames, results)):
         done = atoms.copy()

@@ -26,7 +26,6 @@ process that dies takes the jobs it held with it; they are submitted again, up t
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, wait, FIRST_COMPLETED
@@ -35,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
-__all__ = ["open_executor", "run_jobs", "check_spec", "Outcome", "InProcess", "LocalPool", "describe"]
+__all__ = ["open_executor", "run_jobs", "check_spec", "Outcome", "InProcess", "LocalPool"]
 
 
 class InProcess(Executor):
@@ -77,15 +76,6 @@ class LocalPool(Executor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
-
-
-def describe(spec: Any) -> str:
-    """A few words for a log: where the jobs of ``spec`` run."""
-    if spec is None or spec == "serial":
-        return "in this process"
-    if isinstance(spec, Executor):
-        return type(spec).__name__
-    return str(spec)
 
 
 @contextmanager
@@ -243,11 +233,3 @@ def check_spec(spec: Any) -> Any:
         return spec
     raise ValueError(f"unknown scheduler {spec!r}: use 'serial', 'processes:N' (N local worker processes), "
                      "a Dask scheduler address such as 'tcp://host:8786', or a concurrent.futures.Executor")
-
-
-def default_workers() -> int:
-    """The CPU cores this process may use (its affinity), at least one."""
-    try:
-        return max(len(os.sched_getaffinity(0)), 1)
-    except AttributeError:  # pragma: no cover - not on Linux
-        return max(os.cpu_count() or 1, 1)

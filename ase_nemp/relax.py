@@ -278,9 +278,11 @@ def _relax_on(executor, structures: list, calculator, per_job: int, settings: di
             results[k] = res
     if failed:
         first = failed[0]
-        raise RuntimeError(f"{len(failed)} of {len(jobs)} relaxation jobs failed (structures "
-                           f"{groups[first.index][0]}-{groups[first.index][-1]}: {type(first.error).__name__}: "
-                           f"{first.error}); the others are relaxed in place")
+        message = (f"{len(failed)} of {len(jobs)} relaxation jobs failed (structures {groups[first.index][0]}-"
+                   f"{groups[first.index][-1]}: {type(first.error).__name__}: {first.error}); the others are relaxed "
+                   "in place")
+        # bad input (an element the model lacks, say) stays a ValueError, as on the serial path
+        raise (ValueError if all(isinstance(o.error, ValueError) for o in failed) else RuntimeError)(message)
     if stop:
         unfinished = [k for k, r in enumerate(results) if r is None]
         for k in unfinished:

@@ -352,3 +352,12 @@ def test_relax_many_on_workers_gives_the_lockstep_results(tmp_path, capsys, dask
     assert main(["relax", str(tmp_path / "in.extxyz"), "--model", str(tmp_path / "c.pt"),
                  "--output", str(tmp_path / "x.extxyz"), "--scheduler", "threads"]) == 2
     assert "unknown scheduler 'threads'" in capsys.readouterr().err
+    # an element the model lacks, found on a worker: the serial path's clear error, not a traceback
+    from ase import Atoms
+
+    write(tmp_path / "gold.extxyz", structures[:1] + [Atoms("Au2", positions=[[0, 0, 0], [2.6, 0, 0]])])
+    assert main(["relax", str(tmp_path / "gold.extxyz"), "--model", str(tmp_path / "c.pt"), "--quiet",
+                 "--output", str(tmp_path / "g.extxyz"), "--scheduler", "processes:2", "--per-job", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "1 of 2 relaxation jobs failed (structures 1-1: ValueError" in err and "Au" in err
+    assert "Traceback" not in err and not (tmp_path / "g.extxyz").exists()
