@@ -246,7 +246,7 @@ def _lammps(args: argparse.Namespace) -> int:
     model = resolve_model(args.model)
     potential = LammpsPotential(model, dtype=args.dtype)
     lines = lammps_input(potential, str(args.output.resolve()), skin=args.skin, types=args.types)
-    write_pointer(model, args.output, dtype=args.dtype)
+    write_pointer(potential, args.output)
     print(f"# {potential.model.describe()}; reach {potential.hops} x {potential.model.cutoff} Å")
     print("\n".join(lines))
     return 0

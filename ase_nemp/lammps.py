@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import time
 from pathlib import Path
 
 import numpy as np
@@ -116,8 +117,6 @@ class LammpsPotential:
         adds ``fij`` to atom i and subtracts it from atom j (ghosts' forces go back to
         their owners) and tallies the virial from the same pairs.
         """
-        import time
-
         start = time.perf_counter()
         n, nlocal, npairs = int(data.ntotal), int(data.nlocal), int(data.npairs)
         numbers = self._numbers.index_select(0, torch.from_numpy(np.asarray(data.elems, dtype=np.int64)))
@@ -212,12 +211,14 @@ def lammps_input(potential: LammpsPotential, file: str, skin: float = 2.0,
             f"comm_modify cutoff {math.ceil(reach * 1000) / 1000:.3f}"]
 
 
-def write_pointer(model: str | os.PathLike, output: str | os.PathLike, dtype: str = "float64") -> Path:
+def write_pointer(model: "str | os.PathLike | LammpsPotential", output: str | os.PathLike,
+                  dtype: str = "float64") -> Path:
     """Write the file ``pair_style mliap unified FILE 1`` reads in the plain ``lmp``
     executable: a pickle of :class:`LammpsPotential` that holds only the model file's
-    absolute path and the dtype (the weights stay in the model file). The model is loaded
-    once here, so a bad file fails now, not on the cluster."""
-    potential = LammpsPotential(model, dtype=dtype)
+    absolute path and the dtype (the weights stay in the model file). A model file is
+    loaded here (``dtype``), so a bad file fails now, not on the cluster; a potential
+    already built from one is written as it is."""
+    potential = model if isinstance(model, LammpsPotential) else LammpsPotential(model, dtype=dtype)
     output = Path(output)
     with open(output, "wb") as f:
         pickle.dump(potential, f)
