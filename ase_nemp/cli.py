@@ -175,6 +175,9 @@ def _neb(args: argparse.Namespace) -> int:
     folders = [args.output] if len(pairs) == 1 else [args.output / f"reaction-{k}" for k in range(1, len(pairs) + 1)]
     for folder in folders:
         refuse_existing(folder)
+    if len(pairs) > 1 and (args.output / "reactions.md").exists():
+        raise FileExistsError(f"{args.output} already holds reactions.md; choose another --output (nothing is "
+                              "overwritten)")
     check_writable_folder(args.output)
     set_threads(args.threads)
     if args.model:

@@ -400,3 +400,8 @@ def test_nemp_neb_over_many_pairs_reports_each_reaction(tmp_path, capsys):
     assert code == 2 and "2 of 2 reactions could not be analysed" in captured.err
     table = (tmp_path / "out" / "reactions.md").read_text()
     assert table.count("failed: EndPointError") == 2 and "same minimum" in table
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "reactions.md").write_text("the user's own")
+    assert main([*base[:2], str(tmp_path / "fs.extxyz"), *base[2:], "--output", str(tmp_path / "mine")]) == 2
+    assert "already holds reactions.md" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "reactions.md").read_text() == "the user's own"
