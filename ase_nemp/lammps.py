@@ -13,6 +13,13 @@ needs its ghost atoms that deep with their own neighbour lists: ``pair_style mli
 plus the skin. :func:`lammps_input` writes those lines for a model. LAMMPS then sums the
 ghosts' forces onto their owners and tallies the virial from the pair forces.
 
+The potential reads the atoms' ids and folds the periodic images of every atom onto one
+(:func:`fold_images`): the model computes each atom once, the rank's own and as many of the
+other ranks' as its reach needs, so one rank costs what the ASE calculator costs. In library
+mode :meth:`LammpsPotential.attach` gives it the LAMMPS instance; the plain ``lmp``
+executable gives a pair style none, so the input hands it over with two ``python`` commands
+(:func:`bind`, written by :func:`lammps_input`). Without them every ghost is computed.
+
 From a Python driver (library mode; ``mpi4py`` for several ranks)::
 
     from lammps import lammps
@@ -22,8 +29,8 @@ From a Python driver (library mode; ``mpi4py`` for several ranks)::
     LammpsPotential("model.pt").attach(lmp)      # pair_style and pair_coeff for its species
 
 From the plain ``lmp`` executable (``mpirun -np 4 lmp -in in.md``), write a small pointer
-file once with ``nemp lammps model.pt --output model.mliap`` and use ``pair_style mliap
-unified model.mliap 1``. That file names the model file, its dtype and the class to load
+file once with ``nemp lammps model.pt --output model.mliap`` and use the lines it prints
+(``pair_style mliap unified model.mliap 1`` and the rest). That file names the model file, its dtype and the class to load
 it with; the weights stay in the package's weights-only format and are checked when
 loaded (:func:`ase_nemp.io.load`).
 """
@@ -43,7 +50,21 @@ from .graph import AtomicGraph
 from .io import load, resolve_dtype
 from .model import AtomisticModel, Committee
 
-__all__ = ["LammpsPotential", "lammps_input", "write_pointer"]
+__all__ = ["LammpsPotential", "bind", "fold_images", "lammps_input", "write_pointer"]
+
+
+_BOUND = None  # the LAMMPS instance of this process, handed over by the input script (bind)
+
+
+def bind(handle) -> None:
+    """Keep the LAMMPS instance that runs this process's pair style (the plain ``lmp``
+    executable): the input's ``python nemp_bind input 1 SELF format p here "from
+    ase_nemp.lammps import bind as nemp_bind"`` and ``python nemp_bind invoke`` call this
+    with LAMMPS's handle, so that the potential can read the atoms' ids."""
+    global _BOUND
+    from lammps import lammps
+
+    _BOUND = lammps(ptr=handle)
 
 
 def _rebuild(path: str, dtype: str) -> "LammpsPotential":
@@ -99,7 +120,7 @@ class LammpsPotential:
         self.hops = int(model.receptive_hops)
         # what the calls cost: model seconds, local atoms and all atoms (ghosts included) summed over calls
         self.stats = {"calls": 0, "seconds": 0.0, "local_atoms": 0, "all_atoms": 0, "pairs": 0}
-        self._lmp = None  # for the per-atom spread (attach(..., spread=True))
+        self._lmp, self._with_spread = None, False  # the instance of attach(): atom ids, the per-atom spread
 
     # -- ML-IAP's unified interface ------------------------------------------------------
     def compute_descriptors(self, data) -> None:
@@ -127,6 +148,12 @@ class LammpsPotential:
         else:
             i = j = torch.zeros(0, dtype=torch.long)
             rij = torch.zeros((0, 3), dtype=self.dtype)
+        kept = None  # the pairs the model sees (all of them unless images fold onto their owners)
+        tags = self._tags(n)
+        if tags is not None and npairs:
+            i, j, numbers, kept = fold_images(i, j, numbers, tags, nlocal, self.hops)
+            rij = rij[kept]
+            n = len(numbers)
         rij.requires_grad_(True)
         # positions at the origin and the pair vectors as the shifts of a unit cell: the
         # model's edge vectors, x_j - x_i + shift @ I, are exactly LAMMPS's rij
@@ -147,8 +174,10 @@ class LammpsPotential:
         listed = np.asarray(data.iatoms[: int(data.nlistatoms)], dtype=np.int64)
         data.eatoms = np.ascontiguousarray(local.detach().to(torch.float64).numpy()[listed])
         if npairs:
-            fij = fij if fij is not None else torch.zeros_like(rij)
-            data.update_pair_forces(np.ascontiguousarray(fij.detach().to(torch.float64).numpy()))
+            fij = fij.detach().to(torch.float64) if fij is not None else torch.zeros(rij.shape, dtype=torch.float64)
+            if kept is not None:  # a folded image's own pairs carry no force: its owner's pairs do
+                fij = torch.zeros((npairs, 3), dtype=torch.float64).index_copy_(0, kept, fij)
+            data.update_pair_forces(np.ascontiguousarray(fij.numpy()))
         st = self.stats
         st["calls"] += 1
         st["seconds"] += time.perf_counter() - start
@@ -169,7 +198,9 @@ class LammpsPotential:
         after the box and atoms exist): the ML-IAP Python coupling, ``pair_style mliap
         unified EXISTS 1``, ``pair_coeff`` naming the element of each LAMMPS atom type
         (``types``, in type order; default the model's species) and the ghost cutoff for
-        the input's neighbour ``skin`` (Å).
+        the input's neighbour ``skin`` (Å). On one rank, where every ghost folds onto its
+        owner (:func:`fold_images`), ``pair_style mliap unified EXISTS 0`` with LAMMPS's
+        default ghost cutoff instead: no halo at all.
 
         ``spread`` (a committee): every force call also stores the members' standard
         deviation of each atom's energy (eV) in the per-atom property
@@ -178,37 +209,104 @@ class LammpsPotential:
         simulation the committee disagrees."""
         from lammps.mliap import activate_mliappy, load_unified
 
-        commands = lammps_input(self, file="EXISTS", skin=skin, types=types)  # bad types fail before LAMMPS sees them
         if spread and not self.is_committee:
             raise ValueError("spread needs a committee: a single model has no spread")
+        # one rank: every ghost folds onto a local atom (fold_images), so the ghosts within one
+        # cutoff, without neighbour lists of their own, are all the model needs
+        one_rank = int(lmp.extract_setting("world_size")) == 1
+        commands = lammps_input(self, file="EXISTS", skin=skin, types=types,  # bad types fail before LAMMPS sees them
+                                halo=not one_rank)
         activate_mliappy(lmp)
         load_unified(self)
         lmp.commands_list(commands)
         if spread:
             lmp.command("fix nemp_spread all property/atom d_nemp_energy_spread ghost no")
-            self._lmp = lmp
+        self._lmp, self._with_spread = lmp, spread
 
     @property
     def _spread(self):
         """The per-atom spread array of the attached LAMMPS instance (None when not asked for)."""
-        if self._lmp is None:
+        if self._lmp is None or not self._with_spread:
             return None
         return self._lmp.numpy.extract_atom("d_nemp_energy_spread")
 
+    def _tags(self, n: int) -> np.ndarray | None:
+        """The LAMMPS ids of the rank's ``n`` atoms, local then ghost; None when no LAMMPS
+        instance was handed over (neither :meth:`attach` nor :func:`bind`)."""
+        lmp = self._lmp if self._lmp is not None else _BOUND
+        if lmp is None:
+            return None
+        return np.asarray(lmp.numpy.extract_atom("id", nelem=n))
+
+
+def fold_images(i: torch.Tensor, j: torch.Tensor, numbers: torch.Tensor, tags: np.ndarray, nlocal: int,
+                hops: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The graph the local energies need: every atom once, as deep as the model reaches.
+
+    LAMMPS hands a rank its local atoms and ghost atoms, several of which can be periodic
+    images of one atom (same id). Each image of an atom sits in the same environment, so
+    they share their features: every image folds onto the one nearest (in pair hops) to the
+    local atoms, the rank's own atoms for their own images. Its pairs keep their vectors
+    (the periodic graph ASE's calculator builds), and the pairs of the folded images are
+    dropped. An atom ``hops`` pairs from every local atom enters only as a neighbour, and
+    one further out not at all, so only atoms within ``hops - 1`` pairs keep pairs of their
+    own. On one rank every ghost folds and the model's work is that of the local atoms.
+
+    ``i``, ``j`` (pairs,) atom indices, ``numbers`` (atoms,) atomic numbers, ``tags`` the
+    atoms' LAMMPS ids, local atoms first. Returns the new ``i``, ``j`` and ``numbers`` (the
+    local atoms keep their indices, the other atoms kept follow) and the indices of the
+    pairs kept.
+    """
+    n = len(tags)
+    i_np, j_np = i.numpy(), j.numpy()
+    far = hops + 1
+    depth = np.full(n, far, dtype=np.int64)  # pairs from the nearest local atom, capped
+    depth[:nlocal] = 0
+    for h in range(1, hops + 1):
+        reached = j_np[depth[i_np] == h - 1]
+        depth[reached] = np.minimum(depth[reached], h)
+    # each id's image of smallest depth stands for all its images (a local atom for its own)
+    order = np.lexsort((depth, tags))
+    first = np.ones(n, dtype=bool)
+    first[1:] = tags[order[1:]] != tags[order[:-1]]
+    group = np.cumsum(first) - 1  # the id's group of each atom in ``order``
+    chosen = order[first]  # one atom per id
+    chosen_of = np.empty(n, dtype=np.int64)
+    chosen_of[order] = chosen[group]
+    kept_atoms = np.concatenate([np.arange(nlocal), np.sort(chosen[(chosen >= nlocal) & (depth[chosen] < far)])])
+    node = np.full(n, -1, dtype=np.int64)
+    node[kept_atoms] = np.arange(len(kept_atoms))
+    centre = (chosen_of[i_np] == i_np) & (depth[i_np] < hops)
+    kept = np.flatnonzero(centre)
+    node_of = torch.from_numpy(node[chosen_of])
+    kept = torch.from_numpy(kept)
+    return node_of[i[kept]], node_of[j[kept]], numbers[torch.from_numpy(kept_atoms)], kept
+
 
 def lammps_input(potential: LammpsPotential, file: str, skin: float = 2.0,
-                 types: list[str] | None = None) -> list[str]:
+                 types: list[str] | None = None, halo: bool = True) -> list[str]:
     """The LAMMPS commands for ``potential``: ``pair_style mliap unified FILE 1``,
     ``pair_coeff * * SYMBOLS`` (``types``: the element of each LAMMPS atom type in order;
     default the model's species) and ``comm_modify cutoff`` covering the receptive
-    field, receptive hops x cutoff + ``skin`` (Å, the neighbour skin of the input)."""
+    field, receptive hops x cutoff + ``skin`` (Å, the neighbour skin of the input).
+
+    ``halo=False`` (what :meth:`LammpsPotential.attach` uses on one rank, where every ghost
+    folds onto its owner) asks for no ghost neighbour lists and LAMMPS's default ghost
+    cutoff instead. For a pointer ``file`` (the plain ``lmp`` executable) two ``python``
+    commands follow that hand the LAMMPS instance to the potential (:func:`bind`)."""
     types = list(types) if types is not None else list(potential.element_types)
     unknown = [t for t in types if t not in potential.element_types]
     if unknown:
         raise ValueError(f"atom types {unknown} are not species of the model ({', '.join(potential.element_types)})")
+    if not halo:
+        return [f"pair_style mliap unified {file} 0", f"pair_coeff * * {' '.join(types)}"]
     reach = potential.hops * 2.0 * potential.rcutfac + float(skin)
-    return [f"pair_style mliap unified {file} 1", f"pair_coeff * * {' '.join(types)}",
-            f"comm_modify cutoff {math.ceil(reach * 1000) / 1000:.3f}"]
+    lines = [f"pair_style mliap unified {file} 1", f"pair_coeff * * {' '.join(types)}",
+             f"comm_modify cutoff {math.ceil(reach * 1000) / 1000:.3f}"]
+    if file != "EXISTS":
+        lines += ['python nemp_bind input 1 SELF format p here "from ase_nemp.lammps import bind as nemp_bind"',
+                  "python nemp_bind invoke"]
+    return lines
 
 
 def write_pointer(model: "str | os.PathLike | LammpsPotential", output: str | os.PathLike,

@@ -67,8 +67,10 @@ def ase_results(model_file, atoms):
 
 
 def lammps_results(model_file, atoms, dtype="float64", **kwargs):
-    return run(atoms.positions, atoms.numbers, atoms.cell[:], atoms.pbc, LammpsPotential(model_file, dtype=dtype),
-               **kwargs)
+    potential = LammpsPotential(model_file, dtype=dtype)
+    out = run(atoms.positions, atoms.numbers, atoms.cell[:], atoms.pbc, potential, **kwargs)
+    out["stats"] = dict(potential.stats)
+    return out
 
 
 @pytest.mark.parametrize("name", ["nemp", "committee", "equireann"])
@@ -83,6 +85,8 @@ def test_run_0_equals_the_ase_calculator(files, name, shape):
     np.testing.assert_allclose(got["forces"], expected["forces"], atol=1e-8)
     if "stress" in expected:  # the virial LAMMPS tallies from the pair forces
         np.testing.assert_allclose(got["stress"], expected["stress"], atol=1e-8)
+    # on one rank every ghost is an image of a local atom: the model computes the local atoms only
+    assert got["stats"]["calls"] >= 1 and got["stats"]["all_atoms"] == got["stats"]["local_atoms"]
 
 
 def test_float32_is_close_to_float64(files):
@@ -209,14 +213,23 @@ def test_the_plain_lmp_executable_reads_the_pointer_file_under_mpirun(files, tmp
                         types=["Pd", "C", "O"])
     (tmp_path / "in.test").write_text("\n".join(
         ["units metal", "atom_style atomic", "boundary p p f", "read_data slab.data", "neighbor 1.0 bin", *pair,
-         "thermo_style custom step pe", "thermo_modify format float %.12f", "run 0"]) + "\n")
-    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMP_NUM_THREADS": "1"}
+         "thermo_style custom step pe", "thermo_modify format float %.12f", "run 0",
+         # the potential folded the ghosts: it read the atoms' ids through the instance bind() kept
+         'python nemp_folded input 1 SELF format p here "from lammps_probe import folded as nemp_folded"',
+         "python nemp_folded invoke"]) + "\n")
+    (tmp_path / "lammps_probe.py").write_text(
+        "def folded(handle):\n    import ase_nemp.lammps as m\n"
+        "    print('folded on rank', m._BOUND.extract_setting('world_rank'), m._BOUND is not None)\n")
+    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([mpi, "--oversubscribe", "-np", "2", lmp, "-in", "in.test", "-log", "none"], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     lines = proc.stdout.splitlines()
     energy = float(lines[lines.index(next(l for l in lines if l.split()[:2] == ["Step", "PotEng"])) + 1].split()[1])
     assert energy == pytest.approx(ase_results(files / "nemp.pt", slab)["energy"], abs=1e-8)
+    assert sorted(l for l in lines if l.startswith("folded on rank")) == ["folded on rank 0 True",
+                                                                          "folded on rank 1 True"]
 
 
 def test_a_committee_writes_each_atom_s_energy_spread(files):
