@@ -1,7 +1,8 @@
 """Barriers of the CO-oxidation network: the shipped committee against the reference potential.
 
     python benchmarks/pd_co_o/network_barriers.py --teacher /path/to/Ag-Pd-C-H-O_EMLP.pth \
-        [--model ase_nemp/pretrained/pd-co-o.pt] [--reference-bands] [--groups co+o co2 "o hop" ...]
+        [--model ase_nemp/pretrained/pd-co-o.pt] [--reference-bands] [--groups co+o co2 "o hop" ...] \
+        [--paths "co_fcc+o_fcc@2.7 ->" ...] [--output network_barriers.md]
 
 1. The committee relaxes every structure of ``ase_nemp.sites.co_oxidation_network`` on the
    demo's slab and runs a converged climbing-image band (the demo's protocol) for every
@@ -62,6 +63,8 @@ def main() -> int:
     parser.add_argument("--teacher", default=os.environ.get("EMLP_MODEL"), help="path of the EMLP model file")
     parser.add_argument("--model", type=Path, default=ROOT / "ase_nemp" / "pretrained" / "pd-co-o.pt")
     parser.add_argument("--groups", nargs="+", help="network groups to include (default: all)")
+    parser.add_argument("--paths", nargs="+", help="only the paths whose names contain one of these strings "
+                        "(and only their end structures are relaxed), e.g. 'co_fcc+o_fcc@2.7 ->'")
     parser.add_argument("--reference-bands", action="store_true", help="also optimise the reference's own bands")
     parser.add_argument("--dtype", default="float64")
     parser.add_argument("--output", type=Path, default=HERE / "network_barriers.md")
@@ -75,7 +78,7 @@ def main() -> int:
     from ase_nemp.learn.explore import run_network
     from ase_nemp.neb import optimise_band, relax
     from ase_nemp.reaction import member_energies
-    from ase_nemp.sites import co_oxidation_network
+    from ase_nemp.sites import Network, co_oxidation_network
     from ase_nemp.uncertainty import Calibration, doubt, model_confidence
 
     model = load(args.model, dtype=args.dtype)
@@ -85,6 +88,13 @@ def main() -> int:
     slab = initial[:36]
     slab.set_constraint(initial.constraints[0].copy())
     network = co_oxidation_network(slab)
+    if args.paths:
+        chosen = {n: ends for n, ends in network.paths.items() if any(text in n for text in args.paths)}
+        if not chosen:
+            parser.error(f"no path name contains any of {args.paths}; names are like {next(iter(network.paths))!r}")
+        ends = {e for pair in chosen.values() for e in pair}
+        network = Network({n: a for n, a in network.structures.items() if n in ends}, chosen,
+                          {g: [n for n in names if n in ends] for g, names in network.groups.items()})
     t0 = time.perf_counter()
     found = run_network(network, slab, lambda: NEMPCalculator(template.model, dtype=args.dtype), DEMO_PROTOCOL,
                         fmax=0.01, steps=300, groups=args.groups, progress=False, log=print)
@@ -134,9 +144,12 @@ def main() -> int:
                     + f" | {on_band:.3f} | {'' if own is None else f'{own:.3f}'} | {delta:+.3f} "
                     f"| {'yes' if flagged else 'no'} | {teacher.calls - before} | {verdict} |")
         print(rows[-1], flush=True)
+    options = (" --reference-bands" if args.reference_bands else "") + "".join(
+        f" --{flag} " + " ".join(repr(v) for v in values) for flag, values in (("groups", args.groups),
+                                                                              ("paths", args.paths)) if values)
     kind = "calibrated 90 % interval" if calibration is not None else "committee spread (no calibration in the file)"
     text = [f"# The CO-oxidation network: committee barriers against the reference potential\n",
-            f"`python benchmarks/pd_co_o/network_barriers.py{' --reference-bands' if args.reference_bands else ''}`: "
+            f"`python benchmarks/pd_co_o/network_barriers.py{options}`: "
             f"model `{args.model.name}` ({args.dtype}), bands with the demo's protocol (fmax "
             f"{DEMO_PROTOCOL.fmax} eV/Å) between the distinct minima of `ase_nemp.sites.co_oxidation_network`; the "
             f"committee's part took {committee_seconds:.0f} s. ± is the {kind}. Met: within {TOLERANCE} eV of the "
