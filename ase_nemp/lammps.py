@@ -148,10 +148,10 @@ class LammpsPotential:
         else:
             i = j = torch.zeros(0, dtype=torch.long)
             rij = torch.zeros((0, 3), dtype=self.dtype)
-        kept = None  # the pairs the model sees (all of them unless images fold onto their owners)
+        kept = edges_within = None  # the pairs the model sees: all of them unless images fold
         tags = self._tags(n)
         if tags is not None and npairs:
-            i, j, numbers, kept = fold_images(i, j, numbers, tags, nlocal, self.hops)
+            i, j, numbers, kept, edges_within = fold_images(i, j, numbers, tags, nlocal, self.hops)
             rij = rij[kept]
             n = len(numbers)
         rij.requires_grad_(True)
@@ -162,7 +162,7 @@ class LammpsPotential:
             cell=torch.eye(3, dtype=self.dtype).unsqueeze(0), pbc=torch.zeros((1, 3), dtype=torch.bool),
             edge_index=torch.stack([i, j]), shifts=rij, batch=torch.zeros(n, dtype=torch.long))
         with torch.enable_grad():
-            energies = self.model(graph, fused=True)["energies"]  # (N,) or (M, N) for a committee
+            energies = self.model(graph, fused=True, edges_within=edges_within)["energies"]  # (N,) or (M, N)
             if self.is_committee:
                 if self._spread is not None:  # the members' spread of each local atom's energy
                     self._spread[:nlocal] = energies[:, :nlocal].detach().std(0, correction=1).double().numpy()
@@ -240,7 +240,7 @@ class LammpsPotential:
 
 
 def fold_images(i: torch.Tensor, j: torch.Tensor, numbers: torch.Tensor, tags: np.ndarray, nlocal: int,
-                hops: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                hops: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
     """The graph the local energies need: every atom once, as deep as the model reaches.
 
     LAMMPS hands a rank its local atoms and ghost atoms, several of which can be periodic
@@ -254,8 +254,10 @@ def fold_images(i: torch.Tensor, j: torch.Tensor, numbers: torch.Tensor, tags: n
 
     ``i``, ``j`` (pairs,) atom indices, ``numbers`` (atoms,) atomic numbers, ``tags`` the
     atoms' LAMMPS ids, local atoms first. Returns the new ``i``, ``j`` and ``numbers`` (the
-    local atoms keep their indices, the other atoms kept follow) and the indices of the
-    pairs kept.
+    local atoms keep their indices, the other atoms kept follow in order of their depth,
+    the pairs are sorted by centre), the indices of the pairs kept, and ``edges_within``:
+    the number of pairs whose centre is at most d pairs from a local atom, d = 0 .. hops - 1
+    (the models' ``edges_within``: NEMP computes each layer only as deep as still needed).
     """
     n = len(tags)
     i_np, j_np = i.numpy(), j.numpy()
@@ -273,14 +275,17 @@ def fold_images(i: torch.Tensor, j: torch.Tensor, numbers: torch.Tensor, tags: n
     chosen = order[first]  # one atom per id
     chosen_of = np.empty(n, dtype=np.int64)
     chosen_of[order] = chosen[group]
-    kept_atoms = np.concatenate([np.arange(nlocal), np.sort(chosen[(chosen >= nlocal) & (depth[chosen] < far)])])
+    others = chosen[(chosen >= nlocal) & (depth[chosen] < far)]
+    others = others[np.lexsort((others, depth[others]))]  # by depth, then index
+    kept_atoms = np.concatenate([np.arange(nlocal), others])
     node = np.full(n, -1, dtype=np.int64)
     node[kept_atoms] = np.arange(len(kept_atoms))
-    centre = (chosen_of[i_np] == i_np) & (depth[i_np] < hops)
-    kept = np.flatnonzero(centre)
-    node_of = torch.from_numpy(node[chosen_of])
-    kept = torch.from_numpy(kept)
-    return node_of[i[kept]], node_of[j[kept]], numbers[torch.from_numpy(kept_atoms)], kept
+    node_of = node[chosen_of]
+    kept = np.flatnonzero((chosen_of[i_np] == i_np) & (depth[i_np] < hops))
+    kept = kept[np.argsort(node_of[i_np[kept]], kind="stable")]  # by centre, so by the centre's depth
+    edges_within = np.searchsorted(depth[i_np[kept]], np.arange(hops), side="right").tolist()
+    node_of, kept = torch.from_numpy(node_of), torch.from_numpy(kept)
+    return node_of[i[kept]], node_of[j[kept]], numbers[torch.from_numpy(kept_atoms)], kept, edges_within
 
 
 def lammps_input(potential: LammpsPotential, file: str, skin: float = 2.0,

@@ -195,11 +195,14 @@ class AtomisticModel(nn.Module):
         per-species output shift ignore it."""
 
     # -- forward -------------------------------------------------------------------------
-    def network_energies(self, graph: AtomicGraph, species: torch.Tensor, fused: bool = False) -> torch.Tensor:
-        """Per-atom energies (N,) of the network in eV, without the reference energies."""
+    def network_energies(self, graph: AtomicGraph, species: torch.Tensor, fused: bool = False,
+                         edges_within: list[int] | None = None) -> torch.Tensor:
+        """Per-atom energies (N,) of the network in eV, without the reference energies
+        (``edges_within``: see :meth:`forward`)."""
         raise NotImplementedError  # pragma: no cover - abstract
 
-    def forward(self, graph: AtomicGraph, fused: bool = False) -> dict[str, torch.Tensor]:
+    def forward(self, graph: AtomicGraph, fused: bool = False,
+                edges_within: list[int] | None = None) -> dict[str, torch.Tensor]:
         """Energies of a batch.
 
         Parameters
@@ -208,6 +211,15 @@ class AtomisticModel(nn.Module):
         fused : bool
             Use fused CPU kernels where the architecture has them (inference with first
             derivatives only); leave off when a loss on forces is back-propagated.
+        edges_within : list of int, optional
+            For a graph whose energies are wanted only on some atoms (a LAMMPS rank's own
+            atoms, :func:`ase_nemp.lammps.fold_images`): atoms ordered by their distance in
+            pairs from those atoms (0 for them), edges sorted by centre, and
+            ``edges_within[d]`` the number of edges whose centre is at most ``d`` pairs
+            away. An architecture that can then computes layer t only over the edges its
+            later layers still need (NEMP); the others compute every layer over every
+            edge. The energies of the atoms at distance 0 are the same either way; those
+            of the others are not meaningful.
 
         Returns
         -------
@@ -216,7 +228,8 @@ class AtomisticModel(nn.Module):
         """
         graph = graph.checked(self.dtype)
         species = self.species_index(graph.numbers)
-        energies = self.network_energies(graph, species, fused=fused) + self.atomic_energies.index_select(0, species)
+        energies = self.network_energies(graph, species, fused=fused, edges_within=edges_within)
+        energies = energies + self.atomic_energies.index_select(0, species)
         return {"energy": scatter(energies, graph.batch, graph.num_graphs), "energies": energies}
 
     def predict(self, graph: AtomicGraph, forces: bool = True, stress: bool = False) -> dict[str, torch.Tensor]:

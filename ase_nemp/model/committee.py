@@ -113,9 +113,11 @@ class Committee(nn.Module):
     def species_index(self, numbers: torch.Tensor) -> torch.Tensor:
         return self.members[0].species_index(numbers)
 
-    def forward(self, graph: AtomicGraph, fused: bool = False) -> dict[str, torch.Tensor]:
-        """Per-member energies: ``energy`` (M, B) and ``energies`` (M, N), eV."""
-        outs = [m(graph, fused=fused) for m in self.members]
+    def forward(self, graph: AtomicGraph, fused: bool = False,
+                edges_within: list[int] | None = None) -> dict[str, torch.Tensor]:
+        """Per-member energies: ``energy`` (M, B) and ``energies`` (M, N), eV
+        (``fused``, ``edges_within``: :meth:`AtomisticModel.forward`)."""
+        outs = [m(graph, fused=fused, edges_within=edges_within) for m in self.members]
         return {k: torch.stack([o[k] for o in outs]) for k in outs[0]}
 
     def extra_repr(self) -> str:

@@ -236,7 +236,8 @@ class EquiREANN(AtomisticModel):
         C = torch.einsum("iln,lnk->ilk", Phi, W)
         return g * (C * C).sum(1)
 
-    def network_energies(self, graph: AtomicGraph, species: torch.Tensor, fused: bool = False) -> torch.Tensor:
+    def network_energies(self, graph: AtomicGraph, species: torch.Tensor, fused: bool = False,
+                         edges_within: list[int] | None = None) -> torch.Tensor:  # every layer over every edge
         cfg = self.config
         K, S, N = cfg.num_radial, cfg.num_species, graph.num_atoms
         i, j = graph.edge_index[0], graph.edge_index[1]

@@ -261,11 +261,14 @@ class LEIGNN(AtomisticModel):
             forces = forces - (scatter(forces, batch, B) / counts).index_select(0, batch)
         return energies, forces
 
-    def network_energies(self, graph: AtomicGraph, species: torch.Tensor, fused: bool = False) -> torch.Tensor:
+    def network_energies(self, graph: AtomicGraph, species: torch.Tensor, fused: bool = False,
+                         edges_within: list[int] | None = None) -> torch.Tensor:  # every layer over every edge
         return self._outputs(graph, species)[0]
 
-    def forward(self, graph: AtomicGraph, fused: bool = False) -> dict[str, torch.Tensor]:
-        """Energies (and, in direct mode, ``forces``) of a batch; see :class:`AtomisticModel`."""
+    def forward(self, graph: AtomicGraph, fused: bool = False,
+                edges_within: list[int] | None = None) -> dict[str, torch.Tensor]:
+        """Energies (and, in direct mode, ``forces``) of a batch; see :class:`AtomisticModel`
+        (every layer runs over every edge, whatever ``edges_within``)."""
         graph = graph.checked(self.dtype)
         species = self.species_index(graph.numbers)
         energies, forces = self._outputs(graph, species)

@@ -157,9 +157,10 @@ class NEMP(AtomisticModel):
         with torch.no_grad():
             self.shift.copy_(torch.as_tensor(shift_per_species, dtype=torch.float64) / self.force_rms.double())
 
-    def network_energies(self, graph: AtomicGraph, species: torch.Tensor, fused: bool = False) -> torch.Tensor:
+    def network_energies(self, graph: AtomicGraph, species: torch.Tensor, fused: bool = False,
+                         edges_within: list[int] | None = None) -> torch.Tensor:
         return self.atomic_energies_of(graph.positions, species, graph.edge_index, graph.shifts, graph.cell,
-                                       graph.batch, fused=fused)
+                                       graph.batch, fused=fused, edges_within=edges_within)
 
     def atomic_energies_of(
         self,
@@ -171,6 +172,7 @@ class NEMP(AtomisticModel):
         batch: torch.Tensor,
         trace: dict[str, Any] | None = None,
         fused: bool = False,
+        edges_within: list[int] | None = None,
     ) -> torch.Tensor:
         """Per-atom energies (N,) of the network (without the reference energies) from
         positions, species indices and the edge list.
@@ -179,6 +181,9 @@ class NEMP(AtomisticModel):
         (``n``, ``Yhat``, ``sigma``, ``k``, ``w``, ``V_in``, ``V_prenorm``,
         ``readout_input``, ``readout_raw``) for debugging. ``fused`` selects the fused CPU
         kernels for the edge blocks (first derivatives only); see :meth:`forward`.
+        ``edges_within`` (:meth:`forward`): layer t then runs over the edges whose centre
+        is at most T - 1 - t pairs from the atoms wanted, the only ones whose features
+        layer t + 1 still reads; the embedding over every edge.
         """
         cfg = self.config
         N, E = positions.shape[0], edge_index.shape[1]
@@ -212,6 +217,10 @@ class NEMP(AtomisticModel):
 
         # -- message passing (3.5)
         for t in range(T):
+            if edges_within is not None and int(edges_within[T - 1 - t]) < edge_index.shape[1]:
+                E = int(edges_within[T - 1 - t])  # the halo shrinks by one pair per layer
+                Y, e_feat, Q, edge_index = Y[:E], e_feat[:E], Q[:E], edge_index[:, :E]
+                csr = kernels.build_csr(edge_index, N, positions.dtype) if csr is not None else None
             if trace is not None:
                 trace["V_in"].append(V)
             om = self.omega[t]  # (S, 3, C, C), picked by the species of each node
