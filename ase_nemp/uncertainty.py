@@ -177,9 +177,17 @@ def fit_calibration(pred: dict, ref: dict, levels=LEVELS, floor: bool = False, s
         raise ValueError("calibration needs a committee's predictions (a single model has no spread)")
     factors, floors, samples = {}, {}, {}
     for prop, (spread, error) in _errors(pred, ref).items():
+        unit = "structures" if prop == "energy" else "atoms"
         if len(error) < 10:
-            raise ValueError(f"calibration needs at least 10 held-out {'structures' if prop == 'energy' else 'atoms'}, "
-                             f"got {len(error)}")
+            raise ValueError(f"calibration needs at least 10 held-out {unit}, got {len(error)}")
+        # where every member gives exactly the same number (atoms farther apart than the cutoff:
+        # each member returns the isolated atoms' energies and no force) the spread says nothing
+        # about the scale, and the interval there is zero whatever the factor
+        agree = spread == 0
+        if (~agree).sum() < 10:
+            raise ValueError(f"the committee's {prop} spread is zero on {int(agree.sum())} of {len(error)} held-out "
+                             f"{unit}: its members are identical there (calibration needs 10 with a spread)")
+        spread, error = spread[~agree], error[~agree]
         candidates = [float(np.quantile(spread, q)) if q > 0 else 0.0 for q in (_FLOOR_QUANTILES if floor else (0,))]
         best = None
         for b in candidates:
@@ -189,7 +197,7 @@ def fit_calibration(pred: dict, ref: dict, levels=LEVELS, floor: bool = False, s
             width = _conformal_factor(error / shifted, DEFAULT_LEVEL) * float(np.mean(shifted))
             if best is None or width < best[0]:
                 best = (width, b)
-        if best is None:
+        if best is None:  # pragma: no cover - the spreads left are positive
             raise ValueError(f"the committee's {prop} spread is zero on held-out data: its members are identical")
         floors[prop] = best[1]
         ratios = error / (spread + best[1])

@@ -46,6 +46,24 @@ def test_conformal_scale_reaches_its_coverage_on_new_data():
     assert coverage(floored, *synthetic(3000, seed=1), levels=[0.9])["energy"][0.9] > 0.86
 
 
+def test_structures_where_the_members_agree_exactly_are_set_aside():
+    """Atoms farther apart than the cutoff (a two-body curve's tail) give every member the
+    same energy and no force: a zero spread, which says nothing about the scale. The fit
+    leaves them out instead of refusing the whole held-out set."""
+    pred, ref = synthetic(200, seed=2)
+    plain = fit_calibration(pred, ref)
+    padded = {k: np.concatenate([v, v[:20]]) for k, v in pred.items()}
+    padded_ref = {k: np.concatenate([v, v[:20] + 1e-4]) for k, v in ref.items()}
+    padded["energy_uncertainty"][-20:] = 0.0
+    padded["forces_uncertainty"][-20:] = 0.0
+    fitted = fit_calibration(padded, padded_ref)
+    assert fitted.factors == plain.factors and fitted.samples == plain.samples == {"energy": 200, "forces": 1000}
+    agree = {k: v.copy() for k, v in pred.items()}
+    agree["energy_uncertainty"][5:] = 0.0
+    with pytest.raises(ValueError, match="zero on 195 of 200 held-out structures"):
+        fit_calibration(agree, ref)
+
+
 def test_radius_interpolates_and_refuses_bad_levels_and_tables():
     cal = Calibration({"energy": {0.5: 1.0, 0.9: 3.0}, "forces": {0.5: 2.0, 0.9: 4.0}},
                       {"energy": 0.01, "forces": 0.0})
