@@ -58,6 +58,9 @@ def test_from_pretrained_evaluates_the_example_structures():
         np.testing.assert_allclose(calc32.get_forces(atoms), calc64.get_forces(atoms), atol=1e-3)
         # the committee knows these states: small spreads
         assert calc64.get_property("forces_uncertainty", atoms).max() < 0.1
+        # and the shipped file is calibrated: its intervals are the spreads scaled up, raw spreads kept
+        spread, radius = calc64.get_property("energy_uncertainty", atoms), calc64.get_property("energy_interval", atoms)
+        assert calc64.interval_level == 0.9 and radius > 1.5 * spread > 0
     # the reference potential gives -218.9251 and -218.8210 eV (reaction energy +0.104 eV); the
     # committee is held to the 0.05 eV that nemp demo's band is checked against
     assert e[0] == pytest.approx(-218.9251, abs=0.05) and e[1] == pytest.approx(-218.8210, abs=0.05)
@@ -84,7 +87,7 @@ def test_demo_runs_the_reaction_analysis_and_flags_what_it_cannot_trust(tmp_path
     assert "WARNING" in captured.err and "not to be trusted" in captured.err
     # six steps cannot converge the band, three cannot converge the saddle: both reported
     assert "band not converged" in out and "saddle not converged" in out, out
-    assert re.search(r"step 1 \(.*\): barrier \d+\.\d{3} ± \d+\.\d{3} eV \(committee spread, not calibrated\) "
+    assert re.search(r"step 1 \(.*\): barrier \d+\.\d{3} ± \d+\.\d{3} eV \(calibrated 90 % interval\) "
                      r"from the minimum it starts from", out), out
     assert "outside the model's confidence" in out
     for name in ("minima.extxyz", "steps.md", "profile.png", "step1_band.extxyz", "step1_saddle.extxyz"):

@@ -45,7 +45,7 @@ def main() -> int:
     stats, pred, ref = predictions(model, held_out)
     cal = calibration(pred, ref)
     size_kb = os.path.getsize(args.model) / 1024
-    members = f"committee of {model.size}, " if hasattr(model, "members") else ""
+    members = f"committee of {model.size}, " if model.is_committee else ""
     lines = [
         "# pd-co-o: held-out metrics",
         "",
