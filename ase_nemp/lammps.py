@@ -200,9 +200,7 @@ class LammpsPotential:
         after the box and atoms exist): the ML-IAP Python coupling, ``pair_style mliap
         unified EXISTS 1``, ``pair_coeff`` naming the element of each LAMMPS atom type
         (``types``, in type order; default the model's species) and the ghost cutoff for
-        the input's neighbour ``skin`` (Å). On one rank, where every ghost folds onto its
-        owner (:func:`fold_images`), ``pair_style mliap unified EXISTS 0`` with LAMMPS's
-        default ghost cutoff instead: no halo at all.
+        the input's neighbour ``skin`` (Å).
 
         ``spread`` (a committee): every force call also stores the members' standard
         deviation of each atom's energy (eV) in the per-atom property
@@ -213,11 +211,7 @@ class LammpsPotential:
 
         if spread and not self.is_committee:
             raise ValueError("spread needs a committee: a single model has no spread")
-        # one rank: every ghost folds onto a local atom (fold_images), so the ghosts within one
-        # cutoff, without neighbour lists of their own, are all the model needs
-        one_rank = int(lmp.extract_setting("world_size")) == 1
-        commands = lammps_input(self, file="EXISTS", skin=skin, types=types,  # bad types fail before LAMMPS sees them
-                                halo=not one_rank)
+        commands = lammps_input(self, file="EXISTS", skin=skin, types=types)  # bad types fail before LAMMPS sees them
         activate_mliappy(lmp)
         load_unified(self)
         lmp.commands_list(commands)
@@ -291,22 +285,18 @@ def fold_images(i: torch.Tensor, j: torch.Tensor, numbers: torch.Tensor, tags: n
 
 
 def lammps_input(potential: LammpsPotential, file: str, skin: float = 2.0,
-                 types: list[str] | None = None, halo: bool = True) -> list[str]:
+                 types: list[str] | None = None) -> list[str]:
     """The LAMMPS commands for ``potential``: ``pair_style mliap unified FILE 1``,
     ``pair_coeff * * SYMBOLS`` (``types``: the element of each LAMMPS atom type in order;
     default the model's species) and ``comm_modify cutoff`` covering the receptive
     field, receptive hops x cutoff + ``skin`` (Å, the neighbour skin of the input).
 
-    ``halo=False`` (what :meth:`LammpsPotential.attach` uses on one rank, where every ghost
-    folds onto its owner) asks for no ghost neighbour lists and LAMMPS's default ghost
-    cutoff instead. For a pointer ``file`` (the plain ``lmp`` executable) two ``python``
-    commands follow that hand the LAMMPS instance to the potential (:func:`bind`)."""
+    For a pointer ``file`` (the plain ``lmp`` executable) two ``python`` commands follow
+    that hand the LAMMPS instance to the potential (:func:`bind`)."""
     types = list(types) if types is not None else list(potential.element_types)
     unknown = [t for t in types if t not in potential.element_types]
     if unknown:
         raise ValueError(f"atom types {unknown} are not species of the model ({', '.join(potential.element_types)})")
-    if not halo:
-        return [f"pair_style mliap unified {file} 0", f"pair_coeff * * {' '.join(types)}"]
     reach = potential.hops * 2.0 * potential.rcutfac + float(skin)
     lines = [f"pair_style mliap unified {file} 1", f"pair_coeff * * {' '.join(types)}",
              f"comm_modify cutoff {math.ceil(reach * 1000) / 1000:.3f}"]

@@ -228,7 +228,9 @@ class AtomisticModel(nn.Module):
         """
         graph = graph.checked(self.dtype)
         species = self.species_index(graph.numbers)
-        energies = self.network_energies(graph, species, fused=fused, edges_within=edges_within)
+        # passed only when given, so that a subclass written before edges_within still works
+        extra = {} if edges_within is None else {"edges_within": edges_within}
+        energies = self.network_energies(graph, species, fused=fused, **extra)
         energies = energies + self.atomic_energies.index_select(0, species)
         return {"energy": scatter(energies, graph.batch, graph.num_graphs), "energies": energies}
 
