@@ -15,7 +15,7 @@ ghosts' forces onto their owners and tallies the virial from the pair forces.
 
 The potential reads the atoms' ids and folds the periodic images of every atom onto one
 (:func:`fold_images`): the model computes each atom once, the rank's own and as many of the
-other ranks' as its reach needs, so one rank costs what the ASE calculator costs; NEMP
+other ranks' as its reach needs, so on one rank the model does the ASE calculator's work; NEMP
 computes layer t only over the pairs within T - 1 - t pairs of the rank's own atoms, the
 halo shrinking by one pair per layer (``edges_within``). In library
 mode :meth:`LammpsPotential.attach` gives it the LAMMPS instance; the plain ``lmp``
