@@ -95,3 +95,31 @@ def test_create_model_builds_presets_and_refuses_unknown_names():
         create_model("mace", species=["H"])
     with pytest.raises(ValueError, match="num_orbitals must be >= 1"):
         create_model("equireann", species=["H"], num_orbitals=0)
+
+
+def test_an_untrained_model_is_not_blind():
+    """With the spec's zero output layers (``output_init="zero"``) a freshly built model is
+    the constant 0: its forces on ethanol are exactly zero and so is the gradient of a
+    force loss with respect to every parameter, so force training has nothing to follow
+    until the energy loss has moved the readout. The default Xavier-normal output layers
+    give forces and a force-loss gradient on every parameter tensor from the first step."""
+    from ase.build import molecule
+
+    from ase_nemp.model.derivatives import energy_forces_stress
+
+    graph = build_graph(molecule("CH3CH2OH"), 4.0)
+    for init in ("xavier", "zero"):
+        model = create_model("equireann", species=["H", "C", "O"], preset="equi-nn", seed=0, output_init=init)
+        forces = energy_forces_stress(model, graph, training=True)["forces"]
+        loss = (forces ** 2).sum()
+        # every parameter but the readout's last bias, a constant energy that no force sees
+        constant = f"readout.net.{len(model.readout.net) - 1}.bias"
+        names, params = zip(*[(n, p) for n, p in model.named_parameters() if n != constant])
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        still = [n for n, g in zip(names, grads) if g is None or not bool(g.abs().max() > 0)]
+        if init == "xavier":
+            assert loss.item() > 0 and not still, f"no gradient reaches {still}"
+        else:
+            assert loss.item() == 0 and len(still) == len(names)
+    with pytest.raises(ValueError, match="output_init must be one of"):
+        create_model("equireann", species=["H"], output_init="uniform")
