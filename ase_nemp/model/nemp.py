@@ -183,7 +183,8 @@ class NEMP(AtomisticModel):
         kernels for the edge blocks (first derivatives only); see :meth:`forward`.
         ``edges_within`` (:meth:`forward`): layer t then runs over the edges whose centre
         is at most T - 1 - t pairs from the atoms wanted, the only ones whose features
-        layer t + 1 still reads; the embedding over every edge.
+        layer t + 1 still reads (layer 0's coefficients Q too); the rest of the embedding
+        over every edge.
         """
         cfg = self.config
         N, E = positions.shape[0], edge_index.shape[1]
@@ -211,7 +212,9 @@ class NEMP(AtomisticModel):
         # -- initial node-equivariant features (3.4)
         A0 = self._density(Y, G, lf + 1, i, N, csr)  # (N, n_l, C), rows 0..l of G
         V = self._mix(A0 * inv_n[:, :, None], self.w_sp, species, 1.0 / math.sqrt(C), csr)
-        Q = mlp(self.coeff_mlps[0], e_feat, csr).view(E, 3, lf + 1, C)
+        if edges_within is not None and T > 0:  # layer 0 reads Q only on its own edges
+            E = int(edges_within[T - 1])
+        Q = mlp(self.coeff_mlps[0], e_feat[:E], csr).view(E, 3, lf + 1, C)
         if trace is not None:
             trace.update(n=n, Yhat=Y, sigma=sigma, k=k_tab, w=w_tab, V_in=[], V_prenorm=[])
 
