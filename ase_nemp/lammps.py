@@ -153,8 +153,10 @@ class LammpsPotential:
         self.nparams = 1
         self.rcutfac = 0.5 * float(model.cutoff)
         self.hops = int(model.receptive_hops)
-        # what the calls cost: model seconds, local atoms and all atoms (ghosts included) summed over calls
-        self.stats = {"calls": 0, "seconds": 0.0, "local_atoms": 0, "all_atoms": 0, "pairs": 0}
+        # what the calls cost, summed over calls: seconds in compute_forces, of them in the model (its
+        # energies and their gradient; the rest reads LAMMPS's arrays, folds images, hands forces back),
+        # local atoms and all atoms the model computed (ghosts included), pairs from LAMMPS
+        self.stats = {"calls": 0, "seconds": 0.0, "model_seconds": 0.0, "local_atoms": 0, "all_atoms": 0, "pairs": 0}
         self._lmp, self._with_spread = None, False  # the instance of attach(): atom ids, the per-atom spread
 
     # -- ML-IAP's unified interface ------------------------------------------------------
@@ -190,6 +192,7 @@ class LammpsPotential:
             rij = rij[kept]
             n = len(numbers)
         rij.requires_grad_(True)
+        model_start = time.perf_counter()
         # positions at the origin and the pair vectors as the shifts of a unit cell: the
         # model's edge vectors, x_j - x_i + shift @ I, are exactly LAMMPS's rij
         graph = AtomicGraph(
@@ -205,6 +208,7 @@ class LammpsPotential:
             local = energies[:nlocal]
             total = local.sum()
             (fij,) = torch.autograd.grad(total, rij, allow_unused=True) if npairs else (None,)
+        model_seconds = time.perf_counter() - model_start
         data.energy = float(total.detach())
         listed = np.asarray(data.iatoms[: int(data.nlistatoms)], dtype=np.int64)
         data.eatoms = np.ascontiguousarray(local.detach().to(torch.float64).numpy()[listed])
@@ -216,6 +220,7 @@ class LammpsPotential:
         st = self.stats
         st["calls"] += 1
         st["seconds"] += time.perf_counter() - start
+        st["model_seconds"] += model_seconds
         st["local_atoms"] += nlocal
         st["all_atoms"] += n
         st["pairs"] += npairs
