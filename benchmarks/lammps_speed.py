@@ -78,8 +78,8 @@ def lammps_worker(spec: dict) -> None:
         total = sum(s["all_atoms"] for s in stats)
         Path(spec["out"]).write_text(json.dumps({
             **spec, "atoms": len(atoms), "s_per_step": per_step, "s_per_atom_step": per_step / len(atoms),
-            "model_share": model_s / per_step, "glue_share": glue_s / per_step, "ghosts_per_local": (total - local) / max(local, 1),
-            "halo_share": (total - local) / max(total, 1), "peak_bytes_per_atom": sum(peak) / len(atoms)}))
+            "model_share": model_s / per_step, "glue_share": glue_s / per_step,
+            "ghosts_per_local": (total - local) / max(local, 1), "halo_share": (total - local) / max(total, 1), "peak_bytes_per_atom": sum(peak) / len(atoms)}))
 
 
 def run_lammps(size: int, ranks: int, model: str, steps: int, timeout: float) -> dict | None:
