@@ -18,10 +18,11 @@
    refines that to its own saddle (P-RFO from the committee's Hessian, updated with the
    reference's forces), takes its Hessian there (finite differences) and follows its
    imaginary mode downhill both ways; the reference relaxes the band's initial state. The
-   reference's barrier is its saddle's energy above its own initial minimum, counted only
-   for a saddle with exactly one imaginary mode that leads down to the band's initial state
-   on one side (the step that starts there; the other side may be an intermediate, such as
-   CO2 still bound to the surface) (a few hundred reference calls per path).
+   reference's barrier is its saddle's energy above its own initial minimum (what the
+   committee's band barrier measures), counted for a converged saddle with exactly one
+   imaginary mode; where its mode leads is said in words (both end states, the initial
+   state and an intermediate such as CO2 still bound to the surface, or two other minima:
+   the band holds more than one step). A few hundred reference calls per path.
 
 Each path's committee barrier carries its error bar (the calibrated 90 % interval for a
 calibrated model file, else the committee spread), whether any image lies outside the
@@ -96,9 +97,11 @@ def reference_saddle(images, peak: int, template, teacher) -> tuple[float | None
         return barrier, what + ", leads down to both end states"
     sides = "; ".join(f"{e - ends[0].get_potential_energy():+.3f} eV, {r.min():.2f} Å from the nearest end state"
                       for e, r in zip(link.energies, link.rmsd))
-    if 0 in link.matched:  # an elementary step from the band's initial minimum to an intermediate
+    # the saddle's energy above the initial state is what the committee's band barrier measures even where
+    # the saddle's reactant side is a nearby minimum (a hop before the bond forms): said in words
+    if 0 in link.matched:
         return barrier, what + f", leads down to the initial state and an intermediate ({sides})"
-    return None, what + f", {barrier:.3f} eV above the initial state, leads down to ({sides}): not verified"
+    return barrier, what + f", leads down to ({sides}): the band holds more than one step"
 
 
 def main() -> int:
