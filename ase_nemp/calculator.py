@@ -26,6 +26,7 @@ from .model import AtomisticModel, Committee
 from .graph import collate
 from .model.derivatives import NO_STRESS_MESSAGE as _NO_STRESS
 from .nl import NeighbourList, build_graph
+from .perf import tune_cpu_allocator
 
 __all__ = ["NEMPCalculator", "StressUnavailableError"]
 
@@ -134,6 +135,8 @@ class NEMPCalculator(Calculator):
         super().__init__(**kwargs)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
+        if self.device.type == "cpu":
+            tune_cpu_allocator()
         self.model_file = None
         if isinstance(model, (str, os.PathLike)):
             self.model_file = str(model)

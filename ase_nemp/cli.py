@@ -478,9 +478,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    from .perf import tune_cpu_allocator
     from .train.distributed import OtherProcessFailed
 
     try:
+        tune_cpu_allocator()
         return int(args.func(args) or 0)
     except (FileNotFoundError, FileExistsError, ValueError, OtherProcessFailed) as err:
         print(f"nemp {args.command}: error: {err}", file=sys.stderr)

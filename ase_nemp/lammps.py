@@ -121,6 +121,9 @@ class LammpsPotential:
     """
 
     def __init__(self, model: str | os.PathLike | AtomisticModel | Committee, dtype: str = "float64") -> None:
+        from .perf import tune_cpu_allocator
+
+        tune_cpu_allocator()
         self.dtype = resolve_dtype(dtype)
         self.model_file = None
         if isinstance(model, (str, os.PathLike)):

@@ -11,8 +11,8 @@ evaluation as ``NEMPCalculator`` does it (fused kernels):
 - the neighbour list and graph, built from scratch (what an MD step costs when the list
   is rebuilt every step);
 - the system time of those steps (the kernel's page faults: glibc hands large freed blocks
-  back and maps them anew every step, unless ``--keep-memory 1`` keeps them,
-  ``ase_nemp.perf.keep_freed_memory``);
+  back and maps them anew every step when ``--keep-memory 0`` sets
+  ``ASE_NEMP_ALLOCATOR=default``; the package keeps them by default, ``ase_nemp.perf``);
 - the model's forward and backward (forces by autograd), each split by phase under
   ``torch.profiler``: the edge geometry (harmonics, radial basis, cutoff), the MLPs (the
   edge, coefficient and layer MLPs and the small readout), the edge invariants (Eqs. 7-8),
@@ -74,10 +74,9 @@ def worker(spec: dict) -> dict:
     from speed import build_system
 
     torch.set_num_threads(spec["threads"])
-    if spec.get("keep_memory"):
-        from ase_nemp.perf import keep_freed_memory
+    from ase_nemp.perf import ALLOCATOR_VARIABLE
 
-        keep_freed_memory()
+    os.environ[ALLOCATOR_VARIABLE] = "keep" if spec.get("keep_memory") else "default"  # read by the calculator
     atoms = build_system("water", spec["size"])
     species = sorted(set(atoms.get_chemical_symbols()))
     calc = NEMPCalculator(NEMP(NEMPConfig.preset(spec["preset"], species=species), seed=0), dtype=spec["dtype"])
@@ -190,8 +189,9 @@ def main() -> int:
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--keep-memory", nargs="+", type=int, default=[0], choices=[0, 1],
-                        help="1: glibc keeps freed memory mapped (ase_nemp.perf.keep_freed_memory); 0 1: both")
+    parser.add_argument("--keep-memory", nargs="+", type=int, default=[1], choices=[0, 1],
+                        help="1: glibc keeps freed memory mapped (the package's default, ase_nemp.perf); "
+                             "0: glibc's own (ASE_NEMP_ALLOCATOR=default); 0 1: both")
     parser.add_argument("--output", type=Path, help="write the table here (markdown)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()

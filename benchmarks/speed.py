@@ -102,11 +102,11 @@ def worker(spec: dict) -> dict:
     from ase.md.verlet import VelocityVerlet
 
     from ase_nemp import NEMP, NEMPCalculator, NEMPConfig
-    from ase_nemp.perf import keep_freed_memory
+    from ase_nemp.perf import ALLOCATOR_VARIABLE, tune_cpu_allocator
 
     torch.set_num_threads(spec["threads"])
-    if spec.get("keep_memory"):
-        keep_freed_memory()
+    os.environ[ALLOCATOR_VARIABLE] = "keep" if spec.get("keep_memory") else "default"
+    tune_cpu_allocator()  # also for the other calculators (MACE)
     atoms = build_system(spec["system"], spec["size"])
     if spec["preset"] == "mace-small":
         calc = mace_calculator(atoms, spec["dtype"])
@@ -241,7 +241,7 @@ def main() -> None:
     parser.add_argument("--compare", nargs="*", default=[], choices=["mace"],
                         help="time other calculators too (mace: pip install ase-nemp[bench])")
     parser.add_argument("--keep-memory", choices=["on", "off", "both"], default="on",
-                        help="glibc allocator tuning (ase_nemp.perf.keep_freed_memory)")
+                        help="glibc keeps freed memory mapped (ase_nemp.perf, on unless ASE_NEMP_ALLOCATOR=default)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--max-seconds", type=float, default=20.0, help="stop timing a configuration after this")
     parser.add_argument("--timeout", type=float, default=900.0)
