@@ -492,6 +492,23 @@ def test_training_data_may_be_a_list_of_files(tmp_path):
             RunConfig.from_dict({"data": {"train": bad}, "model": TINY_MODEL}, base_dir=tmp_path)
 
 
+def test_validation_data_may_be_a_list_of_files(tmp_path):
+    """data.valid as a list (the held-out part of each data source): every file's frames are
+    validated, none is trained on."""
+    train, first, second = tmp_path / "t.extxyz", tmp_path / "v1.extxyz", tmp_path / "v2.extxyz"
+    write(train, labelled(8, seed=100))
+    write(first, labelled(3, seed=200))
+    write(second, labelled(2, seed=300))
+    run = RunConfig.from_dict({"data": {"train": "t.extxyz", "valid": ["v1.extxyz", str(second)]},
+                               "model": TINY_MODEL, "training": dict(epochs=1, batch_size=3, dtype="float64"),
+                               "output": {"dir": "run"}}, base_dir=tmp_path)
+    assert run.data.valid == [str(first), str(second)]
+    trainer = trained(run)
+    assert (len(trainer.train_set), len(trainer.valid_set)) == (8, 5)
+    with pytest.raises(ValueError, match="data.valid must be a file or a non-empty list of files"):
+        RunConfig.from_dict({"data": {"train": "t.extxyz", "valid": []}, "model": TINY_MODEL}, base_dir=tmp_path)
+
+
 def test_direct_force_leignn_says_that_it_cannot_train_stress(tmp_path):
     """Stress labels with a direct-force LEIGNN: a warning names the ignored stress weight
     (it used to be dropped without a word); with stress_weight 0 nothing is said."""

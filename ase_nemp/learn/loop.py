@@ -166,9 +166,9 @@ class ActiveLearning:
         ours = ["config.yaml", "committee.pt", "learn_log.csv", "learn_log.md", "learning.png", "data"]
         clash = sorted(name for name in ours if (self.out / name).exists())
         clash += sorted(p.name for p in self.out.glob("round-*"))
-        inputs = [self.cfg.start, self.cfg.monitor, self.cfg.data.valid, self.cfg.data.isolated_atoms]
-        train = self.cfg.data.train
-        inputs += list(train) if isinstance(train, (list, tuple)) else [train]
+        inputs = [self.cfg.start, self.cfg.monitor, self.cfg.data.isolated_atoms]
+        for files in (self.cfg.data.train, self.cfg.data.valid):
+            inputs += list(files) if isinstance(files, (list, tuple)) else [files]
         inside = sorted(str(p) for p in inputs if p and Path(p).resolve().parent == self.out.resolve())
         if clash or inside:
             what = (f"it already holds {', '.join(clash)}" if clash else "") + \

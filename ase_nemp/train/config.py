@@ -4,7 +4,7 @@
 
     data:
       train: train.xyz            # any file ase.io.read understands (or a list of files)
-      valid: null                 # separate validation file, or
+      valid: null                 # separate validation file (or list of files), or
       valid_fraction: 0.1         # ... this fraction of `train` (fixed seed)
       test: null                  # optional: evaluated with the best model at the end
       isolated_atoms: null        # single-atom energies (E0s); fitted by least squares if absent
@@ -127,7 +127,7 @@ class DataConfig:
     """Where the data are and how the labels are called (section ``data``)."""
 
     train: str | list  # a file, or a list of files read one after another
-    valid: str | None = None
+    valid: str | list | None = None  # a file, or a list of files
     valid_fraction: float = 0.1
     test: str | None = None
     isolated_atoms: str | None = None
