@@ -149,7 +149,7 @@ def main() -> None:
         for size in args.sizes:
             print(f"{size} atoms: ASE ...", file=sys.stderr, flush=True)
             ase = run_config(dict(system="water", preset="water-small", model=model, model_name="water-small",
-                                  size=size, dtype="float32", threads=1, skin=1.0, keep_memory=False,
+                                  size=size, dtype="float32", threads=1, skin=1.0, keep_memory=True,
                                   compile=False, eager=False, steps=args.steps, max_seconds=600), args.timeout)
             if ase:
                 rows.append({**ase, "engine": "ASE"})
