@@ -8,7 +8,7 @@ the step as system time (``benchmarks/results/phases.md``: water-small at 12,288
 raises glibc's thresholds so freed blocks stay mapped and are reused.
 
 :func:`tune_cpu_allocator` applies it once per process, and :class:`~ase_nemp.NEMPCalculator`
-on the CPU, ``ase_nemp.lammps`` and the ``nemp`` command call it. The price: the process
+and the trainer on the CPU, ``ase_nemp.lammps`` and the ``nemp`` command call it. The price: the process
 keeps the largest memory it has used mapped until it exits, instead of returning it
 between steps. Set the environment variable ``ASE_NEMP_ALLOCATOR=default`` before the
 first calculator is built to keep glibc's own behaviour.

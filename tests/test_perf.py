@@ -30,16 +30,21 @@ libc = ctypes.CDLL(ctypes.util.find_library("c"))
 libc.mallinfo2.restype = MallInfo2
 if sys.argv[1] == "calculator":
     NEMPCalculator(NEMP(NEMPConfig.preset("water-small", species=(1, 8)), seed=0))
+elif sys.argv[1] == "trainer":
+    from ase_nemp.train import RunConfig
+    from ase_nemp.train.trainer import Trainer
+
+    Trainer(RunConfig.from_dict({"data": {"train": "absent.extxyz"}, "output": {"dir": sys.argv[2]}}), progress=False)
 block = torch.ones(1 << 24)  # 64 MB of float32
 print(json.dumps({"mmapped": libc.mallinfo2().hblkhd, "block": block.numel() * 4}))
 """
 
 
-def probe(what: str, allocator: str | None) -> dict:
+def probe(what: str, allocator: str | None, *args: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "ASE_NEMP_ALLOCATOR"}
     if allocator is not None:
         env["ASE_NEMP_ALLOCATOR"] = allocator
-    done = subprocess.run([sys.executable, "-c", PROBE, what], capture_output=True, text=True, env=env)
+    done = subprocess.run([sys.executable, "-c", PROBE, what, *args], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -51,6 +56,11 @@ def test_a_cpu_calculator_keeps_freed_memory_unless_told_not_to():
     assert kept["mmapped"] < kept["block"]  # from the heap, reused step after step
     default = probe("calculator", "default")
     assert default["mmapped"] >= default["block"]
+
+
+def test_training_on_the_cpu_keeps_freed_memory(tmp_path):
+    kept = probe("trainer", None, str(tmp_path / "run"))
+    assert kept["mmapped"] < kept["block"]
 
 
 def test_a_misspelt_setting_is_a_clear_error(monkeypatch):

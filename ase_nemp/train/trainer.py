@@ -62,6 +62,10 @@ class Trainer:
         self.group = ProcessGroup(self.cfg.device)  # one process, or this one of a torchrun
         self.progress = progress and self.group.main
         self.device = self.group.device(self.cfg.device)
+        if self.device.type == "cpu":
+            from ..perf import tune_cpu_allocator
+
+            tune_cpu_allocator()  # each step frees and allocates the same activations again
         self.dtype = resolve_dtype(self.cfg.dtype)
         self._stop_signal: int | None = None
 
