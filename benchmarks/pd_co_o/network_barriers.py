@@ -30,7 +30,7 @@ committee's confidence, and the reference calls it cost. A barrier counts as met
 within 0.05 eV of the reference's (its own band where computed, else the committee's band),
 or when the committee flags the band as outside its confidence. Writes
 ``benchmarks/pd_co_o/network_barriers.md`` and the bands with the reference's energies
-(``benchmarks/pd_co_o/network/<path>.extxyz``).
+(``benchmarks/pd_co_o/network/<path>.extxyz``, or the folder ``--bands`` names).
 """
 
 from __future__ import annotations
@@ -117,6 +117,7 @@ def main() -> int:
     parser.add_argument("--dtype", default="float64")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for the committee and the reference")
     parser.add_argument("--output", type=Path, default=HERE / "network_barriers.md")
+    parser.add_argument("--bands", type=Path, default=HERE / "network", help="folder for the bands (extxyz)")
     args = parser.parse_args()
 
     from ase.io import write
@@ -152,8 +153,8 @@ def main() -> int:
                         fmax=0.01, steps=300, groups=args.groups, progress=False, log=print)
     committee_seconds = time.perf_counter() - t0
     teacher = Counting(lambda: EMLPCalculator(args.teacher, threads=args.threads))
-    out_dir = HERE / "network"
-    out_dir.mkdir(exist_ok=True)
+    out_dir = args.bands
+    out_dir.mkdir(parents=True, exist_ok=True)
     rows, met = [], 0
     for name, path in found["paths"].items():
         if "barrier" not in path:
