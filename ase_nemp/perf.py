@@ -2,7 +2,7 @@
 
 Every MD step allocates and frees the same few hundred MB of activations. glibc's
 ``malloc`` serves large blocks with ``mmap`` and returns them to the kernel on ``free``,
-so each step page-faults all of that memory in again: on the CPU this costs 13-47 % of
+so each step page-faults all of that memory in again: on the CPU this costs 7-47 % of
 the step as system time (``benchmarks/results/phases.md``: water-small at 12,288 atoms,
 110 -> 75 µs/atom/step in float32 and 254 -> 139 in float64). :func:`keep_freed_memory`
 raises glibc's thresholds so freed blocks stay mapped and are reused.
