@@ -18,7 +18,8 @@ The committed files were labelled on the bands of the committee shipped at commi
 (``network/`` as that commit left it). Writes ``learn/network_bands.extxyz`` (training) and
 ``learn/network_bands_valid.extxyz``
 (every tenth band's frames, whole bands, so that validation measures paths it never saw),
-``config_type`` ``network_band`` or ``network_rattle``, and prints the teacher's calls and time.
+``config_type`` ``network_band`` or ``network_rattle`` (existing files are refused, not replaced),
+and prints the teacher's calls and time.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ def main() -> int:
     args = parser.parse_args()
     if not args.teacher:
         parser.error("name the reference model: --teacher or EMLP_MODEL")
+    outputs = [args.output, args.output.with_name(args.output.stem + "_valid.extxyz")]
+    existing = [str(p) for p in outputs if p.exists()]
+    if existing:  # labels cost reference calls (hours of DFT in real use): never replace them
+        parser.error(f"{', '.join(existing)} exist(s); choose another --output (nothing is overwritten)")
 
     from ase.io import read, write
 
@@ -81,16 +86,15 @@ def main() -> int:
         for image, kind, i in frames:
             atoms = image.copy()
             atoms.set_constraint()
-            for key in ("move_mask",):
-                atoms.arrays.pop(key, None)
+            atoms.arrays.pop("move_mask", None)
             atoms.info = {"config_type": kind, "path": band[0].info.get("path", path.stem), "image": i}
             labelled = label(atoms, teacher)
             calls += 1
             (valid if k % 10 == 5 else train).append(labelled)
         print(f"{path.stem}: {len(frames)} frames", flush=True)
     seconds = time.perf_counter() - start
-    write(args.output, train, format="extxyz")
-    write(args.output.with_name(args.output.stem + "_valid.extxyz"), valid, format="extxyz")
+    write(outputs[0], train, format="extxyz")
+    write(outputs[1], valid, format="extxyz")
     print(f"{calls} reference calls in {seconds:.0f} s: {len(train)} training and {len(valid)} validation frames; "
           f"{left_out} images more than {args.max_energy} eV above their band's start left out")
     return 0

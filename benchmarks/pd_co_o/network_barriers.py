@@ -30,7 +30,8 @@ committee's confidence, and the reference calls it cost. A barrier counts as met
 within 0.05 eV of the reference's (its own band where computed, else the committee's band),
 or when the committee flags the band as outside its confidence. Writes
 ``benchmarks/pd_co_o/network_barriers.md`` and the bands with the reference's energies
-(``benchmarks/pd_co_o/network/<path>.extxyz``, or the folder ``--bands`` names).
+(``benchmarks/pd_co_o/network/<path>.extxyz``, rewritten by each run, or a new folder named by
+``--bands``, refused if it already holds bands).
 """
 
 from __future__ import annotations
@@ -117,8 +118,11 @@ def main() -> int:
     parser.add_argument("--dtype", default="float64")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for the committee and the reference")
     parser.add_argument("--output", type=Path, default=HERE / "network_barriers.md")
-    parser.add_argument("--bands", type=Path, default=HERE / "network", help="folder for the bands (extxyz)")
+    parser.add_argument("--bands", type=Path, help="a new folder for the bands (extxyz) instead of the script's own "
+                        "network/, which each run rewrites")
     args = parser.parse_args()
+    if args.bands is not None and args.bands.exists() and any(args.bands.glob("*.extxyz")):
+        parser.error(f"{args.bands} already holds bands; choose another --bands (nothing is overwritten)")
 
     from ase.io import write
     from teacher import EMLPCalculator
@@ -153,7 +157,7 @@ def main() -> int:
                         fmax=0.01, steps=300, groups=args.groups, progress=False, log=print)
     committee_seconds = time.perf_counter() - t0
     teacher = Counting(lambda: EMLPCalculator(args.teacher, threads=args.threads))
-    out_dir = args.bands
+    out_dir = args.bands or HERE / "network"
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, met = [], 0
     for name, path in found["paths"].items():

@@ -48,6 +48,8 @@ def main() -> int:
     parser.add_argument("models", nargs="+", type=Path)
     parser.add_argument("--output", type=Path, help="also write the table here")
     args = parser.parse_args()
+    if args.output is not None and args.output.exists():
+        parser.error(f"{args.output} exists; choose another --output (nothing is overwritten)")
 
     from ase_nemp import NEMPCalculator, load
     from ase_nemp.train.evaluate import predictions
