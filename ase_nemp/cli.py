@@ -247,10 +247,12 @@ def _lammps(args: argparse.Namespace) -> int:
     if args.output.exists():
         raise FileExistsError(f"{args.output} exists; choose another --output (nothing is overwritten)")
     model = resolve_model(args.model)
-    potential = LammpsPotential(model, dtype=args.dtype)
+    potential = LammpsPotential(model, dtype=args.dtype, exchange=False if args.recompute_halo else None)
     lines = lammps_input(potential, str(args.output.resolve()), skin=args.skin, types=args.types)
     write_pointer(potential, args.output)
-    print(f"# {potential.model.describe()}; reach {potential.hops} x {potential.model.cutoff} Å")
+    how = ("ghosts one cutoff deep, their features sent by the ranks that own them" if potential.exchanges_features
+           else "each rank recomputes that halo")
+    print(f"# {potential.model.describe()}; reach {potential.hops} x {potential.model.cutoff} Å: {how}")
     print("\n".join(lines))
     return 0
 
@@ -430,7 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("--output", type=Path, default=Path("model.mliap"),
                     help="the pointer file to write (it names the model file; the weights stay there)")
     lm.add_argument("--dtype", default="float64", choices=["float32", "float64"])
-    lm.add_argument("--skin", type=float, default=2.0, help="the input's neighbour skin in Å (sets comm_modify cutoff)")
+    lm.add_argument("--skin", type=float, default=2.0,
+                    help="the input's neighbour skin in Å (sets comm_modify cutoff where a halo is recomputed)")
+    lm.add_argument("--recompute-halo", action="store_true",
+                    help="NEMP: every rank recomputes a halo as deep as the receptive field instead of receiving "
+                         "its ghosts' features from their owners (no mpi4py needed; slower on several ranks)")
     lm.add_argument("--types", nargs="+", help="the element of each LAMMPS atom type, in type order "
                                                "(default: the model's species)")
     lm.set_defaults(func=_lammps)

@@ -7,20 +7,27 @@ Any conservative architecture (NEMP, EquiREANN, conservative LEIGNN) and committ
 (their mean) work, in float64 or float32.
 
 An atom's energy depends on atoms up to ``receptive_hops`` cutoffs away (T + 1 for NEMP
-with T layers and for EquiREANN with T iterations, T for a local LEIGNN), so each rank
-needs its ghost atoms that deep with their own neighbour lists: ``pair_style mliap unified FILE 1``
-(the 1 asks for the ghosts' neighbours) and ``comm_modify cutoff`` of at least T x cutoff
-plus the skin. :func:`lammps_input` writes those lines for a model. LAMMPS then sums the
-ghosts' forces onto their owners and tallies the virial from the pair forces.
+with T layers and for EquiREANN with T iterations, T for a local LEIGNN). The potential
+reads the atoms' ids and folds the periodic images of every atom onto one
+(:func:`fold_images`), so on one rank the model does the ASE calculator's work. On several
+ranks:
 
-The potential reads the atoms' ids and folds the periodic images of every atom onto one
-(:func:`fold_images`): the model computes each atom once, the rank's own and as many of the
-other ranks' as its reach needs, so on one rank the model does the ASE calculator's work; NEMP
-computes layer t only over the pairs within T - 1 - t pairs of the rank's own atoms, the
-halo shrinking by one pair per layer (``edges_within``). In library
-mode :meth:`LammpsPotential.attach` gives it the LAMMPS instance; the plain ``lmp``
-executable gives a pair style none, so the input hands it over with two ``python`` commands
-(:func:`bind`, written by :func:`lammps_input`). Without them every ghost is computed.
+* NEMP and its committees (the default, ``exchange=True``): each rank computes its own
+  atoms only, from the ghost atoms within one cutoff (LAMMPS's own ghost cutoff,
+  ``pair_style mliap unified FILE 0``). Before every layer the ghosts' node features come
+  from the ranks that own them, and their gradients go back in the backward pass
+  (:class:`FeatureExchange`, ``mpi4py``): no rank recomputes another's atoms.
+* EquiREANN, LEIGNN (or ``exchange=False``): each rank needs its ghosts as deep as the
+  receptive field with their own neighbour lists (``pair_style mliap unified FILE 1`` and
+  ``comm_modify cutoff`` of at least receptive hops x cutoff plus the skin) and recomputes
+  that halo; NEMP's layer t then runs only over the pairs within T - 1 - t pairs of the
+  rank's own atoms (``edges_within``).
+
+:func:`lammps_input` writes the lines for a model. LAMMPS sums the ghosts' pair forces
+onto their owners and tallies the virial from the pair forces. In library mode
+:meth:`LammpsPotential.attach` gives the potential the LAMMPS instance; the plain ``lmp``
+executable gives a pair style none, so the input hands it over with two ``python``
+commands (:func:`bind`, written by :func:`lammps_input`).
 
 From a Python driver (library mode; ``mpi4py`` for several ranks)::
 
@@ -32,7 +39,7 @@ From a Python driver (library mode; ``mpi4py`` for several ranks)::
 
 From the plain ``lmp`` executable (``mpirun -np 4 lmp -in in.md``), write a small pointer
 file once with ``nemp lammps model.pt --output model.mliap`` and use the lines it prints
-(``pair_style mliap unified model.mliap 1`` and the rest). That file names the model file, its dtype and the class to load
+(``pair_style mliap unified model.mliap 0`` and the rest). That file names the model file, its dtype and the class to load
 it with; the weights stay in the package's weights-only format and are checked when
 loaded (:func:`ase_nemp.io.load`).
 """
@@ -102,9 +109,9 @@ def _command_holding_the_gil(lmp, command: str) -> None:
             setattr(sys, name, value)
 
 
-def _rebuild(path: str, dtype: str) -> "LammpsPotential":
+def _rebuild(path: str, dtype: str, exchange: bool | None = None) -> "LammpsPotential":
     """What a pointer file unpickles to: the potential loaded from its model file."""
-    return LammpsPotential(path, dtype=dtype)
+    return LammpsPotential(path, dtype=dtype, exchange=exchange)
 
 
 class LammpsPotential:
@@ -118,9 +125,15 @@ class LammpsPotential:
         model / :class:`~ase_nemp.model.Committee` object.
     dtype : "float64" or "float32"
         Of the model's arithmetic; LAMMPS receives float64 either way.
+    exchange : bool, optional
+        Each rank computes its own atoms only and receives its ghost atoms' features from
+        the ranks that own them before every layer (:class:`FeatureExchange`, through
+        ``mpi4py``): the default where the model can (NEMP and its committees). False
+        recomputes a halo of ghosts as deep as the receptive field on every rank.
     """
 
-    def __init__(self, model: str | os.PathLike | AtomisticModel | Committee, dtype: str = "float64") -> None:
+    def __init__(self, model: str | os.PathLike | AtomisticModel | Committee, dtype: str = "float64",
+                 exchange: bool | None = None) -> None:
         from .perf import tune_cpu_allocator
 
         tune_cpu_allocator()
@@ -156,10 +169,19 @@ class LammpsPotential:
         self.nparams = 1
         self.rcutfac = 0.5 * float(model.cutoff)
         self.hops = int(model.receptive_hops)
+        # NEMP (and its committees): each rank computes its own atoms only and receives its ghosts'
+        # features from their owners before every layer (FeatureExchange), instead of recomputing them
+        if exchange and not model.exchanges_features:
+            raise ValueError(f"a {model.architecture} model cannot receive its ghosts' features: it needs exchange=False")
+        self.exchanges_features = bool(model.exchanges_features if exchange is None else exchange)
+        self._plan = None  # the FeatureExchange of the last call, kept while the atoms stay on their ranks
         # what the calls cost, summed over calls: seconds in compute_forces, of them in the model (its
         # energies and their gradient; the rest reads LAMMPS's arrays, folds images, hands forces back),
         # local atoms and all atoms the model computed (ghosts included), pairs from LAMMPS
-        self.stats = {"calls": 0, "seconds": 0.0, "model_seconds": 0.0, "local_atoms": 0, "all_atoms": 0, "pairs": 0}
+        # (the exchanges of ghosts' features included, whose seconds, waiting for the other ranks
+        # included, are also in exchange_seconds)
+        self.stats = {"calls": 0, "seconds": 0.0, "model_seconds": 0.0, "exchange_seconds": 0.0, "local_atoms": 0,
+                      "all_atoms": 0, "pairs": 0}
         self._lmp, self._with_spread = None, False  # the instance of attach(): atom ids, the per-atom spread
 
     # -- ML-IAP's unified interface ------------------------------------------------------
@@ -188,9 +210,19 @@ class LammpsPotential:
         else:
             i = j = torch.zeros(0, dtype=torch.long)
             rij = torch.zeros((0, 3), dtype=self.dtype)
-        kept = edges_within = None  # the pairs the model sees: all of them unless images fold
+        kept = edges_within = exchange = None  # the pairs the model sees: all of them unless images fold
         tags = self._tags(n)
-        if tags is not None and npairs:
+        if tags is None and self.hops > 1 and bool((j >= nlocal).any()) and not bool((i >= nlocal).any()):
+            raise RuntimeError("this rank's ghost atoms have no neighbour lists and the potential was handed no "
+                               "LAMMPS instance to read their ids: use LammpsPotential.attach, or the python lines "
+                               "of lammps_input (nemp lammps prints them) after pair_coeff")
+        if self.exchanges_features and tags is not None:
+            # every atom once, pairs of the local atoms only; the ghosts' features come from their owners
+            i, j, numbers, kept, _, ghost_tags = fold_images(i, j, numbers, tags, nlocal, 1, with_tags=True)
+            exchange = self._exchange(tags[:nlocal], ghost_tags)
+            rij = rij[kept]
+            n = len(numbers)
+        elif tags is not None and npairs:
             i, j, numbers, kept, edges_within = fold_images(i, j, numbers, tags, nlocal, self.hops)
             rij = rij[kept]
             n = len(numbers)
@@ -203,14 +235,19 @@ class LammpsPotential:
             cell=torch.eye(3, dtype=self.dtype).unsqueeze(0), pbc=torch.zeros((1, 3), dtype=torch.bool),
             edge_index=torch.stack([i, j]), shifts=rij, batch=torch.zeros(n, dtype=torch.long))
         with torch.enable_grad():
-            energies = self.model(graph, fused=True, edges_within=edges_within)["energies"]  # (N,) or (M, N)
-            if self.is_committee:
-                if self._spread is not None:  # the members' spread of each local atom's energy
-                    self._spread[:nlocal] = energies[:, :nlocal].detach().std(0, correction=1).double().numpy()
-                energies = energies.mean(0)
-            local = energies[:nlocal]
+            if exchange is not None:
+                local, fij, spread = self._exchanged_energies(graph, rij, nlocal, exchange)
+            else:
+                energies = self.model(graph, fused=True, edges_within=edges_within)["energies"]  # (N,) or (M, N)
+                spread = None
+                if self.is_committee:
+                    spread = energies[:, :nlocal].detach().std(0, correction=1)
+                    energies = energies.mean(0)
+                local = energies[:nlocal]
+                (fij,) = torch.autograd.grad(local.sum(), rij, allow_unused=True) if npairs else (None,)
             total = local.sum()
-            (fij,) = torch.autograd.grad(total, rij, allow_unused=True) if npairs else (None,)
+            if spread is not None and self._spread is not None:  # the members' spread of each local atom's energy
+                self._spread[:nlocal] = spread.double().numpy()
         model_seconds = time.perf_counter() - model_start
         data.energy = float(total.detach())
         listed = np.asarray(data.iatoms[: int(data.nlistatoms)], dtype=np.int64)
@@ -228,12 +265,59 @@ class LammpsPotential:
         st["all_atoms"] += n
         st["pairs"] += npairs
 
+    def _exchange(self, local_tags: np.ndarray, ghost_tags: np.ndarray) -> "FeatureExchange | None":
+        """The exchange of the ghosts' features for this call (None on one rank, where every
+        ghost folded onto a local atom); the last call's when no rank's atoms changed."""
+        comm = self._communicator()
+        if comm is None:
+            if len(ghost_tags):
+                raise RuntimeError(f"{len(ghost_tags)} ghost atoms on one rank are images of no local atom")
+            return None
+        plan = self._plan
+        changed = plan is None or not plan.serves(local_tags, ghost_tags)
+        if comm.allreduce(int(changed)):  # on any rank: all build the new one together
+            start = time.perf_counter()
+            self._plan = plan = FeatureExchange(comm, local_tags, ghost_tags, stats=self.stats)
+            self.stats["exchange_seconds"] += time.perf_counter() - start
+        return plan
+
+    def _communicator(self):
+        """The ranks' MPI communicator (``mpi4py``) of the LAMMPS instance; None on one rank."""
+        lmp = self._lmp if self._lmp is not None else _BOUND
+        if int(lmp.extract_setting("world_size")) == 1:
+            return None
+        comm = lmp.get_mpi_comm()
+        if comm is None:
+            raise RuntimeError("LAMMPS runs on several ranks but hands Python no communicator: install mpi4py "
+                               "(pip install mpi4py, built against the MPI LAMMPS uses)")
+        return comm
+
+    def _exchanged_energies(self, graph: AtomicGraph, rij: torch.Tensor, nlocal: int, exchange):
+        """The local atoms' energies (nlocal,), ``dE/drij`` of every pair and (a committee)
+        the members' spread of each local energy, with the ghosts' features exchanged.
+
+        The members run one after another, each with its own backward pass, so that every
+        rank goes through the same exchanges in the same order (each is a collective call)."""
+        members = self.model.members if self.is_committee else [self.model]
+        energies, fij = [], None
+        for member in members:
+            local = member(graph, fused=True, exchange=exchange)["energies"][:nlocal]
+            (g,) = torch.autograd.grad(local.sum(), rij, allow_unused=True)
+            energies.append(local.detach())
+            if g is not None:
+                fij = g if fij is None else fij + g
+        energies = torch.stack(energies)
+        if fij is not None and len(members) > 1:
+            fij = fij / len(members)
+        spread = energies.std(0, correction=1) if len(members) > 1 else None
+        return energies.mean(0), fij, spread
+
     # -- pickling: a pointer to the model file, never the weights -----------------------------
     def __reduce__(self):  # the LAMMPS instance of attach() is not part of it
         if self.model_file is None:
             raise pickle.PicklingError("a LammpsPotential built from a model object has no file to point to; "
                                        "save the model (ase_nemp.save) and build it from the file")
-        return _rebuild, (self.model_file, str(self.dtype).replace("torch.", ""))
+        return _rebuild, (self.model_file, str(self.dtype).replace("torch.", ""), self.exchanges_features)
 
     # -- LAMMPS commands ---------------------------------------------------------------------
     def attach(self, lmp, types: list[str] | None = None, skin: float = 2.0, spread: bool = False) -> None:
@@ -254,11 +338,12 @@ class LammpsPotential:
 
         if spread and not self.is_committee:
             raise ValueError("spread needs a committee: a single model has no spread")
-        # one rank: every ghost folds onto a local atom (fold_images), so the ghosts within one
-        # cutoff, without neighbour lists of their own, are all the model needs
+        # one rank: every ghost folds onto a local atom (fold_images); a model that exchanges its
+        # features: the ghosts' come from their owners. Either way the ghosts within one cutoff,
+        # without neighbour lists of their own, are all the model needs
         one_rank = int(lmp.extract_setting("world_size")) == 1
         commands = lammps_input(self, file="EXISTS", skin=skin, types=types,  # bad types fail before LAMMPS sees them
-                                halo=not one_rank)
+                                halo=not (one_rank or self.exchanges_features))
         activate_mliappy(lmp)
         load_unified(self)
         _command_holding_the_gil(lmp, commands[0])  # pair_style: starts LAMMPS's Python
@@ -283,8 +368,108 @@ class LammpsPotential:
         return np.asarray(lmp.numpy.extract_atom("id", nelem=n))
 
 
+class FeatureExchange:
+    """Hands each rank its ghost atoms' node features from the ranks that own them.
+
+    Built once for an assignment of atoms to ranks (collectively: every rank builds it at
+    the same time): ``local_tags`` are the LAMMPS ids of the rank's own atoms (rows 0 ..
+    nlocal - 1 of the features), ``ghost_tags`` those of the rows that follow (each id
+    once, owned by another rank). Where each id lives is looked up through a directory
+    spread over the ranks (id modulo the number of ranks), so no rank ever holds every id.
+
+    Calling it on features (N, ...) returns them with the ghost rows replaced by the
+    owners' rows; the backward pass sends the ghost rows' gradients back and adds them to
+    the owners' rows. Each call, forward and backward, is one ``Alltoallv``.
+    """
+
+    def __init__(self, comm, local_tags: np.ndarray, ghost_tags: np.ndarray, stats: dict | None = None) -> None:
+        self.comm, self.stats = comm, stats  # stats["exchange_seconds"]: the seconds in the exchanges
+        self.local_tags = np.array(local_tags, dtype=np.int64)
+        self.ghost_tags = np.array(ghost_tags, dtype=np.int64)
+        size, nlocal = comm.Get_size(), len(self.local_tags)
+        # 1. every rank files its own atoms (id, rank, row) with the directory rank id % size
+        mine = np.stack([self.local_tags, np.full(nlocal, comm.Get_rank()), np.arange(nlocal)], axis=1)
+        filed, _ = self._to_ranks(self.local_tags % size, mine)
+        filed = filed[np.argsort(filed[:, 0], kind="stable")]
+        # 2. asks the directory where its ghosts live ...
+        asked, asked_of = self._to_ranks(self.ghost_tags % size, self.ghost_tags[:, None])
+        at = np.searchsorted(filed[:, 0], asked[:, 0])
+        found = at < len(filed)
+        found[found] = filed[at[found], 0] == asked[found, 0]
+        if not found.all():
+            raise RuntimeError(f"atom ids {asked[~found, 0][:5].tolist()} are ghosts of a rank but no rank owns them")
+        # 3. ... which answers (owner rank, owner's row) in the order asked
+        where, _ = self._to_ranks(None, filed[at, 1:], back=asked_of)
+        where[self._order] = where.copy()
+        # 4. each owner learns which of its rows each other rank needs
+        rows, self.send_counts = self._to_ranks(where[:, 0], where[:, 1:])
+        self.send_rows = torch.from_numpy(rows[:, 0].copy())  # own rows, grouped by the rank that needs them
+        self.recv_rows = torch.from_numpy(nlocal + self._order)  # ghost rows, grouped by their owner
+        self.recv_counts = np.bincount(where[:, 0], minlength=size)
+
+    def serves(self, local_tags: np.ndarray, ghost_tags: np.ndarray) -> bool:
+        """Whether this rank's atoms are still the ones the exchange was built for."""
+        return np.array_equal(local_tags, self.local_tags) and np.array_equal(ghost_tags, self.ghost_tags)
+
+    def _to_ranks(self, dest: np.ndarray | None, rows: np.ndarray, back: np.ndarray | None = None):
+        """Send integer ``rows`` (n, w), row k to rank ``dest[k]``; the rows received (grouped by
+        the sending rank, each sender's in its order) and how many came from each rank.
+        ``self._order`` keeps the order the rows were sent in (``rows[self._order]``).
+        ``back``: ``dest`` None and ``rows`` grouped as received by a call that got ``back``
+        rows from each rank, sent back to those ranks."""
+        size, width = self.comm.Get_size(), rows.shape[1]
+        if back is None:
+            self._order = np.argsort(dest, kind="stable")
+            rows, counts = rows[self._order], np.bincount(dest, minlength=size).astype(np.int64)
+        else:
+            counts = np.asarray(back, dtype=np.int64)
+        got = np.empty(size, dtype=np.int64)
+        self.comm.Alltoall(counts, got)
+        out = np.empty((int(got.sum()), width), dtype=np.int64)
+        self.comm.Alltoallv([np.ascontiguousarray(rows, dtype=np.int64), counts * width], [out, got * width])
+        return out, got
+
+    def move(self, x: torch.Tensor, rows_out: torch.Tensor, counts_out: np.ndarray, counts_in: np.ndarray) -> torch.Tensor:
+        """Rows ``rows_out`` of ``x`` (N, F) to the ranks (``counts_out`` each, in rank order);
+        the (sum(counts_in), F) rows received, in rank order."""
+        start, width = time.perf_counter(), x.shape[1]
+        send = np.ascontiguousarray(x.detach().index_select(0, rows_out).numpy())
+        recv = np.empty((int(counts_in.sum()), width), dtype=send.dtype)
+        self.comm.Alltoallv([send, counts_out * width], [recv, counts_in * width])
+        if self.stats is not None:
+            self.stats["exchange_seconds"] += time.perf_counter() - start
+        return torch.from_numpy(recv)
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        return _Exchange.apply(features, self)
+
+
+class _Exchange(torch.autograd.Function):
+    """The ghost rows of the features replaced by their owners' (forward); the ghost rows'
+    gradients added to the owners' rows (backward)."""
+
+    @staticmethod
+    def forward(ctx, features: torch.Tensor, plan: FeatureExchange) -> torch.Tensor:
+        ctx.plan = plan
+        flat = features.reshape(features.shape[0], -1)
+        got = plan.move(flat, plan.send_rows, plan.send_counts, plan.recv_counts)
+        out = flat.clone()
+        out.index_copy_(0, plan.recv_rows, got.to(out.dtype))
+        return out.view_as(features)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        plan = ctx.plan
+        flat = grad.contiguous().reshape(grad.shape[0], -1)
+        back = plan.move(flat, plan.recv_rows, plan.recv_counts, plan.send_counts)
+        out = flat.clone()
+        out.index_fill_(0, plan.recv_rows, 0.0)  # a ghost's own (unused) row gets nothing
+        out.index_add_(0, plan.send_rows, back.to(out.dtype))
+        return out.view_as(grad), None
+
+
 def fold_images(i: torch.Tensor, j: torch.Tensor, numbers: torch.Tensor, tags: np.ndarray, nlocal: int,
-                hops: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+                hops: int, with_tags: bool = False) -> tuple:
     """The graph the local energies need: every atom once, as deep as the model reaches.
 
     LAMMPS hands a rank its local atoms and ghost atoms, several of which can be periodic
@@ -301,7 +486,8 @@ def fold_images(i: torch.Tensor, j: torch.Tensor, numbers: torch.Tensor, tags: n
     local atoms keep their indices, the other atoms kept follow in order of their depth,
     the pairs are sorted by centre), the indices of the pairs kept, and ``edges_within``:
     the number of pairs whose centre is at most d pairs from a local atom, d = 0 .. hops - 1
-    (the models' ``edges_within``: NEMP computes each layer only as deep as still needed).
+    (the models' ``edges_within``: NEMP computes each layer only as deep as still needed);
+    ``with_tags``: the ids of the atoms kept after the local ones too.
     """
     n = len(tags)
     i_np, j_np = i.numpy(), j.numpy()
@@ -329,29 +515,34 @@ def fold_images(i: torch.Tensor, j: torch.Tensor, numbers: torch.Tensor, tags: n
     kept = kept[np.argsort(node_of[i_np[kept]], kind="stable")]  # by centre, so by the centre's depth
     edges_within = np.searchsorted(depth[i_np[kept]], np.arange(hops), side="right").tolist()
     node_of, kept = torch.from_numpy(node_of), torch.from_numpy(kept)
-    return node_of[i[kept]], node_of[j[kept]], numbers[torch.from_numpy(kept_atoms)], kept, edges_within
+    out = node_of[i[kept]], node_of[j[kept]], numbers[torch.from_numpy(kept_atoms)], kept, edges_within
+    return out + (tags[others],) if with_tags else out
 
 
 def lammps_input(potential: LammpsPotential, file: str, skin: float = 2.0,
-                 types: list[str] | None = None, halo: bool = True) -> list[str]:
-    """The LAMMPS commands for ``potential``: ``pair_style mliap unified FILE 1``,
+                 types: list[str] | None = None, halo: bool | None = None) -> list[str]:
+    """The LAMMPS commands for ``potential``: ``pair_style mliap unified FILE 0`` and
     ``pair_coeff * * SYMBOLS`` (``types``: the element of each LAMMPS atom type in order;
-    default the model's species) and ``comm_modify cutoff`` covering the receptive
-    field, receptive hops x cutoff + ``skin`` (Å, the neighbour skin of the input).
+    default the model's species).
 
-    ``halo=False`` (what :meth:`LammpsPotential.attach` uses on one rank, where every ghost
-    folds onto its owner) asks for no ghost neighbour lists and LAMMPS's default ghost
-    cutoff instead. For a pointer ``file`` (the plain ``lmp`` executable) two ``python``
-    commands follow that hand the LAMMPS instance to the potential (:func:`bind`)."""
+    ``halo`` (default: unless the model exchanges its features between ranks, NEMP) asks
+    for ghost atoms as deep as the receptive field, with neighbour lists of their own:
+    ``pair_style mliap unified FILE 1`` and ``comm_modify cutoff`` of receptive hops x
+    cutoff + ``skin`` (Å, the neighbour skin of the input). Without it LAMMPS's default
+    ghost cutoff (one cutoff and the skin) is enough: the ghosts' features come from their
+    owners, or (one rank) every ghost folds onto a local atom. For a pointer ``file`` (the
+    plain ``lmp`` executable) two ``python`` commands follow that hand the LAMMPS instance
+    to the potential (:func:`bind`): it reads the atoms' ids and the ranks' communicator."""
     types = list(types) if types is not None else list(potential.element_types)
     unknown = [t for t in types if t not in potential.element_types]
     if unknown:
         raise ValueError(f"atom types {unknown} are not species of the model ({', '.join(potential.element_types)})")
-    if not halo:
-        return [f"pair_style mliap unified {file} 0", f"pair_coeff * * {' '.join(types)}"]
-    reach = potential.hops * 2.0 * potential.rcutfac + float(skin)
-    lines = [f"pair_style mliap unified {file} 1", f"pair_coeff * * {' '.join(types)}",
-             f"comm_modify cutoff {math.ceil(reach * 1000) / 1000:.3f}"]
+    if halo is None:
+        halo = not potential.exchanges_features
+    lines = [f"pair_style mliap unified {file} {1 if halo else 0}", f"pair_coeff * * {' '.join(types)}"]
+    if halo:
+        reach = potential.hops * 2.0 * potential.rcutfac + float(skin)
+        lines.append(f"comm_modify cutoff {math.ceil(reach * 1000) / 1000:.3f}")
     if file != "EXISTS":
         lines += ['python nemp_bind input 1 SELF format p here "from ase_nemp.lammps import bind as nemp_bind"',
                   "python nemp_bind invoke"]

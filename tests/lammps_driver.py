@@ -81,8 +81,11 @@ def main() -> None:
     out = run(job["positions"], job["numbers"], job["cell"], job["pbc"], potential,
               velocities=job["velocities"] if job["velocities"].size else None, steps=int(job["steps"]),
               comm=MPI.COMM_WORLD)
+    # how many atoms the model computed beyond the ranks' own, summed over the ranks
+    beyond = MPI.COMM_WORLD.allreduce(potential.stats["all_atoms"] - potential.stats["local_atoms"])
     if MPI.COMM_WORLD.Get_rank() == 0:
-        np.savez(sys.argv[2], **out, ranks=MPI.COMM_WORLD.Get_size())
+        np.savez(sys.argv[2], **out, ranks=MPI.COMM_WORLD.Get_size(), beyond=beyond,
+                 exchanged=potential._plan is not None)
 
 
 if __name__ == "__main__":

@@ -109,23 +109,31 @@ def mpirun(np_, job, out):
     return dict(np.load(out))
 
 
-def test_two_mpi_ranks_equal_one(files, tmp_path):
+@pytest.mark.parametrize("name", ["nemp", "committee", "equireann"])
+def test_two_mpi_ranks_equal_one(files, tmp_path, name):
     """Domain decomposition: a slab twice as wide as the receptive field, split between
-    two ranks, gives the numbers of one rank."""
+    two ranks, gives the numbers of one rank: NEMP and its committee with the ghosts'
+    features sent by their owners, EquiREANN recomputing its halo."""
     slab = fcc111("Pd", (6, 4, 2), vacuum=4.0, orthogonal=True)
     slab.pbc = True
     rng = np.random.default_rng(3)
     slab += Atoms("COO", positions=slab.positions[-3:] + [[0, 0, 1.9], [0.3, 0, 1.9], [0, 0.4, 2.0]])
     slab.positions += rng.normal(0, 0.05, slab.positions.shape)
     job = tmp_path / "job.npz"
-    np.savez(job, model=str(files / "nemp.pt"), dtype="float64", positions=slab.positions, numbers=slab.numbers,
+    np.savez(job, model=str(files / f"{name}.pt"), dtype="float64", positions=slab.positions, numbers=slab.numbers,
              cell=slab.cell[:], pbc=slab.pbc, velocities=np.zeros(0), steps=0)
     one, two = mpirun(1, job, tmp_path / "one.npz"), mpirun(2, job, tmp_path / "two.npz")
     assert (int(one["ranks"]), int(two["ranks"])) == (1, 2)
     assert float(two["energy"]) == pytest.approx(float(one["energy"]), abs=1e-8)
     np.testing.assert_allclose(two["forces"], one["forces"], atol=1e-8)
     np.testing.assert_allclose(two["stress"], one["stress"], atol=1e-8)
-    np.testing.assert_allclose(one["forces"], ase_results(files / "nemp.pt", slab)["forces"], atol=1e-8)
+    np.testing.assert_allclose(one["forces"], ase_results(files / f"{name}.pt", slab)["forces"], atol=1e-8)
+    exchanging = name != "equireann"
+    assert bool(two["exchanged"]) == exchanging and int(one["beyond"]) == 0
+    # the atoms computed beyond each rank's own: neighbours one cutoff deep (exchange), or a halo
+    # 3 cutoffs deep, which on this narrow slab is the other rank's every atom
+    beyond = int(two["beyond"])
+    assert 0 < beyond < len(slab) if exchanging else beyond == len(slab), beyond
 
 
 def test_nve_in_lammps_conserves_energy_as_ase_does(files):

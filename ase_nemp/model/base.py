@@ -62,6 +62,10 @@ class AtomisticModel(nn.Module):
         How many cutoffs away an atom's energy still depends on other atoms (None: on
         every atom of the structure, for a model with a global node). Domain
         decomposition (LAMMPS) needs ghost atoms this many cutoffs deep.
+    exchanges_features : bool
+        The per-atom features each layer reads from the neighbours can be handed in from
+        outside (``exchange`` of :meth:`forward`): domain decomposition then needs ghost
+        atoms one cutoff deep only, their features sent by the ranks that own them.
     is_committee : bool
         False; a :class:`~ase_nemp.model.Committee` answers the same questions (the
         attributes above, :meth:`predict`, :meth:`describe`) with True and its ``size``.
@@ -69,6 +73,7 @@ class AtomisticModel(nn.Module):
 
     architecture = ""
     conservative = True
+    exchanges_features = False
     is_committee = False
     size = 1
 
@@ -196,13 +201,13 @@ class AtomisticModel(nn.Module):
 
     # -- forward -------------------------------------------------------------------------
     def network_energies(self, graph: AtomicGraph, species: torch.Tensor, fused: bool = False,
-                         edges_within: list[int] | None = None) -> torch.Tensor:
+                         edges_within: list[int] | None = None, exchange=None) -> torch.Tensor:
         """Per-atom energies (N,) of the network in eV, without the reference energies
-        (``edges_within``: see :meth:`forward`)."""
+        (``edges_within``, ``exchange``: see :meth:`forward`)."""
         raise NotImplementedError  # pragma: no cover - abstract
 
     def forward(self, graph: AtomicGraph, fused: bool = False,
-                edges_within: list[int] | None = None) -> dict[str, torch.Tensor]:
+                edges_within: list[int] | None = None, exchange=None) -> dict[str, torch.Tensor]:
         """Energies of a batch.
 
         Parameters
@@ -220,6 +225,13 @@ class AtomisticModel(nn.Module):
             later layers still need (NEMP); the others compute every layer over every
             edge. The energies of the atoms at distance 0 are the same either way; those
             of the others are not meaningful.
+        exchange : callable, optional
+            Only where ``exchanges_features`` (NEMP): called on the node features (N, ...)
+            before every layer, it returns them with the rows of the atoms computed
+            elsewhere (a LAMMPS rank's ghosts, computed by the ranks that own them) put
+            in, and is differentiable (their gradients go back to the owners). The
+            graph's edges then need to reach one cutoff from the atoms wanted, and every
+            other atom enters only as a neighbour.
 
         Returns
         -------
@@ -230,6 +242,10 @@ class AtomisticModel(nn.Module):
         species = self.species_index(graph.numbers)
         # passed only when given, so that a subclass written before edges_within still works
         extra = {} if edges_within is None else {"edges_within": edges_within}
+        if exchange is not None:
+            if not self.exchanges_features:
+                raise ValueError(f"a {self.architecture} model cannot take its neighbours' features from outside")
+            extra["exchange"] = exchange
         energies = self.network_energies(graph, species, fused=fused, **extra)
         energies = energies + self.atomic_energies.index_select(0, species)
         return {"energy": scatter(energies, graph.batch, graph.num_graphs), "energies": energies}

@@ -84,6 +84,10 @@ class Committee(nn.Module):
         return self.members[0].receptive_hops
 
     @property
+    def exchanges_features(self) -> bool:
+        return all(m.exchanges_features for m in self.members)
+
+    @property
     def atomic_energies(self) -> torch.Tensor:
         """The members' reference energies E0 per species (eV; the members share them)."""
         return self.members[0].atomic_energies
@@ -114,10 +118,10 @@ class Committee(nn.Module):
         return self.members[0].species_index(numbers)
 
     def forward(self, graph: AtomicGraph, fused: bool = False,
-                edges_within: list[int] | None = None) -> dict[str, torch.Tensor]:
+                edges_within: list[int] | None = None, exchange=None) -> dict[str, torch.Tensor]:
         """Per-member energies: ``energy`` (M, B) and ``energies`` (M, N), eV
-        (``fused``, ``edges_within``: :meth:`AtomisticModel.forward`)."""
-        outs = [m(graph, fused=fused, edges_within=edges_within) for m in self.members]
+        (``fused``, ``edges_within``, ``exchange``: :meth:`AtomisticModel.forward`)."""
+        outs = [m(graph, fused=fused, edges_within=edges_within, exchange=exchange) for m in self.members]
         return {k: torch.stack([o[k] for o in outs]) for k in outs[0]}
 
     def extra_repr(self) -> str:

@@ -71,6 +71,7 @@ class NEMP(AtomisticModel):
     """
 
     architecture = "nemp"
+    exchanges_features = True  # layer t reads its neighbours' V only
 
     @property
     def receptive_hops(self) -> int:
@@ -158,9 +159,9 @@ class NEMP(AtomisticModel):
             self.shift.copy_(torch.as_tensor(shift_per_species, dtype=torch.float64) / self.force_rms.double())
 
     def network_energies(self, graph: AtomicGraph, species: torch.Tensor, fused: bool = False,
-                         edges_within: list[int] | None = None) -> torch.Tensor:
+                         edges_within: list[int] | None = None, exchange=None) -> torch.Tensor:
         return self.atomic_energies_of(graph.positions, species, graph.edge_index, graph.shifts, graph.cell,
-                                       graph.batch, fused=fused, edges_within=edges_within)
+                                       graph.batch, fused=fused, edges_within=edges_within, exchange=exchange)
 
     def atomic_energies_of(
         self,
@@ -173,6 +174,7 @@ class NEMP(AtomisticModel):
         trace: dict[str, Any] | None = None,
         fused: bool = False,
         edges_within: list[int] | None = None,
+        exchange=None,
     ) -> torch.Tensor:
         """Per-atom energies (N,) of the network (without the reference energies) from
         positions, species indices and the edge list.
@@ -184,7 +186,8 @@ class NEMP(AtomisticModel):
         ``edges_within`` (:meth:`forward`): layer t then runs over the edges whose centre
         is at most T - 1 - t pairs from the atoms wanted, the only ones whose features
         layer t + 1 still reads (layer 0's coefficients Q too); the rest of the embedding
-        over every edge.
+        over every edge. ``exchange`` (:meth:`forward`): called on ``V`` before every
+        layer, the only node features a layer reads on the neighbour side.
         """
         cfg = self.config
         N, E = positions.shape[0], edge_index.shape[1]
@@ -224,6 +227,8 @@ class NEMP(AtomisticModel):
                 E = int(edges_within[T - 1 - t])  # the halo shrinks by one pair per layer
                 Y, e_feat, Q, edge_index = Y[:E], e_feat[:E], Q[:E], edge_index[:, :E]
                 csr = kernels.build_csr(edge_index, N, positions.dtype) if csr is not None else None
+            if exchange is not None:  # the neighbours' features from the ranks that own them
+                V = exchange(V)
             if trace is not None:
                 trace["V_in"].append(V)
             om = self.omega[t]  # (S, 3, C, C), picked by the species of each node
