@@ -179,9 +179,9 @@ class LammpsPotential:
         # energies and their gradient; the rest reads LAMMPS's arrays, folds images, hands forces back),
         # local atoms and all atoms the model computed (ghosts included), pairs from LAMMPS
         # (the exchanges of ghosts' features included, whose seconds, waiting for the other ranks
-        # included, are also in exchange_seconds)
-        self.stats = {"calls": 0, "seconds": 0.0, "model_seconds": 0.0, "exchange_seconds": 0.0, "local_atoms": 0,
-                      "all_atoms": 0, "pairs": 0}
+        # included, are also in exchange_seconds; exchange_plans counts the exchanges built)
+        self.stats = {"calls": 0, "seconds": 0.0, "model_seconds": 0.0, "exchange_seconds": 0.0, "exchange_plans": 0,
+                      "local_atoms": 0, "all_atoms": 0, "pairs": 0}
         self._lmp, self._with_spread = None, False  # the instance of attach(): atom ids, the per-atom spread
 
     # -- ML-IAP's unified interface ------------------------------------------------------
@@ -199,7 +199,31 @@ class LammpsPotential:
         index (``elems``). The energy is that of the local atoms (``i < nlocal``); LAMMPS
         adds ``fij`` to atom i and subtracts it from atom j (ghosts' forces go back to
         their owners) and tallies the virial from the same pairs.
+
+        Ranks that exchange features wait for each other in every layer, so an error on one
+        rank would leave the others waiting for ever: it is printed with the rank's number
+        and the whole MPI job stops (``MPI_Abort``, what LAMMPS's own errors on one rank do).
         """
+        try:
+            self._compute_forces(data)
+        except BaseException as error:
+            comm = None
+            if self.exchanges_features:
+                try:
+                    comm = self._communicator()
+                except Exception:  # noqa: BLE001 - no LAMMPS instance or no mpi4py: nobody waits
+                    comm = None
+            if comm is None:
+                raise
+            import sys
+            import traceback
+
+            sys.stderr.write(f"ase_nemp.lammps: rank {comm.Get_rank()} failed; stopping every rank:\n"
+                             + "".join(traceback.format_exception(error)))
+            sys.stderr.flush()
+            comm.Abort(1)
+
+    def _compute_forces(self, data) -> None:
         start = time.perf_counter()
         n, nlocal, npairs = int(data.ntotal), int(data.nlocal), int(data.npairs)
         numbers = self._numbers.index_select(0, torch.from_numpy(np.asarray(data.elems, dtype=np.int64)))
@@ -279,6 +303,7 @@ class LammpsPotential:
             start = time.perf_counter()
             self._plan = plan = FeatureExchange(comm, local_tags, ghost_tags, stats=self.stats)
             self.stats["exchange_seconds"] += time.perf_counter() - start
+            self.stats["exchange_plans"] += 1
         return plan
 
     def _communicator(self):

@@ -85,7 +85,7 @@ def main() -> None:
     beyond = MPI.COMM_WORLD.allreduce(potential.stats["all_atoms"] - potential.stats["local_atoms"])
     if MPI.COMM_WORLD.Get_rank() == 0:
         np.savez(sys.argv[2], **out, ranks=MPI.COMM_WORLD.Get_size(), beyond=beyond,
-                 exchanged=potential._plan is not None)
+                 exchanged=potential._plan is not None, plans=potential.stats["exchange_plans"])
 
 
 if __name__ == "__main__":

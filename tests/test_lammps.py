@@ -109,16 +109,22 @@ def mpirun(np_, job, out):
     return dict(np.load(out))
 
 
-@pytest.mark.parametrize("name", ["nemp", "committee", "equireann"])
-def test_two_mpi_ranks_equal_one(files, tmp_path, name):
-    """Domain decomposition: a slab twice as wide as the receptive field, split between
-    two ranks, gives the numbers of one rank: NEMP and its committee with the ghosts'
-    features sent by their owners, EquiREANN recomputing its halo."""
+def wide_slab():
+    """A periodic slab twice as wide as NEMP's receptive field along x, with C and O on top."""
     slab = fcc111("Pd", (6, 4, 2), vacuum=4.0, orthogonal=True)
     slab.pbc = True
     rng = np.random.default_rng(3)
     slab += Atoms("COO", positions=slab.positions[-3:] + [[0, 0, 1.9], [0.3, 0, 1.9], [0, 0.4, 2.0]])
     slab.positions += rng.normal(0, 0.05, slab.positions.shape)
+    return slab
+
+
+@pytest.mark.parametrize("name", ["nemp", "committee", "equireann"])
+def test_two_mpi_ranks_equal_one(files, tmp_path, name):
+    """Domain decomposition: a slab twice as wide as the receptive field, split between
+    two ranks, gives the numbers of one rank: NEMP and its committee with the ghosts'
+    features sent by their owners, EquiREANN recomputing its halo."""
+    slab = wide_slab()
     job = tmp_path / "job.npz"
     np.savez(job, model=str(files / f"{name}.pt"), dtype="float64", positions=slab.positions, numbers=slab.numbers,
              cell=slab.cell[:], pbc=slab.pbc, velocities=np.zeros(0), steps=0)
@@ -134,6 +140,23 @@ def test_two_mpi_ranks_equal_one(files, tmp_path, name):
     # 3 cutoffs deep, which on this narrow slab is the other rank's every atom
     beyond = int(two["beyond"])
     assert 0 < beyond < len(slab) if exchanging else beyond == len(slab), beyond
+
+
+def test_md_on_two_ranks_follows_one_rank_while_atoms_change_ranks(files, tmp_path):
+    """60 hot NVE steps on the wide slab: atoms cross between the two ranks and the ghosts
+    change at every reneighbouring, the exchange is rebuilt each time, and the trajectory
+    is that of one rank."""
+    slab = wide_slab()
+    velocities = np.random.default_rng(5).normal(0, 0.03, (len(slab), 3))  # Å/fs: about 1 Å in 60 steps
+    job = tmp_path / "job.npz"
+    np.savez(job, model=str(files / "nemp.pt"), dtype="float64", positions=slab.positions, numbers=slab.numbers,
+             cell=slab.cell[:], pbc=slab.pbc, velocities=velocities, steps=60)
+    one, two = mpirun(1, job, tmp_path / "one.npz"), mpirun(2, job, tmp_path / "two.npz")
+    assert int(two["plans"]) >= 3  # the first, and one per reneighbouring at least twice
+    np.testing.assert_allclose(two["etotal"], one["etotal"], atol=1e-8)
+    np.testing.assert_allclose(two["positions"], one["positions"], atol=1e-8)
+    np.testing.assert_allclose(two["forces"], one["forces"], atol=1e-7)
+    assert np.abs(two["positions"] - slab.positions).max() > 0.5  # the atoms did move
 
 
 def test_nve_in_lammps_conserves_energy_as_ase_does(files):
