@@ -1,7 +1,7 @@
 """ASE calculator for the package's models (NEMP, EquiREANN) and committees of them.
 
-The hot path has two hops: ``atoms -> nl.build_graph`` (matscipy, numpy, converted to
-tensors once) ``-> energy_forces_stress`` (torch, eV and Å throughout) ``->
+The hot path has two hops: ``atoms -> nl.build_graph`` (the C cell list or matscipy,
+numpy, converted to tensors once) ``-> energy_forces_stress`` (torch, eV and Å throughout) ``->
 self.results`` (float64 numpy).
 """
 

@@ -116,6 +116,8 @@ def worker(spec: dict) -> dict:
         species = sorted(set(atoms.get_chemical_symbols()))
         model = NEMP(NEMPConfig.preset(spec["preset"], species=species), seed=0)
         calc = NEMPCalculator(model, dtype=spec["dtype"], skin=spec["skin"])
+    if spec.get("nl_engine", "auto") != "auto":
+        calc.neighbour_list.engine = spec["nl_engine"]
     if spec.get("compile"):
         calc.compile()
     if spec.get("eager"):
@@ -185,6 +187,7 @@ def markdown_table(rows: list[dict]) -> str:
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in rows:
         model = (r.get("model_name") or r["preset"]) + (f" ({_mode(r)})" if _mode(r) else "")
+        model += f", {r['nl_engine']} NL" if r.get("nl_engine", "auto") != "auto" else ""
         nl = "–" if r["nl_share"] != r["nl_share"] else f"{100 * r['nl_share']:.0f} %"
         lines.append(
             f"| {r['system']} | {model} | {r['atoms']:,} | {r['dtype']} "
@@ -242,6 +245,8 @@ def main() -> None:
                         help="time other calculators too (mace: pip install ase-nemp[bench])")
     parser.add_argument("--keep-memory", choices=["on", "off", "both"], default="on",
                         help="glibc keeps freed memory mapped (ase_nemp.perf, on unless ASE_NEMP_ALLOCATOR=default)")
+    parser.add_argument("--nl-engines", nargs="+", default=["auto"], choices=["auto", "cells", "matscipy"],
+                        help="neighbour-list engines, each size timed with each one after the other")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--max-seconds", type=float, default=20.0, help="stop timing a configuration after this")
     parser.add_argument("--timeout", type=float, default=900.0)
@@ -271,10 +276,11 @@ def main() -> None:
                     for km in keep:
                         if name == "mace-small" and (args.compile or args.eager or skin != args.skins[0]):
                             continue
-                        for size in args.sizes:
+                        for size, engine in ((z, e) for z in args.sizes for e in args.nl_engines):
                             spec = dict(system=args.system, preset=name, model=model_file, model_name=name, size=size,
                                         dtype=dtype, threads=threads, skin=skin, keep_memory=km, compile=args.compile,
-                                        eager=args.eager, steps=args.steps, max_seconds=args.max_seconds)
+                                        eager=args.eager, steps=args.steps, max_seconds=args.max_seconds,
+                                        nl_engine=engine)
                             print(f"running {name} {size} atoms {dtype} {threads} thr skin {skin}"
                                   f"{' keep-memory' if km else ''} {_mode(spec)} ...", file=sys.stderr, flush=True)
                             row = run_config(spec, args.timeout)

@@ -1,4 +1,4 @@
-"""Neighbour lists: matscipy against a brute-force oracle, skin reuse, torch-cluster."""
+"""Neighbour lists: the C cell list and matscipy against a brute-force oracle, skin reuse, torch-cluster."""
 
 import numpy as np
 import pytest
@@ -14,6 +14,7 @@ from ase_nemp.nl import (
     matscipy_neighbour_list,
     torch_cluster_neighbour_list,
 )
+from ase_nemp.nl import cells
 from ase_nemp.testing import evaluate, random_crystal, random_model
 
 
@@ -37,9 +38,21 @@ CASES = [
 ]
 
 
+def c_cells(positions, cell, pbc, cutoff):
+    if not cells.available():
+        pytest.skip("the C neighbour search needs the fused kernels (no C compiler)")
+    i, j, S = cells.cell_list_neighbour_list(positions, cell, pbc, cutoff, threads=2)
+    assert np.all(np.diff(i) >= 0)  # sorted by centre, as the kernels' CSR wants
+    return i, j, S
+
+
+ENGINES = {"matscipy": matscipy_neighbour_list, "cells": c_cells}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("name,spec", CASES, ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("seed", range(3))
-def test_matscipy_matches_brute_force(name, spec, seed):
+def test_engines_match_brute_force(name, spec, seed, engine):
     rng = np.random.default_rng(seed)
     scale, *pbc = spec
     cell = random_cell(rng, scale)
@@ -47,7 +60,7 @@ def test_matscipy_matches_brute_force(name, spec, seed):
     positions = rng.uniform(-1.5, 2.5, (n, 3)) @ cell  # atoms well outside the cell too
     positions, cell, pbc = check_structure(positions, cell, pbc)
     cutoff = 3.1
-    ours = matscipy_neighbour_list(positions, cell, pbc, cutoff)
+    ours = ENGINES[engine](positions, cell, pbc, cutoff)
     ref = brute_force_neighbour_list(positions, cell, pbc, cutoff)
     assert edge_set(*ours) == edge_set(*ref)
     i, j, S = ours
@@ -143,3 +156,64 @@ def test_nearly_flat_periodic_cells_are_refused_quickly(flatness):
     with pytest.raises(ValueError, match=r"nearly flat: its height along lattice vector [0-2] is"):
         build_graph(atoms, 3.0)
     assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("shape", ["dense box", "slab in a tall box", "molecule far away", "sparse gas"])
+def test_c_cells_equal_matscipy_on_larger_structures(shape):
+    """Hundreds of atoms: many slices per direction, the wrap at the cell's faces, open
+    directions gridded over the atoms' extent, a grid capped for a nearly empty cell."""
+    rng = np.random.default_rng(7)
+    if shape == "dense box":
+        cell, pbc = random_cell(rng, 14.0), (True, True, True)
+        positions = rng.uniform(-0.2, 1.2, (600, 3)) @ cell
+    elif shape == "slab in a tall box":
+        cell, pbc = np.diag([12.0, 11.0, 80.0]), (True, True, False)
+        positions = rng.uniform(0, 1, (400, 3)) * [12.0, 11.0, 9.0] + [0, 0, 30.0]
+    elif shape == "molecule far away":
+        cell, pbc = np.zeros((3, 3)), (False, False, False)
+        positions = rng.uniform(0, 9, (300, 3)) + [1e4, -3e3, 50.0]
+    else:
+        cell, pbc = np.diag([400.0, 400.0, 400.0]), (True, True, True)
+        positions = rng.uniform(0, 400, (50, 3))
+    positions, cell, pbc = check_structure(positions, cell, np.array(pbc))
+    ref = matscipy_neighbour_list(positions, cell, pbc, 4.0)
+    got = c_cells(positions, cell, pbc, 4.0)
+    assert len(ref[0]) > 0 or shape == "sparse gas"
+    assert edge_set(*got) == edge_set(*ref)
+    one_thread = cells.cell_list_neighbour_list(positions, cell, pbc, 4.0, threads=1, capacity=3)
+    for a, b in zip(got, one_thread):  # the same list, in the same order, on any number of threads
+        np.testing.assert_array_equal(a, b)
+
+
+def test_neighbour_list_engines_give_the_same_model_results():
+    """The calculator's list from either engine: the same energies and forces to round-off."""
+    if not cells.available():
+        pytest.skip("the C neighbour search needs the fused kernels (no C compiler)")
+    model = random_model(seed=3)
+    atoms = random_crystal(n=12, seed=5)
+    graphs = {}
+    for engine in ("cells", "matscipy"):
+        nl = NeighbourList(model.cutoff, engine=engine)
+        graphs[engine] = build_graph(atoms, model.cutoff, neighbour_list=nl)
+    a, b = (evaluate(model, graphs[e]) for e in ("cells", "matscipy"))
+    assert graphs["cells"].edge_index.shape[1] > 50
+    np.testing.assert_allclose(a["energy"], b["energy"], rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(a["forces"], b["forces"], rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="engine"):
+        NeighbourList(3.0, engine="kdtree")
+
+
+def test_filtering_a_skin_list_keeps_exactly_the_pairs_within_the_cutoff(monkeypatch):
+    """pairs_within (C) against numpy's filter: the same pairs, in the list's order."""
+    rng = np.random.default_rng(2)
+    cell = random_cell(rng, 9.0)
+    positions = rng.uniform(0, 1, (80, 3)) @ cell
+    pbc = np.ones(3, bool)
+    i, j, S = matscipy_neighbour_list(positions, cell, pbc, 4.0)
+    moved = positions + rng.normal(0, 0.2, positions.shape)
+    got = cells.pairs_within(moved, cell, i, j, S, 3.5)
+    monkeypatch.setattr(cells, "_library", lambda: None)
+    expected = cells.pairs_within(moved, cell, i, j, S, 3.5)
+    assert 0 < len(expected[0]) < len(i)
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)

@@ -1045,3 +1045,207 @@ void nemp_species_mm(i64 N, i64 M, i64 C, const i64 *species, const REAL *X, con
     for (i64 i = 0; i < N; ++i) BY_CHANNELS(C, CALL)
 #undef CALL
 }
+
+/* ----------------------------------------------------------------------------------
+ * Neighbour list (ase_nemp.nl.cells): every directed pair (i, j, S), S integer lattice
+ * shifts, with |x_j - x_i + S @ cell| < cutoff, periodic self-images included, i == j
+ * with S = 0 not. Always in double, whatever REAL.
+ *
+ * Atoms are binned in fractional coordinates: along a periodic direction k into
+ * nbins[k] slices of [0, 1) (positions wrapped, the wrap n0 remembered), along an open
+ * one into nbins[k] slices of the atoms' own extent. A slice is at least as thick as
+ * the cutoff except along a periodic direction thinner than it (nbins 1), so each atom
+ * looks rk = ceil(cutoff nbins[k] / height_k) slices either way (1 unless the cell is
+ * thin), a periodic slice index beyond the grid meaning the next image (shift T).
+ * x_j - x_i + S @ cell = xw_j + T @ cell - xw_i with S = T + n0_i - n0_j.
+ *
+ * Two passes over the atoms, in parallel: count (ptr), then fill; pairs come sorted by
+ * i, then by slice offset and j, the same order on any number of threads. Returns the
+ * number of pairs; when that exceeds cap nothing but ptr is written (call again with
+ * cap >= the return value). -2 (NEMP_NO_MEMORY) if scratch could not be allocated.
+ * ---------------------------------------------------------------------------------- */
+static inline i64 floor_div(i64 a, i64 b) {
+    const i64 q = a / b;
+    return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+
+typedef struct {
+    i64 nb[3], r[3], pbc[3];
+    double lo[3], width[3], cut2;
+    const double *cell, *xw;
+    const i64 *start, *atoms, *bin, *n0;
+} nl_grid;
+
+/* visit every pair of atom i: count them (out == NULL) or write them from slot k */
+static i64 nl_atom(const nl_grid *g, i64 i, i64 k, i64 *i_out, i64 *j_out, i64 *S_out) {
+    const i64 bx = g->bin[3 * i], by = g->bin[3 * i + 1], bz = g->bin[3 * i + 2];
+    const double *xi = g->xw + 3 * i;
+    i64 count = 0;
+    for (i64 dz = -g->r[2]; dz <= g->r[2]; ++dz) {
+        i64 cz = bz + dz, tz = 0;
+        if (g->pbc[2]) { tz = floor_div(cz, g->nb[2]); cz -= tz * g->nb[2]; }
+        else if (cz < 0 || cz >= g->nb[2]) continue;
+        for (i64 dy = -g->r[1]; dy <= g->r[1]; ++dy) {
+            i64 cy = by + dy, ty = 0;
+            if (g->pbc[1]) { ty = floor_div(cy, g->nb[1]); cy -= ty * g->nb[1]; }
+            else if (cy < 0 || cy >= g->nb[1]) continue;
+            for (i64 dx = -g->r[0]; dx <= g->r[0]; ++dx) {
+                i64 cx = bx + dx, tx = 0;
+                if (g->pbc[0]) { tx = floor_div(cx, g->nb[0]); cx -= tx * g->nb[0]; }
+                else if (cx < 0 || cx >= g->nb[0]) continue;
+                const double *c = g->cell;
+                const double sx = tx * c[0] + ty * c[3] + tz * c[6] - xi[0];
+                const double sy = tx * c[1] + ty * c[4] + tz * c[7] - xi[1];
+                const double sz = tx * c[2] + ty * c[5] + tz * c[8] - xi[2];
+                const int zero_shift = tx == 0 && ty == 0 && tz == 0;
+                const i64 b = (cz * g->nb[1] + cy) * g->nb[0] + cx;
+                for (i64 a = g->start[b]; a < g->start[b + 1]; ++a) {
+                    const i64 j = g->atoms[a];
+                    const double *xj = g->xw + 3 * j;
+                    const double vx = xj[0] + sx, vy = xj[1] + sy, vz = xj[2] + sz;
+                    if (vx * vx + vy * vy + vz * vz >= g->cut2 || (zero_shift && j == i)) continue;
+                    if (j_out) {
+                        i_out[k + count] = i;
+                        j_out[k + count] = j;
+                        i64 *S = S_out + 3 * (k + count);
+                        S[0] = tx + g->n0[3 * i] - g->n0[3 * j];
+                        S[1] = ty + g->n0[3 * i + 1] - g->n0[3 * j + 1];
+                        S[2] = tz + g->n0[3 * i + 2] - g->n0[3 * j + 2];
+                    }
+                    ++count;
+                }
+            }
+        }
+    }
+    return count;
+}
+
+i64 nemp_neighbours(i64 N, const double *x, const double *cell, const double *inv, const i64 *pbc, double cutoff,
+                    i64 max_bins, i64 threads, i64 cap, i64 *ptr, i64 *i_out, i64 *j_out, i64 *S_out) {
+    nl_grid g;
+    double *xw = (double *)malloc((size_t)(3 * N > 0 ? 3 * N : 1) * sizeof(double));
+    i64 *n0 = (i64 *)malloc((size_t)(3 * N > 0 ? 3 * N : 1) * sizeof(i64));
+    i64 *bin = (i64 *)malloc((size_t)(3 * N > 0 ? 3 * N : 1) * sizeof(i64));
+    i64 *atoms = (i64 *)malloc((size_t)(N > 0 ? N : 1) * sizeof(i64));
+    i64 *start = NULL;
+    if (!xw || !n0 || !bin || !atoms) {
+        free(xw); free(n0); free(bin); free(atoms);
+        return NEMP_NO_MEMORY;
+    }
+    double smin[3] = {0, 0, 0}, smax[3] = {0, 0, 0}, height[3];
+    for (i64 i = 0; i < N; ++i)
+        for (int k = 0; k < 3; ++k) {
+            double s = x[3 * i] * inv[k] + x[3 * i + 1] * inv[3 + k] + x[3 * i + 2] * inv[6 + k];
+            i64 w = 0;
+            if (pbc[k]) {
+                w = (i64)floor(s);
+                s -= (double)w;
+                if (s >= 1.0) { s = 0.0; ++w; }  /* -1e-17 wraps to 1.0 in floating point */
+            }
+            n0[3 * i + k] = w;
+            xw[3 * i + k] = s; /* fractional for now */
+            if (i == 0 || s < smin[k]) smin[k] = s;
+            if (i == 0 || s > smax[k]) smax[k] = s;
+        }
+    /* slices as thin as the cutoff allows (the plane spacing of direction k is 1 / |column
+     * k of inv|), fewer where the grid would exceed max_bins: thicker slices stay correct */
+    double want[3];
+    for (int k = 0; k < 3; ++k) {
+        height[k] = 1.0 / sqrt(inv[k] * inv[k] + inv[3 + k] * inv[3 + k] + inv[6 + k] * inv[6 + k]);
+        const double extent = (pbc[k] ? 1.0 : smax[k] - smin[k]) * height[k];
+        want[k] = extent / cutoff < 1.0 ? 1.0 : floor(extent / cutoff);
+    }
+    double shrink = 1.0;
+    for (;;) {
+        double product = 1.0;
+        for (int k = 0; k < 3; ++k) {
+            g.nb[k] = (i64)(want[k] * shrink < 1.0 ? 1.0 : floor(want[k] * shrink));
+            product *= (double)g.nb[k];
+        }
+        if (product <= (double)(max_bins > 1 ? max_bins : 1) || shrink < 1e-9) break;
+        shrink *= 0.9 * cbrt((double)max_bins / product);
+    }
+    for (int k = 0; k < 3; ++k) {
+        g.pbc[k] = pbc[k];
+        g.lo[k] = pbc[k] ? 0.0 : smin[k];
+        const double span = pbc[k] ? 1.0 : smax[k] - smin[k];
+        g.width[k] = span > 0 ? span / (double)g.nb[k] : 1.0;
+        const double thick = g.width[k] * height[k];
+        g.r[k] = thick > 0 ? (i64)ceil(cutoff / thick - 1e-12) : 1;
+        if (g.r[k] < 1) g.r[k] = 1;
+        if (!pbc[k] && g.r[k] > g.nb[k]) g.r[k] = g.nb[k];
+    }
+    const i64 nbin = g.nb[0] * g.nb[1] * g.nb[2];
+    start = (i64 *)calloc((size_t)nbin + 1, sizeof(i64));
+    if (!start) {
+        free(xw); free(n0); free(bin); free(atoms);
+        return NEMP_NO_MEMORY;
+    }
+    for (i64 i = 0; i < N; ++i) {
+        i64 b[3];
+        for (int k = 0; k < 3; ++k) {
+            i64 c = (i64)floor((xw[3 * i + k] - g.lo[k]) / g.width[k]);
+            b[k] = c < 0 ? 0 : (c >= g.nb[k] ? g.nb[k] - 1 : c);
+            bin[3 * i + k] = b[k];
+        }
+        start[(b[2] * g.nb[1] + b[1]) * g.nb[0] + b[0] + 1]++;
+        /* Cartesian wrapped position: xw = x - n0 @ cell */
+        for (int c = 0; c < 3; ++c)
+            xw[3 * i + c] = x[3 * i + c] - (double)n0[3 * i] * cell[c] - (double)n0[3 * i + 1] * cell[3 + c]
+                            - (double)n0[3 * i + 2] * cell[6 + c];
+    }
+    for (i64 b = 0; b < nbin; ++b) start[b + 1] += start[b];
+    {
+        i64 *fill = (i64 *)malloc((size_t)nbin * sizeof(i64) + 1);
+        if (!fill) {
+            free(xw); free(n0); free(bin); free(start); free(atoms);
+            return NEMP_NO_MEMORY;
+        }
+        memcpy(fill, start, (size_t)nbin * sizeof(i64));
+        for (i64 i = 0; i < N; ++i) atoms[fill[(bin[3 * i + 2] * g.nb[1] + bin[3 * i + 1]) * g.nb[0] + bin[3 * i]]++] = i;
+        free(fill);
+    }
+    g.cut2 = cutoff * cutoff;
+    g.cell = cell;
+    g.xw = xw;
+    g.start = start;
+    g.atoms = atoms;
+    g.bin = bin;
+    g.n0 = n0;
+    const int nt = threads > 0 ? (int)threads : 1;
+    ptr[0] = 0;
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (i64 i = 0; i < N; ++i) ptr[i + 1] = nl_atom(&g, i, 0, NULL, NULL, NULL);
+    for (i64 i = 0; i < N; ++i) ptr[i + 1] += ptr[i];
+    const i64 total = ptr[N];
+    if (total <= cap) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+        for (i64 i = 0; i < N; ++i) nl_atom(&g, i, ptr[i], i_out, j_out, S_out);
+    }
+    free(xw); free(n0); free(bin); free(start); free(atoms);
+    return total;
+}
+
+/* The pairs of a list (i, j, S) still within cutoff at positions x, in their order:
+ * what a Verlet list built with a skin is filtered to. Returns how many were kept. */
+i64 nemp_within(i64 E, const double *x, const double *cell, const i64 *i, const i64 *j, const i64 *S, double cutoff,
+                i64 *i_out, i64 *j_out, i64 *S_out) {
+    const double cut2 = cutoff * cutoff;
+    i64 kept = 0;
+    for (i64 e = 0; e < E; ++e) {
+        const double *xi = x + 3 * i[e], *xj = x + 3 * j[e];
+        const double s0 = (double)S[3 * e], s1 = (double)S[3 * e + 1], s2 = (double)S[3 * e + 2];
+        const double vx = xj[0] - xi[0] + s0 * cell[0] + s1 * cell[3] + s2 * cell[6];
+        const double vy = xj[1] - xi[1] + s0 * cell[1] + s1 * cell[4] + s2 * cell[7];
+        const double vz = xj[2] - xi[2] + s0 * cell[2] + s1 * cell[5] + s2 * cell[8];
+        if (vx * vx + vy * vy + vz * vz < cut2) {
+            i_out[kept] = i[e];
+            j_out[kept] = j[e];
+            S_out[3 * kept] = S[3 * e];
+            S_out[3 * kept + 1] = S[3 * e + 1];
+            S_out[3 * kept + 2] = S[3 * e + 2];
+            ++kept;
+        }
+    }
+    return kept;
+}

@@ -45,4 +45,8 @@ void nemp_tp_bwd(i64 N, i64 C, i64 K, i64 nA, i64 nU, i64 nP, i64 npath, const i
     const REAL *gP, REAL *gA, REAL *gU);
 void nemp_species_mm(i64 N, i64 M, i64 C, const i64 *species, const REAL *X, const REAL *W, i64 ldW,
     int transpose, double scale, REAL *out);
+i64 nemp_within(i64 E, const double *x, const double *cell, const i64 *i, const i64 *j, const i64 *S, double cutoff,
+    i64 *i_out, i64 *j_out, i64 *S_out);
+i64 nemp_neighbours(i64 N, const double *x, const double *cell, const double *inv, const i64 *pbc, double cutoff,
+    i64 max_bins, i64 threads, i64 cap, i64 *ptr, i64 *i_out, i64 *j_out, i64 *S_out);
 #endif

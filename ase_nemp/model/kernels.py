@@ -11,7 +11,8 @@ one pass each, with a hand-derived backward (first derivatives only: forces and 
 * ``mlp``: a per-edge MLP (widths 16-64) instead of a chain of matrix products and
   activations over E x F arrays;
 * ``tensor_product``, ``species_matmul``: the node-level CG product (Eq. 11) and the
-  per-species channel mixing, without gathered (N, K, C) or (N, C, C) copies.
+  per-species channel mixing, without gathered (N, K, C) or (N, C, C) copies;
+* the neighbour search of :mod:`ase_nemp.nl.cells` (in double, whatever the dtype).
 
 On one thread the backward passes scatter onto neighbours directly; on several they
 take a second, neighbour-sorted pass; both sum in the same order. They are compiled
@@ -63,14 +64,15 @@ _C_TYPES = {"i64": ctypes.c_int64, "int": ctypes.c_int, "double": ctypes.c_doubl
 def signatures(header: str) -> dict[str, tuple[list, type | None]]:
     """ctypes ``(argtypes, restype)`` of every function prototype in the kernels' header:
     a pointer of any type is ``c_void_p``, ``i64`` / ``int`` / ``double`` by value are
-    ``c_int64`` / ``c_int`` / ``c_double``; ``int`` returns ``c_int``, ``void`` None.
+    ``c_int64`` / ``c_int`` / ``c_double``; ``int`` returns ``c_int``, ``i64`` ``c_int64``,
+    ``void`` None.
     Raises ``ValueError`` for a type it does not know (say, REAL by value, whose width
     depends on the library)."""
     import re
 
     text = re.sub(r"/\*.*?\*/", "", header, flags=re.S)
     out = {}
-    for ret, name, params in re.findall(r"^(int|void)\s+(nemp_\w+)\s*\(([^)]*)\)\s*;", text, flags=re.M):
+    for ret, name, params in re.findall(r"^(int|i64|void)\s+(nemp_\w+)\s*\(([^)]*)\)\s*;", text, flags=re.M):
         args = []
         for param in (" ".join(p.split()) for p in params.split(",")):
             if "*" in param:
@@ -80,7 +82,7 @@ def signatures(header: str) -> dict[str, tuple[list, type | None]]:
             if kind not in _C_TYPES:
                 raise ValueError(f"{name}: parameter {param!r} has a type the bindings do not know")
             args.append(_C_TYPES[kind])
-        out[name] = (args, ctypes.c_int if ret == "int" else None)
+        out[name] = (args, {"int": ctypes.c_int, "i64": ctypes.c_int64}.get(ret))
     return out
 
 

@@ -1,6 +1,8 @@
 """Neighbour lists: Atoms -> :class:`~ase_nemp.graph.AtomicGraph`.
 
-The engine on the CPU is matscipy's cell list. :class:`NeighbourList` adds a Verlet
+The engine on the CPU is the package's own cell list in C (:mod:`ase_nemp.nl.cells`,
+parallel on the kernels' threads), or matscipy's where the kernels cannot be built or
+``engine="matscipy"`` asks for it; both give the same pairs. :class:`NeighbourList` adds a Verlet
 skin: the list is built with ``cutoff + skin`` and reused while no atom has moved more
 than ``skin / 2`` and the cell, pbc and atoms are unchanged; on reuse the candidate
 pairs are filtered back to the true cutoff, so the model always sees exactly the
@@ -17,12 +19,28 @@ import numpy as np
 import torch
 
 from ..graph import AtomicGraph
+from . import cells
 from .cluster import HAS_TORCH_CLUSTER, torch_cluster_neighbour_list
 from .matscipy_nl import check_structure, matscipy_neighbour_list
 from .reference import brute_force_neighbour_list
 
+ENGINES = ("auto", "cells", "matscipy")
+
+
+def neighbour_pairs(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float, engine: str = "auto",
+                    capacity: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs ``(i, j, S)`` within ``cutoff`` (Å) of validated arrays (``check_structure``),
+    sorted by ``i``: from the C cell list (``"cells"``; ``"auto"`` where it builds) or
+    matscipy's. ``capacity``: the number of pairs expected (a previous list's)."""
+    if engine not in ENGINES:
+        raise ValueError(f"neighbour-list engine must be one of {ENGINES}, not {engine!r}")
+    if engine == "cells" or (engine == "auto" and cells.available()):
+        return cells.cell_list_neighbour_list(positions, cell, pbc, cutoff, capacity=capacity)
+    return matscipy_neighbour_list(positions, cell, pbc, cutoff)
+
 __all__ = [
     "NeighbourList",
+    "neighbour_pairs",
     "build_graph",
     "atoms_to_arrays",
     "check_structure",
@@ -51,6 +69,9 @@ class NeighbourList:
         Extra distance (Å). With ``skin > 0`` the list of pairs within ``cutoff + skin``
         is reused until an atom has moved more than ``skin / 2`` since it was built, or
         the cell, pbc or atomic numbers change. 0 rebuilds on every call.
+    engine : {"auto", "cells", "matscipy"}
+        The search (:func:`neighbour_pairs`): the package's C cell list where it builds
+        ("auto"), or matscipy's.
 
     Attributes
     ----------
@@ -60,12 +81,15 @@ class NeighbourList:
         Wall time spent in this neighbour list (building and filtering).
     """
 
-    def __init__(self, cutoff: float, skin: float = 0.0) -> None:
+    def __init__(self, cutoff: float, skin: float = 0.0, engine: str = "auto") -> None:
         if not cutoff > 0:
             raise ValueError(f"cutoff must be positive, got {cutoff}")
         if skin < 0:
             raise ValueError(f"skin must be >= 0, got {skin}")
-        self.cutoff, self.skin = float(cutoff), float(skin)
+        if engine not in ENGINES:
+            raise ValueError(f"neighbour-list engine must be one of {ENGINES}, not {engine!r}")
+        self.cutoff, self.skin, self.engine = float(cutoff), float(skin), engine
+        self._pairs_found = 0  # the last list's length: room made for the next
         self.num_builds = self.num_calls = 0
         self.seconds = 0.0
         self._cache: tuple | None = None
@@ -98,15 +122,15 @@ class NeighbourList:
     def _pairs(self, positions, cell, pbc, numbers):
         self.num_calls += 1
         if not self._can_reuse(positions, cell, pbc, numbers):
-            i, j, S = matscipy_neighbour_list(positions, cell, pbc, self.cutoff + self.skin)
+            i, j, S = neighbour_pairs(positions, cell, pbc, self.cutoff + self.skin, self.engine,
+                                      capacity=self._pairs_found + self._pairs_found // 16)
+            self._pairs_found = len(i)
             self.num_builds += 1
             if self.skin <= 0:
                 return i, j, S
             self._cache = (positions.copy(), cell.copy(), pbc.copy(), None if numbers is None else numbers.copy(), i, j, S)
         i, j, S = self._cache[4:]
-        vec = positions[j] - positions[i] + S @ cell
-        keep = np.einsum("ij,ij->i", vec, vec) < self.cutoff * self.cutoff
-        return i[keep], j[keep], S[keep]
+        return cells.pairs_within(positions, cell, i, j, S, self.cutoff)
 
 
 def build_graph(
@@ -127,7 +151,8 @@ def build_graph(
     device, dtype
         Where the tensors go, and the float type of positions, cell and shifts.
     neighbour_list : NeighbourList, optional
-        Reused between calls for skin-based reuse. Without it a fresh matscipy list is built.
+        Reused between calls for skin-based reuse. Without it a fresh list is built
+        (:func:`neighbour_pairs`).
     """
     positions, numbers, cell, pbc = atoms_to_arrays(atoms)
     device = torch.device(device)
@@ -136,7 +161,7 @@ def build_graph(
     elif device.type == "cuda" and not pbc.any() and HAS_TORCH_CLUSTER:
         return _graph_from_cluster(positions, numbers, cell, pbc, cutoff, device, dtype)
     else:
-        i, j, S = matscipy_neighbour_list(positions, cell, pbc, cutoff)
+        i, j, S = neighbour_pairs(positions, cell, pbc, cutoff)
     # The model sees only differences of positions: moving the centroid to the origin in
     # float64 before any cast keeps float32 edge vectors exact for structures far from it.
     positions = positions - positions.mean(axis=0)
