@@ -3,9 +3,10 @@
  *
  * Compiled twice, with -DREAL=float and -DREAL=double, into two shared libraries and
  * called through ctypes. Every kernel works on edges sorted by their centre atom i
- * (CSR row pointer `ptr`); scatters onto the neighbour j run over a second, j-sorted
- * CSR (`ptr_j`, `perm_j`) so that no two threads write the same row and the summation
- * order does not depend on the number of threads.
+ * (CSR row pointer `ptr`). Scatters onto the neighbour j run in edge order; on several
+ * threads each thread takes every edge but writes only the rows it owns (own_rows), so
+ * no two threads write the same row and the summation order does not depend on the
+ * number of threads.
  *
  * Layouts (row-major, C = channels, lf1 = feat_lmax + 1, nf = lf1^2, L1 = sh_lmax + 1,
  * nL = L1^2; component lm of degree l is flattened as l^2 + l + m):
@@ -91,25 +92,22 @@ int nemp_set_threads(int n) {
 }
 
 /* 1 when the kernels run on one thread: the backward passes then scatter onto the
- * neighbour j directly, in the same order as the j-sorted pass they replace */
+ * neighbour j directly, in edge order */
 static int single_thread(void) {
     return nemp_nt() == 1;
 }
 
-/* Stable counting sort of E keys in [0, n): ptr (n+1), perm (E). NEMP_BAD_SIZE if a key
- * is outside [0, n) (nothing is written out of bounds), NEMP_NO_MEMORY. */
-int nemp_csr(i64 E, i64 n, const i64 *key, i64 *ptr, i64 *perm) {
-    for (i64 e = 0; e < E; ++e)
-        if (key[e] < 0 || key[e] >= n) return NEMP_BAD_SIZE;
-    i64 *cursor = (i64 *)malloc((size_t)(n > 0 ? n : 1) * sizeof(i64));
-    if (!cursor) return NEMP_NO_MEMORY;
-    memset(ptr, 0, (size_t)(n + 1) * sizeof(i64));
-    for (i64 e = 0; e < E; ++e) ptr[key[e] + 1]++;
-    for (i64 k = 0; k < n; ++k) ptr[k + 1] += ptr[k];
-    memcpy(cursor, ptr, (size_t)n * sizeof(i64));
-    for (i64 e = 0; e < E; ++e) perm[cursor[key[e]]++] = e;
-    free(cursor);
-    return NEMP_OK;
+/* The rows [*lo, *hi) of n that the calling thread of a parallel region owns: on several
+ * threads each backward pass scatters onto the neighbours of every edge, in edge order,
+ * but only onto its own rows, so every row sums in the order one thread would. */
+static inline void own_rows(i64 n, i64 *lo, i64 *hi) {
+#ifdef _OPENMP
+    const i64 t = omp_get_thread_num(), T = omp_get_num_threads();
+#else
+    const i64 t = 0, T = 1;
+#endif
+    *lo = n * t / T;
+    *hi = n * (t + 1) / T;
 }
 
 /* ------------------------------------------------------------------------------------
@@ -220,30 +218,29 @@ ROW edge_inv_bwd_row(i64 i, const i64 C, i64 lf1, i64 ldY, const i64 *ptr, const
     }
 }
 
-/* Neighbour side: gV[j] += sum_{e: j(e) = j} gb[e] Y[e], over the j-sorted CSR; the sum
- * is formed in acc (scratch, nf*C) first, as the single-thread pass does in gVn. */
-ROW edge_inv_bwd_nbr_row(i64 jn, const i64 C, i64 lf1, i64 ldY, const i64 *ptr_j, const i64 *perm_j,
-                         const REAL *Y, const REAL *gb_tmp, REAL *gV, REAL *acc) {
-    const i64 nf = lf1 * lf1, lc = lf1 * C;
-    REAL *gVj = gV + jn * nf * C;
-    for (i64 k = 0; k < nf * C; ++k) acc[k] = 0;
-    for (i64 k = ptr_j[jn]; k < ptr_j[jn + 1]; ++k) {
-        const i64 e = perm_j[k];
-        add_expansion(C, lf1, Y + e * ldY, gb_tmp + e * lc, acc);
+/* Neighbour side on several threads: gVn[j] = sum_{e: j(e) = j} gb[e] Y[e] in edge order
+ * for the rows j in [lo, hi), then gV[j] += gVn[j], as the single-thread pass does. */
+ROW edge_inv_bwd_nbr_rows(i64 lo, i64 hi, i64 E, const i64 C, i64 lf1, i64 ldY, const i64 *jdx, const REAL *Y,
+                          const REAL *gb_tmp, REAL *gV, REAL *gVn) {
+    const i64 nfc = lf1 * lf1 * C, lc = lf1 * C;
+    if (hi <= lo) return;
+    memset(gVn + lo * nfc, 0, (size_t)((hi - lo) * nfc) * sizeof(REAL));
+    for (i64 e = 0; e < E; ++e) {
+        const i64 j = jdx[e];
+        if (j >= lo && j < hi) add_expansion(C, lf1, Y + e * ldY, gb_tmp + e * lc, gVn + j * nfc);
     }
-    for (i64 k = 0; k < nf * C; ++k) gVj[k] += acc[k];
+    for (i64 k = lo * nfc; k < hi * nfc; ++k) gV[k] += gVn[k];
 }
 
 /* Backward of nemp_edge_inv_fwd. Writes gY[:, :nf] (other columns untouched), gV (all),
  * gQe slots 0/1 (row stride ldgQe; skipped if g_eps is NULL) and gQr (row stride ldgQr).
- * Scratch: gb_tmp (E, lf1, C) on several threads, gVn (N, nf, C) on one. Either way
+ * Scratch: gVn (N, nf, C), and gb_tmp (E, lf1, C) on several threads. Either way
  * gV[x] = (centre-side sum) + (neighbour-side sum in edge order): the result does not
  * depend on the number of threads. */
 int nemp_edge_inv_bwd(i64 N, i64 E, i64 C, i64 lf1, i64 ldY, const i64 *ptr, const i64 *idx, const i64 *jdx,
-                       const i64 *ptr_j, const i64 *perm_j, const REAL *Y, const REAL *V, const REAL *Qe, i64 ldQe,
+                       const REAL *Y, const REAL *V, const REAL *Qe, i64 ldQe,
                        const REAL *Qr, i64 ldQr, const REAL *a, const REAL *b, const REAL *g_eps, const REAL *g_rho,
                        REAL *gY, REAL *gV, REAL *gQe, i64 ldgQe, REAL *gQr, i64 ldgQr, REAL *gb_tmp, REAL *gVn) {
-    (void)E;
     (void)idx;
     const i64 nfc = lf1 * lf1 * C;
     if (single_thread()) {
@@ -264,7 +261,7 @@ int nemp_edge_inv_bwd(i64 N, i64 E, i64 C, i64 lf1, i64 ldY, const i64 *ptr, con
     int failed = 0;
 #pragma omp parallel num_threads(nemp_nt()) reduction(|| : failed)
     { /* every thread meets both loops (OpenMP requires it); one without scratch skips its rows */
-        REAL *ga = (REAL *)malloc((size_t)(lf1 * C + nfc) * sizeof(REAL)), *acc = ga ? ga + lf1 * C : NULL;
+        REAL *ga = (REAL *)malloc((size_t)(lf1 * C) * sizeof(REAL));
         failed = ga == NULL;
 #define CALL(CC) edge_inv_bwd_row(i, CC, lf1, ldY, ptr, jdx, Y, V, Qe, ldQe, Qr, ldQr, a, b, g_eps, g_rho, gY, gV, \
                                   gQe, ldgQe, gQr, ldgQr, gb_tmp, ga, NULL, NULL)
@@ -272,11 +269,11 @@ int nemp_edge_inv_bwd(i64 N, i64 E, i64 C, i64 lf1, i64 ldY, const i64 *ptr, con
         for (i64 i = 0; i < N; ++i)
             if (ga) BY_CHANNELS(C, CALL)
 #undef CALL
-        if (g_eps) {
-#define CALL(CC) edge_inv_bwd_nbr_row(jn, CC, lf1, ldY, ptr_j, perm_j, Y, gb_tmp, gV, acc)
-#pragma omp for schedule(static)
-            for (i64 jn = 0; jn < N; ++jn)
-                if (ga) BY_CHANNELS(C, CALL)
+        if (g_eps && ga) { /* after the loop's barrier: every gb_tmp row is written */
+            i64 lo, hi;
+            own_rows(N, &lo, &hi);
+#define CALL(CC) edge_inv_bwd_nbr_rows(lo, hi, E, CC, lf1, ldY, jdx, Y, gb_tmp, gV, gVn)
+            BY_CHANNELS(C, CALL)
 #undef CALL
         }
         free(ga);
@@ -353,26 +350,28 @@ ROW node_dens_bwd_row(i64 i, const i64 C, i64 lf1, i64 LA, i64 ldY, const i64 *p
     }
 }
 
-/* Neighbour side: gZ[j] = sum_{e: j(e) = j} beta[e] gU[i(e)], over the j-sorted CSR. */
-ROW node_dens_bwd_nbr_row(i64 jn, const i64 C, i64 lf1, const i64 *ptr_j, const i64 *perm_j, const i64 *idx,
-                          const REAL *beta, i64 ldB, const REAL *gU, REAL *gZ) {
-    const i64 nf = lf1 * lf1;
-    REAL *gZj = gZ + jn * nf * C;
-    for (i64 k = 0; k < nf * C; ++k) gZj[k] = 0;
-    for (i64 k = ptr_j[jn]; k < ptr_j[jn + 1]; ++k) {
-        const i64 e = perm_j[k];
-        add_degree_scaled(C, lf1, beta + e * ldB, gU + idx[e] * nf * C, gZj);
-    }
+/* Neighbour side on several threads: gZ[j] = sum_{e: j(e) = j} beta[e] gU[i(e)] in edge
+ * order for the rows j in [lo, hi), as the single-thread pass sums them. */
+ROW node_dens_bwd_nbr_rows(i64 lo, i64 hi, i64 N, const i64 C, i64 lf1, const i64 *ptr, const i64 *jdx,
+                           const REAL *beta, i64 ldB, const REAL *gU, REAL *gZ) {
+    const i64 nfc = lf1 * lf1 * C;
+    if (hi <= lo) return;
+    memset(gZ + lo * nfc, 0, (size_t)((hi - lo) * nfc) * sizeof(REAL));
+    for (i64 i = 0; i < N; ++i)
+        for (i64 e = ptr[i]; e < ptr[i + 1]; ++e) {
+            const i64 j = jdx[e];
+            if (j >= lo && j < hi) add_degree_scaled(C, lf1, beta + e * ldB, gU + i * nfc, gZ + j * nfc);
+        }
 }
 
 /* Backward of nemp_node_dens_fwd. Writes gY[:, :nA] (other columns untouched),
  * gbeta (row stride ldgB) and gZ (N, nf, C) if Z != NULL, galpha (row stride ldgA).
  * gU may be NULL when Z is NULL. */
 void nemp_node_dens_bwd(i64 N, i64 C, i64 lf1, i64 LA, i64 ldY, const i64 *ptr, const i64 *idx, const i64 *jdx,
-                        const i64 *ptr_j, const i64 *perm_j, const REAL *Y, const REAL *Z, const REAL *beta, i64 ldB,
+                        const REAL *Y, const REAL *Z, const REAL *beta, i64 ldB,
                         const REAL *alpha, i64 ldA, const REAL *gU, const REAL *gA, REAL *gY, REAL *gbeta,
                         i64 ldgB, REAL *galpha, i64 ldgA, REAL *gZ) {
-    if (single_thread()) { /* gZ[j] accumulates in edge order, as in the j-sorted pass */
+    if (single_thread()) { /* gZ[j] accumulates in edge order, as node_dens_bwd_nbr_rows sums it */
         if (Z) memset(gZ, 0, (size_t)(N * lf1 * lf1 * C) * sizeof(REAL));
 #define CALL(CC) node_dens_bwd_row(i, CC, lf1, LA, ldY, ptr, jdx, Y, Z, beta, ldB, alpha, ldA, gU, gA, gY, gbeta, ldgB, \
                                    galpha, ldgA, Z ? gZ : NULL)
@@ -387,10 +386,11 @@ void nemp_node_dens_bwd(i64 N, i64 C, i64 lf1, i64 LA, i64 ldY, const i64 *ptr, 
 #pragma omp for schedule(static)
         for (i64 i = 0; i < N; ++i) BY_CHANNELS(C, CALL)
 #undef CALL
-        if (Z) {
-#define CALL(CC) node_dens_bwd_nbr_row(jn, CC, lf1, ptr_j, perm_j, idx, beta, ldB, gU, gZ)
-#pragma omp for schedule(static)
-            for (i64 jn = 0; jn < N; ++jn) BY_CHANNELS(C, CALL)
+        if (Z) { /* after the loop's barrier */
+            i64 lo, hi;
+            own_rows(N, &lo, &hi);
+#define CALL(CC) node_dens_bwd_nbr_rows(lo, hi, N, CC, lf1, ptr, jdx, beta, ldB, gU, gZ)
+            BY_CHANNELS(C, CALL)
 #undef CALL
         }
     }

@@ -14,8 +14,9 @@ one pass each, with a hand-derived backward (first derivatives only: forces and 
   per-species channel mixing, without gathered (N, K, C) or (N, C, C) copies;
 * the neighbour search of :mod:`ase_nemp.nl.cells` (in double, whatever the dtype).
 
-On one thread the backward passes scatter onto neighbours directly; on several they
-take a second, neighbour-sorted pass; both sum in the same order. They are compiled
+On one thread the backward passes scatter onto neighbours directly; on several each
+thread scatters every edge's share onto the neighbours it owns, in the same edge order,
+so the results do not depend on the number of threads. They are compiled
 with the system C compiler on first use (about a second) into ``~/.cache/ase-nemp``
 (``$ASE_NEMP_CACHE`` overrides) and loaded with ctypes; :func:`build_info` says how.
 
@@ -282,13 +283,11 @@ def fits(num_channels: int, num_radial: int, sh_lmax: int) -> bool:
 
 @dataclass
 class EdgeCSR:
-    """Edge index in the two CSR orders the kernels need (edges sorted by centre i)."""
+    """Edge index in the CSR order the kernels need (edges sorted by centre i)."""
 
     ptr: torch.Tensor  # (N+1,) rows of the i-sorted edge list
     i: torch.Tensor  # (E,)
     j: torch.Tensor  # (E,)
-    ptr_j: torch.Tensor  # (N+1,)
-    perm_j: torch.Tensor  # (E,) edges ordered by neighbour j
     num_nodes: int
     lib: ctypes.CDLL
 
@@ -313,13 +312,10 @@ def build_csr(edge_index: torch.Tensor, num_nodes: int, dtype: torch.dtype) -> E
     ptr = torch.zeros(num_nodes + 1, dtype=torch.long)
     if E:
         ptr[1:] = torch.bincount(i, minlength=num_nodes).cumsum(0)
-    ptr_j = torch.empty(num_nodes + 1, dtype=torch.long)
-    perm_j = torch.empty(E, dtype=torch.long)
-    _check(lib.nemp_csr(E, num_nodes, _p(j), _p(ptr_j), _p(perm_j)), "csr")
     # below a few thousand edges a parallel region costs more than it saves, and on a busy
     # machine its threads wait for cores (milliseconds per kernel): small graphs run on one
     lib.nemp_set_threads(torch.get_num_threads() if E >= PARALLEL_MIN_EDGES else 1)
-    return EdgeCSR(ptr, i, j, ptr_j, perm_j, num_nodes, lib)
+    return EdgeCSR(ptr, i, j, num_nodes, lib)
 
 
 def _check_rows(t: torch.Tensor, name: str) -> None:
@@ -368,8 +364,8 @@ class _EdgeInvariants(torch.autograd.Function):
         gV = torch.empty_like(V)
         gQ = torch.zeros_like(Q) if g_eps is None and S == 3 else torch.empty_like(Q)
         gb, gVn = Y.new_empty(E, lf1, C), torch.empty_like(V)  # scratch for several threads / for one
-        status = csr.lib.nemp_edge_inv_bwd(N, E, C, lf1, Y.stride(0), _p(csr.ptr), _p(csr.i), _p(csr.j), _p(csr.ptr_j),
-                                  _p(csr.perm_j), _p(Y), _p(V), _p(Q), S * lc, _p(Q[:, S - 1]), S * lc, _p(a), _p(b),
+        status = csr.lib.nemp_edge_inv_bwd(N, E, C, lf1, Y.stride(0), _p(csr.ptr), _p(csr.i), _p(csr.j),
+                                  _p(Y), _p(V), _p(Q), S * lc, _p(Q[:, S - 1]), S * lc, _p(a), _p(b),
                                   _p(g_eps), _p(g_rho), _p(gY), _p(gV), _p(gQ), S * lc, _p(gQ[:, S - 1]), S * lc, _p(gb),
                                   _p(gVn))
         _check(status, "edge_invariants backward")
@@ -416,8 +412,8 @@ class _NodeDensities(torch.autograd.Function):
         gY = torch.zeros_like(Y)
         used = (lf1 if Z is not None else 0) + LA
         gB = torch.empty_like(B) if used == rows else torch.zeros_like(B)
-        csr.lib.nemp_node_dens_bwd(N, C, lf1, LA, Y.stride(0), _p(csr.ptr), _p(csr.i), _p(csr.j), _p(csr.ptr_j),
-                                   _p(csr.perm_j), _p(Y), _p(Z), _p(B), ld, _p(B[:, a0]), ld, _p(gU), _p(gA), _p(gY),
+        csr.lib.nemp_node_dens_bwd(N, C, lf1, LA, Y.stride(0), _p(csr.ptr), _p(csr.i), _p(csr.j),
+                                   _p(Y), _p(Z), _p(B), ld, _p(B[:, a0]), ld, _p(gU), _p(gA), _p(gY),
                                    _p(gB), ld, _p(gB[:, a0]), ld, _p(gZ))
         return gY, gZ, gB, None, None, None, None
 
