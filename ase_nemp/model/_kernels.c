@@ -237,11 +237,10 @@ ROW edge_inv_bwd_nbr_rows(i64 lo, i64 hi, i64 E, const i64 C, i64 lf1, i64 ldY, 
  * Scratch: gVn (N, nf, C), and gb_tmp (E, lf1, C) on several threads. Either way
  * gV[x] = (centre-side sum) + (neighbour-side sum in edge order): the result does not
  * depend on the number of threads. */
-int nemp_edge_inv_bwd(i64 N, i64 E, i64 C, i64 lf1, i64 ldY, const i64 *ptr, const i64 *idx, const i64 *jdx,
+int nemp_edge_inv_bwd(i64 N, i64 E, i64 C, i64 lf1, i64 ldY, const i64 *ptr, const i64 *jdx,
                        const REAL *Y, const REAL *V, const REAL *Qe, i64 ldQe,
                        const REAL *Qr, i64 ldQr, const REAL *a, const REAL *b, const REAL *g_eps, const REAL *g_rho,
                        REAL *gY, REAL *gV, REAL *gQe, i64 ldgQe, REAL *gQr, i64 ldgQr, REAL *gb_tmp, REAL *gVn) {
-    (void)idx;
     const i64 nfc = lf1 * lf1 * C;
     if (single_thread()) {
         REAL *ga = (REAL *)malloc((size_t)(2 * lf1 * C) * sizeof(REAL));
@@ -367,7 +366,7 @@ ROW node_dens_bwd_nbr_rows(i64 lo, i64 hi, i64 N, const i64 C, i64 lf1, const i6
 /* Backward of nemp_node_dens_fwd. Writes gY[:, :nA] (other columns untouched),
  * gbeta (row stride ldgB) and gZ (N, nf, C) if Z != NULL, galpha (row stride ldgA).
  * gU may be NULL when Z is NULL. */
-void nemp_node_dens_bwd(i64 N, i64 C, i64 lf1, i64 LA, i64 ldY, const i64 *ptr, const i64 *idx, const i64 *jdx,
+void nemp_node_dens_bwd(i64 N, i64 C, i64 lf1, i64 LA, i64 ldY, const i64 *ptr, const i64 *jdx,
                         const REAL *Y, const REAL *Z, const REAL *beta, i64 ldB,
                         const REAL *alpha, i64 ldA, const REAL *gU, const REAL *gA, REAL *gY, REAL *gbeta,
                         i64 ldgB, REAL *galpha, i64 ldgA, REAL *gZ) {

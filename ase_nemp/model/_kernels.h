@@ -18,13 +18,13 @@ int nemp_set_threads(int n);
 void nemp_edge_inv_fwd(i64 N, i64 C, i64 lf1, i64 ldY, const i64 *ptr, const i64 *jdx, const REAL *Y,
     const REAL *V, const REAL *Qe, i64 ldQe, const REAL *Qr, i64 ldQr, int want_eps, REAL *eps, REAL *rho,
     REAL *a_out, REAL *b_out);
-int nemp_edge_inv_bwd(i64 N, i64 E, i64 C, i64 lf1, i64 ldY, const i64 *ptr, const i64 *idx, const i64 *jdx,
+int nemp_edge_inv_bwd(i64 N, i64 E, i64 C, i64 lf1, i64 ldY, const i64 *ptr, const i64 *jdx,
     const REAL *Y, const REAL *V, const REAL *Qe, i64 ldQe,
     const REAL *Qr, i64 ldQr, const REAL *a, const REAL *b, const REAL *g_eps, const REAL *g_rho, REAL *gY,
     REAL *gV, REAL *gQe, i64 ldgQe, REAL *gQr, i64 ldgQr, REAL *gb_tmp, REAL *gVn);
 void nemp_node_dens_fwd(i64 N, i64 C, i64 lf1, i64 LA, i64 ldY, const i64 *ptr, const i64 *jdx,
     const REAL *Y, const REAL *Z, const REAL *beta, i64 ldB, const REAL *alpha, i64 ldA, REAL *U, REAL *A);
-void nemp_node_dens_bwd(i64 N, i64 C, i64 lf1, i64 LA, i64 ldY, const i64 *ptr, const i64 *idx,
+void nemp_node_dens_bwd(i64 N, i64 C, i64 lf1, i64 LA, i64 ldY, const i64 *ptr,
     const i64 *jdx, const REAL *Y, const REAL *Z, const REAL *beta,
     i64 ldB, const REAL *alpha, i64 ldA, const REAL *gU, const REAL *gA, REAL *gY, REAL *gbeta, i64 ldgB,
     REAL *galpha, i64 ldgA, REAL *gZ);

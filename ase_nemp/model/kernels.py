@@ -286,8 +286,7 @@ class EdgeCSR:
     """Edge index in the CSR order the kernels need (edges sorted by centre i)."""
 
     ptr: torch.Tensor  # (N+1,) rows of the i-sorted edge list
-    i: torch.Tensor  # (E,)
-    j: torch.Tensor  # (E,)
+    j: torch.Tensor  # (E,) the neighbour of each edge
     num_nodes: int
     lib: ctypes.CDLL
 
@@ -315,7 +314,7 @@ def build_csr(edge_index: torch.Tensor, num_nodes: int, dtype: torch.dtype) -> E
     # below a few thousand edges a parallel region costs more than it saves, and on a busy
     # machine its threads wait for cores (milliseconds per kernel): small graphs run on one
     lib.nemp_set_threads(torch.get_num_threads() if E >= PARALLEL_MIN_EDGES else 1)
-    return EdgeCSR(ptr, i, j, num_nodes, lib)
+    return EdgeCSR(ptr, j, num_nodes, lib)
 
 
 def _check_rows(t: torch.Tensor, name: str) -> None:
@@ -364,7 +363,7 @@ class _EdgeInvariants(torch.autograd.Function):
         gV = torch.empty_like(V)
         gQ = torch.zeros_like(Q) if g_eps is None and S == 3 else torch.empty_like(Q)
         gb, gVn = Y.new_empty(E, lf1, C), torch.empty_like(V)  # scratch for several threads / for one
-        status = csr.lib.nemp_edge_inv_bwd(N, E, C, lf1, Y.stride(0), _p(csr.ptr), _p(csr.i), _p(csr.j),
+        status = csr.lib.nemp_edge_inv_bwd(N, E, C, lf1, Y.stride(0), _p(csr.ptr), _p(csr.j),
                                   _p(Y), _p(V), _p(Q), S * lc, _p(Q[:, S - 1]), S * lc, _p(a), _p(b),
                                   _p(g_eps), _p(g_rho), _p(gY), _p(gV), _p(gQ), S * lc, _p(gQ[:, S - 1]), S * lc, _p(gb),
                                   _p(gVn))
@@ -412,7 +411,7 @@ class _NodeDensities(torch.autograd.Function):
         gY = torch.zeros_like(Y)
         used = (lf1 if Z is not None else 0) + LA
         gB = torch.empty_like(B) if used == rows else torch.zeros_like(B)
-        csr.lib.nemp_node_dens_bwd(N, C, lf1, LA, Y.stride(0), _p(csr.ptr), _p(csr.i), _p(csr.j),
+        csr.lib.nemp_node_dens_bwd(N, C, lf1, LA, Y.stride(0), _p(csr.ptr), _p(csr.j),
                                    _p(Y), _p(Z), _p(B), ld, _p(B[:, a0]), ld, _p(gU), _p(gA), _p(gY),
                                    _p(gB), ld, _p(gB[:, a0]), ld, _p(gZ))
         return gY, gZ, gB, None, None, None, None
