@@ -414,56 +414,55 @@ class FeatureExchange:
         size, nlocal = comm.Get_size(), len(self.local_tags)
         # 1. every rank files its own atoms (id, rank, row) with the directory rank id % size
         mine = np.stack([self.local_tags, np.full(nlocal, comm.Get_rank()), np.arange(nlocal)], axis=1)
-        filed, _ = self._to_ranks(self.local_tags % size, mine)
+        order, counts = self._grouped(self.local_tags % size)
+        filed, _ = self._send(mine[order], counts)
         filed = filed[np.argsort(filed[:, 0], kind="stable")]
         # 2. asks the directory where its ghosts live ...
-        asked, asked_of = self._to_ranks(self.ghost_tags % size, self.ghost_tags[:, None])
+        asked_order, counts = self._grouped(self.ghost_tags % size)
+        asked, asked_of = self._send(self.ghost_tags[asked_order, None], counts)
         at = np.searchsorted(filed[:, 0], asked[:, 0])
         found = at < len(filed)
         found[found] = filed[at[found], 0] == asked[found, 0]
         if not found.all():
             raise RuntimeError(f"atom ids {asked[~found, 0][:5].tolist()} are ghosts of a rank but no rank owns them")
         # 3. ... which answers (owner rank, owner's row) in the order asked
-        where, _ = self._to_ranks(None, filed[at, 1:], back=asked_of)
-        where[self._order] = where.copy()
+        answers, _ = self._send(filed[at, 1:], asked_of)
+        where = np.empty_like(answers)
+        where[asked_order] = answers
         # 4. each owner learns which of its rows each other rank needs
-        rows, self.send_counts = self._to_ranks(where[:, 0], where[:, 1:])
+        by_owner, self.recv_counts = self._grouped(where[:, 0])
+        rows, self.send_counts = self._send(where[by_owner, 1:], self.recv_counts)
         self.send_rows = torch.from_numpy(rows[:, 0].copy())  # own rows, grouped by the rank that needs them
-        self.recv_rows = torch.from_numpy(nlocal + self._order)  # ghost rows, grouped by their owner
-        self.recv_counts = np.bincount(where[:, 0], minlength=size)
+        self.recv_rows = torch.from_numpy(nlocal + by_owner)  # ghost rows, grouped by their owner
 
     def serves(self, local_tags: np.ndarray, ghost_tags: np.ndarray) -> bool:
         """Whether this rank's atoms are still the ones the exchange was built for."""
         return np.array_equal(local_tags, self.local_tags) and np.array_equal(ghost_tags, self.ghost_tags)
 
-    def _to_ranks(self, dest: np.ndarray | None, rows: np.ndarray, back: np.ndarray | None = None):
-        """Send integer ``rows`` (n, w), row k to rank ``dest[k]``; the rows received (grouped by
-        the sending rank, each sender's in its order) and how many came from each rank.
-        ``self._order`` keeps the order the rows were sent in (``rows[self._order]``).
-        ``back``: ``dest`` None and ``rows`` grouped as received by a call that got ``back``
-        rows from each rank, sent back to those ranks."""
-        size, width = self.comm.Get_size(), rows.shape[1]
-        if back is None:
-            self._order = np.argsort(dest, kind="stable")
-            rows, counts = rows[self._order], np.bincount(dest, minlength=size).astype(np.int64)
-        else:
-            counts = np.asarray(back, dtype=np.int64)
-        got = np.empty(size, dtype=np.int64)
-        self.comm.Alltoall(counts, got)
-        out = np.empty((int(got.sum()), width), dtype=np.int64)
-        self.comm.Alltoallv([np.ascontiguousarray(rows, dtype=np.int64), counts * width], [out, got * width])
+    def _grouped(self, dest: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The order that groups items by their destination rank ``dest``, and how many go to each."""
+        return np.argsort(dest, kind="stable"), np.bincount(dest, minlength=self.comm.Get_size()).astype(np.int64)
+
+    def _send(self, rows: np.ndarray, counts: np.ndarray, got: np.ndarray | None = None):
+        """Send ``rows`` (n, w), grouped by destination, ``counts[r]`` of them to rank r; the
+        rows received, grouped by the sending rank, and how many came from each (``got``,
+        when the caller knows it already)."""
+        if got is None:
+            got = np.empty_like(counts)
+            self.comm.Alltoall(counts, got)
+        rows = np.ascontiguousarray(rows)
+        out = np.empty((int(got.sum()), rows.shape[1]), dtype=rows.dtype)
+        self.comm.Alltoallv([rows, counts * rows.shape[1]], [out, got * rows.shape[1]])
         return out, got
 
     def move(self, x: torch.Tensor, rows_out: torch.Tensor, counts_out: np.ndarray, counts_in: np.ndarray) -> torch.Tensor:
         """Rows ``rows_out`` of ``x`` (N, F) to the ranks (``counts_out`` each, in rank order);
         the (sum(counts_in), F) rows received, in rank order."""
-        start, width = time.perf_counter(), x.shape[1]
-        send = np.ascontiguousarray(x.detach().index_select(0, rows_out).numpy())
-        recv = np.empty((int(counts_in.sum()), width), dtype=send.dtype)
-        self.comm.Alltoallv([send, counts_out * width], [recv, counts_in * width])
+        start = time.perf_counter()
+        got, _ = self._send(x.detach().index_select(0, rows_out).numpy(), counts_out, got=counts_in)
         if self.stats is not None:
             self.stats["exchange_seconds"] += time.perf_counter() - start
-        return torch.from_numpy(recv)
+        return torch.from_numpy(got)
 
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
         return _Exchange.apply(features, self)
