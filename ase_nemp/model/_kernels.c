@@ -1050,12 +1050,13 @@ void nemp_species_mm(i64 N, i64 M, i64 C, const i64 *species, const REAL *X, con
  * shifts, with |x_j - x_i + S @ cell| < cutoff, periodic self-images included, i == j
  * with S = 0 not. Always in double, whatever REAL.
  *
- * Atoms are binned in fractional coordinates: along a periodic direction k into
- * nbins[k] slices of [0, 1) (positions wrapped, the wrap n0 remembered), along an open
- * one into nbins[k] slices of the atoms' own extent. A slice is at least as thick as
- * the cutoff except along a periodic direction thinner than it (nbins 1), so each atom
- * looks rk = ceil(cutoff nbins[k] / height_k) slices either way (1 unless the cell is
- * thin), a periodic slice index beyond the grid meaning the next image (shift T).
+ * Atoms are binned in fractional coordinates: along a periodic direction k into nb[k]
+ * slices of [0, 1) (positions wrapped, the wrap n0 remembered), along an open one into
+ * nb[k] slices of the atoms' own extent, nb[k] as many as the cutoff allows and the
+ * grid at most max_bins cells. A slice is at least as thick as the cutoff except along
+ * a periodic direction thinner than it (nb 1), so each atom looks r[k] = ceil(cutoff /
+ * slice thickness) slices either way (1 unless the cell is thin), a periodic slice
+ * index beyond the grid meaning the next image (shift T).
  * x_j - x_i + S @ cell = xw_j + T @ cell - xw_i with S = T + n0_i - n0_j.
  *
  * Two passes over the atoms, in parallel: count (ptr), then fill; pairs come sorted by
@@ -1195,7 +1196,7 @@ i64 nemp_neighbours(i64 N, const double *x, const double *cell, const double *in
     }
     for (i64 b = 0; b < nbin; ++b) start[b + 1] += start[b];
     {
-        i64 *fill = (i64 *)malloc((size_t)nbin * sizeof(i64) + 1);
+        i64 *fill = (i64 *)malloc((size_t)nbin * sizeof(i64));
         if (!fill) {
             free(xw); free(n0); free(bin); free(start); free(atoms);
             return NEMP_NO_MEMORY;

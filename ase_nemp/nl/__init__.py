@@ -27,13 +27,17 @@ from .reference import brute_force_neighbour_list
 ENGINES = ("auto", "cells", "matscipy")
 
 
+def _check_engine(engine: str) -> None:
+    if engine not in ENGINES:
+        raise ValueError(f"neighbour-list engine must be one of {ENGINES}, not {engine!r}")
+
+
 def neighbour_pairs(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float, engine: str = "auto",
                     capacity: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs ``(i, j, S)`` within ``cutoff`` (Å) of validated arrays (``check_structure``),
     sorted by ``i``: from the C cell list (``"cells"``; ``"auto"`` where it builds) or
     matscipy's. ``capacity``: the number of pairs expected (a previous list's)."""
-    if engine not in ENGINES:
-        raise ValueError(f"neighbour-list engine must be one of {ENGINES}, not {engine!r}")
+    _check_engine(engine)
     if engine == "cells" or (engine == "auto" and cells.available()):
         return cells.cell_list_neighbour_list(positions, cell, pbc, cutoff, capacity=capacity)
     return matscipy_neighbour_list(positions, cell, pbc, cutoff)
@@ -86,8 +90,7 @@ class NeighbourList:
             raise ValueError(f"cutoff must be positive, got {cutoff}")
         if skin < 0:
             raise ValueError(f"skin must be >= 0, got {skin}")
-        if engine not in ENGINES:
-            raise ValueError(f"neighbour-list engine must be one of {ENGINES}, not {engine!r}")
+        _check_engine(engine)
         self.cutoff, self.skin, self.engine = float(cutoff), float(skin), engine
         self._pairs_found = 0  # the last list's length: room made for the next
         self.num_builds = self.num_calls = 0

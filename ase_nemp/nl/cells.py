@@ -29,6 +29,10 @@ def _library():
     return kernels._library(torch.float64)
 
 
+def _ptr(a: np.ndarray) -> ctypes.c_void_p:
+    return a.ctypes.data_as(ctypes.c_void_p)
+
+
 def available() -> bool:
     """Whether the C neighbour search can run here (the kernels' library builds)."""
     return _library() is not None
@@ -59,13 +63,12 @@ def cell_list_neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc: np.nd
     ptr = np.empty(n + 1, dtype=np.int64)
     cap = max(int(capacity), 0)
     max_bins = max(MAX_BINS_PER_ATOM * n, 27)
-    p = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
     for _ in range(2):
         i = np.empty(cap, dtype=np.int64)
         j = np.empty(cap, dtype=np.int64)
         S = np.empty((cap, 3), dtype=np.int64)
-        total = lib.nemp_neighbours(n, p(x), p(cell), p(inv), p(pbc_arr), float(cutoff), max_bins, threads, cap,
-                                    p(ptr), p(i), p(j), p(S))
+        total = lib.nemp_neighbours(n, _ptr(x), _ptr(cell), _ptr(inv), _ptr(pbc_arr), float(cutoff), max_bins,
+                                    threads, cap, _ptr(ptr), _ptr(i), _ptr(j), _ptr(S))
         if total < 0:
             raise MemoryError("the neighbour search could not allocate its grid")
         if total <= cap:
@@ -88,6 +91,6 @@ def pairs_within(positions: np.ndarray, cell: np.ndarray, i: np.ndarray, j: np.n
         return i[keep], j[keep], S[keep]
     i, j, S = (np.ascontiguousarray(a, dtype=np.int64) for a in (i, j, S))
     out_i, out_j, out_S = np.empty_like(i), np.empty_like(j), np.empty_like(S)
-    p = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
-    kept = lib.nemp_within(len(i), p(x), p(cell), p(i), p(j), p(S), float(cutoff), p(out_i), p(out_j), p(out_S))
+    kept = lib.nemp_within(len(i), _ptr(x), _ptr(cell), _ptr(i), _ptr(j), _ptr(S), float(cutoff), _ptr(out_i),
+                           _ptr(out_j), _ptr(out_S))
     return out_i[:kept], out_j[:kept], out_S[:kept]
