@@ -121,6 +121,23 @@ def test_network_structures_and_paths():
     assert len(keys) == 2  # physisorbed and gas-phase CO2 are different states
 
 
+def test_nudged_moves_only_the_adsorbates_sideways_and_the_same_way_for_a_name():
+    from ase_nemp.learn.explore import nudged
+
+    s = slab()
+    net = co_oxidation_network(s)
+    name = "co_hcp+o_fcc@3.2"
+    atoms = net.structures[name]
+    moved = nudged(atoms, name, len(s), nudge=0.05)
+    shift = moved.positions - atoms.positions
+    assert np.all(shift[: len(s)] == 0) and np.all(shift[:, 2] == 0)  # the slab and heights stay
+    assert np.all(np.abs(shift[len(s):, :2]) <= 0.05) and np.abs(shift[len(s):, :2]).max() > 0
+    assert np.array_equal(nudged(atoms, name, len(s)).positions, moved.positions)  # seeded by the name
+    other = nudged(atoms, "co_fcc+o_fcc@2.8", len(s)).positions
+    assert not np.array_equal(other, moved.positions)
+    assert np.array_equal(atoms.positions, net.structures[name].positions)  # the original is untouched
+
+
 def test_run_network_relaxes_and_joins_distinct_minima():
     """With EMT (which knows Pd, C and O): every O-hop end is relaxed, a band is run for each
     pair of distinct minima once, and ends that relax into one minimum make no band."""

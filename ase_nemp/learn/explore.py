@@ -20,7 +20,7 @@ from ..calculator import NEMPCalculator
 from ..neb import NEBProtocol, StopExploration, run_neb
 from ..neb import relax as relax_structure
 
-__all__ = ["Candidate", "Collector", "ExplorationReport", "explore", "read_frames", "run_network"]
+__all__ = ["Candidate", "Collector", "ExplorationReport", "explore", "nudged", "read_frames", "run_network"]
 
 
 class Interrupted(Exception):
@@ -174,6 +174,17 @@ def _neb(settings, factory, collector, progress):
                                   "barrier_uncertainty_eV": res.get("barrier_uncertainty")}
 
 
+def nudged(atoms: Atoms, name: str, n_slab: int, nudge: float = 0.05) -> Atoms:
+    """A copy of a network structure whose adsorbate atoms (after the first ``n_slab``) are
+    moved sideways by up to ``nudge`` Å, seeded by the structure's ``name`` (the same name
+    always gets the same move): an adsorbate placed on a saddle of the surface (a bridge,
+    often a top site) then slides off it instead of staying there by symmetry."""
+    atoms = atoms.copy()
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    atoms.positions[n_slab:, :2] += rng.uniform(-nudge, nudge, size=(len(atoms) - n_slab, 2))
+    return atoms
+
+
 def run_network(network, slab: Atoms, factory: Callable, protocol: NEBProtocol, fmax: float = 0.05,
                 steps: int = 200, observe: Callable | None = None, groups=None, progress: bool = False,
                 nudge: float = 0.05, log: Callable[[str], None] = lambda line: None) -> dict:
@@ -186,9 +197,7 @@ def run_network(network, slab: Atoms, factory: Callable, protocol: NEBProtocol, 
     sees every relaxation step and every image of every band step and may raise
     :class:`StopExploration`, which ends that relaxation or band only. ``groups`` limits the
     structures (and the paths between them) to those groups. Before relaxing, the adsorbate
-    atoms are moved sideways by up to ``nudge`` Å (seeded by the structure's name), so that an
-    adsorbate placed on a saddle of the surface (a bridge, often a top site) slides off it
-    instead of staying there by symmetry.
+    atoms are moved sideways by up to ``nudge`` Å (:func:`nudged`).
 
     Returns ``{"minima": {name: {"energy", "key", "converged", "atoms"}}, "paths": {name:
     {...}}}``; a path's entry has ``"skipped"`` (why) or the band's ``barrier``, ``reaction_energy``
@@ -201,12 +210,7 @@ def run_network(network, slab: Atoms, factory: Callable, protocol: NEBProtocol, 
     wanted = set(network.structures) if groups is None else {n for g in groups for n in network.groups[g]}
     minima: dict[str, dict] = {}
     names = [n for n in network.structures if n in wanted]
-    starts = []
-    for name in names:
-        atoms = network.structures[name].copy()
-        rng = np.random.default_rng(zlib.crc32(name.encode()))
-        atoms.positions[len(slab):, :2] += rng.uniform(-nudge, nudge, size=(len(atoms) - len(slab), 2))
-        starts.append(atoms)
+    starts = [nudged(network.structures[name], name, len(slab), nudge) for name in names]
     calc = factory()
     if isinstance(calc, NEMPCalculator):  # all relaxations in lockstep, one model call per step
         from ..relax import relax_many
