@@ -464,11 +464,15 @@ static inline REAL vexp(REAL x) {
     return p * scale.f;
 }
 
-/* With AVX-512 in float, the SiLU and the block transposes below use intrinsics;
+/* With AVX-512, the SiLU (and in float the block transposes below) use intrinsics;
  * elsewhere the portable loops (vectorised by the compiler) run. */
-#if defined(__AVX512F__) && CAT(REAL_IS_FLOAT_, REAL)
+#if defined(__AVX512F__)
 #include <immintrin.h>
+#if CAT(REAL_IS_FLOAT_, REAL)
 #define AVX512_FLOAT 1
+#else
+#define AVX512_DOUBLE 1
+#endif
 #endif
 
 #ifdef AVX512_FLOAT
@@ -496,15 +500,45 @@ static inline __m512 sigmoid16(__m512 z) {
 }
 #endif
 
+#ifdef AVX512_DOUBLE
+/* The same for 8 doubles: vexp's degree-12 polynomial, and two Newton steps after rcp14
+ * (2^-14, 2^-28, then about one ulp). */
+static inline __m512d sigmoid8(__m512d z) {
+    const __m512d x = _mm512_max_pd(_mm512_min_pd(_mm512_sub_pd(_mm512_setzero_pd(), z), _mm512_set1_pd(EXP_CLAMP)),
+                                    _mm512_set1_pd(-EXP_CLAMP));
+    const __m512d n = _mm512_roundscale_pd(_mm512_mul_pd(x, _mm512_set1_pd(1.4426950408889634074)),
+                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512d r = _mm512_fnmadd_pd(n, _mm512_set1_pd(LN2_HI), x);
+    r = _mm512_fnmadd_pd(n, _mm512_set1_pd(LN2_LO), r);
+    static const double coef[] = {1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0,
+                                  1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0};
+    __m512d p = _mm512_set1_pd(1.0 / 479001600.0);
+    for (int k = 0; k < 12; ++k) p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(coef[k]));
+    const __m512d den = _mm512_add_pd(_mm512_scalef_pd(p, n), _mm512_set1_pd(1.0));
+    const __m512d two = _mm512_set1_pd(2.0);
+    __m512d s = _mm512_rcp14_pd(den);
+    s = _mm512_mul_pd(s, _mm512_fnmadd_pd(den, s, two));
+    return _mm512_mul_pd(s, _mm512_fnmadd_pd(den, s, two));
+}
+#endif
+
 /* v = silu(v), d = silu'(v) over a (F, LANES) block (d may be NULL) */
 ROW silu_block(const i64 F, REAL (*restrict v)[LANES], REAL (*restrict d)[LANES]) {
-#ifdef AVX512_FLOAT
+#if defined(AVX512_FLOAT)
     const __m512 one = _mm512_set1_ps(1.0f);
     for (i64 o = 0; o < F; ++o) {
         const __m512 z = _mm512_loadu_ps(v[o]), sg = sigmoid16(z);
         _mm512_storeu_ps(v[o], _mm512_mul_ps(z, sg));
         if (d) _mm512_storeu_ps(d[o], _mm512_mul_ps(sg, _mm512_fmadd_ps(z, _mm512_sub_ps(one, sg), one)));
     }
+#elif defined(AVX512_DOUBLE)
+    const __m512d one = _mm512_set1_pd(1.0);
+    for (i64 o = 0; o < F; ++o)
+        for (i64 q = 0; q < LANES; q += 8) {
+            const __m512d z = _mm512_loadu_pd(v[o] + q), sg = sigmoid8(z);
+            _mm512_storeu_pd(v[o] + q, _mm512_mul_pd(z, sg));
+            if (d) _mm512_storeu_pd(d[o] + q, _mm512_mul_pd(sg, _mm512_fmadd_pd(z, _mm512_sub_pd(one, sg), one)));
+        }
 #else
     for (i64 o = 0; o < F; ++o) {
         #pragma omp simd
