@@ -437,107 +437,73 @@ typedef int64_t ireal;
 #endif
 typedef union { REAL f; ireal i; } real_bits;
 
+/* Taylor coefficients of exp(r), highest degree first (7 in float, 12 in double) */
+static const REAL EXP_POLY[] = {
+#if !CAT(REAL_IS_FLOAT_, REAL)
+    1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0,
+#endif
+    (REAL)(1.0 / 5040.0), (REAL)(1.0 / 720.0), (REAL)(1.0 / 120.0), (REAL)(1.0 / 24.0), (REAL)(1.0 / 6.0),
+    (REAL)0.5, (REAL)1.0, (REAL)1.0};
+#define EXP_TERMS ((int)(sizeof EXP_POLY / sizeof EXP_POLY[0]))
+
 static inline REAL vexp(REAL x) {
     x = x > (REAL)EXP_CLAMP ? (REAL)EXP_CLAMP : (x < -(REAL)EXP_CLAMP ? -(REAL)EXP_CLAMP : x);
     const REAL n = (x * (REAL)1.4426950408889634074 + (REAL)ROUND_MAGIC) - (REAL)ROUND_MAGIC; /* nearest integer */
     const REAL r = (x - n * (REAL)LN2_HI) - n * (REAL)LN2_LO;
-    REAL p;
-#if CAT(REAL_IS_FLOAT_, REAL)
-    p = (REAL)(1.0 / 5040.0);
-#else
-    p = 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-#endif
-    p = p * r + (REAL)(1.0 / 720.0);
-    p = p * r + (REAL)(1.0 / 120.0);
-    p = p * r + (REAL)(1.0 / 24.0);
-    p = p * r + (REAL)(1.0 / 6.0);
-    p = p * r + (REAL)0.5;
-    p = p * r + (REAL)1.0;
-    p = p * r + (REAL)1.0;
+    REAL p = EXP_POLY[0];
+#pragma GCC unroll 16
+    for (int k = 1; k < EXP_TERMS; ++k) p = p * r + EXP_POLY[k];
     real_bits scale;
     scale.i = ((ireal)n + EXP_BIAS) << MANT_BITS;
     return p * scale.f;
 }
 
-/* With AVX-512, the SiLU (and in float the block transposes below) use intrinsics;
- * elsewhere the portable loops (vectorised by the compiler) run. */
+/* With AVX-512 the SiLU works on whole vectors (VW numbers of REAL: 16 floats or 8
+ * doubles), written once through VOP(op), e.g. VOP(fmadd) = _mm512_fmadd_ps or _pd; in float
+ * the block transposes below use intrinsics too. Elsewhere the portable loops
+ * (vectorised by the compiler) run. */
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #if CAT(REAL_IS_FLOAT_, REAL)
 #define AVX512_FLOAT 1
+typedef __m512 vreal;
+#define VW 16
+#define VOP(op) _mm512_##op##_ps
+#define NEWTON_STEPS 1 /* rcp14's 2^-14 -> 2^-28: about one ulp of a float */
 #else
-#define AVX512_DOUBLE 1
-#endif
-#endif
-
-#ifdef AVX512_FLOAT
-/* sigmoid(z) = 1 / (1 + exp(-z)) for 16 floats: vexp's reduction and polynomial, 2^n by
- * scalef, and the reciprocal from rcp14 with one Newton step (about 1 ulp) instead of a
- * division, which on this class of core issues one per several cycles. */
-static inline __m512 sigmoid16(__m512 z) {
-    const __m512 x = _mm512_max_ps(_mm512_min_ps(_mm512_sub_ps(_mm512_setzero_ps(), z), _mm512_set1_ps(EXP_CLAMP)),
-                                   _mm512_set1_ps(-EXP_CLAMP));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634074f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
-    __m512 p = _mm512_set1_ps((float)(1.0 / 5040.0));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps((float)(1.0 / 720.0)));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps((float)(1.0 / 120.0)));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps((float)(1.0 / 24.0)));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps((float)(1.0 / 6.0)));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    const __m512 den = _mm512_add_ps(_mm512_scalef_ps(p, n), _mm512_set1_ps(1.0f));
-    const __m512 s0 = _mm512_rcp14_ps(den);
-    return _mm512_mul_ps(s0, _mm512_fnmadd_ps(den, s0, _mm512_set1_ps(2.0f)));
-}
+typedef __m512d vreal;
+#define VW 8
+#define VOP(op) _mm512_##op##_pd
+#define NEWTON_STEPS 2 /* 2^-14 -> 2^-28 -> about one ulp of a double */
 #endif
 
-#ifdef AVX512_DOUBLE
-/* The same for 8 doubles: vexp's degree-12 polynomial, and two Newton steps after rcp14
- * (2^-14, 2^-28, then about one ulp). */
-static inline __m512d sigmoid8(__m512d z) {
-    const __m512d x = _mm512_max_pd(_mm512_min_pd(_mm512_sub_pd(_mm512_setzero_pd(), z), _mm512_set1_pd(EXP_CLAMP)),
-                                    _mm512_set1_pd(-EXP_CLAMP));
-    const __m512d n = _mm512_roundscale_pd(_mm512_mul_pd(x, _mm512_set1_pd(1.4426950408889634074)),
-                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512d r = _mm512_fnmadd_pd(n, _mm512_set1_pd(LN2_HI), x);
-    r = _mm512_fnmadd_pd(n, _mm512_set1_pd(LN2_LO), r);
-    static const double coef[] = {1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0,
-                                  1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0};
-    __m512d p = _mm512_set1_pd(1.0 / 479001600.0);
-    for (int k = 0; k < 12; ++k) p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(coef[k]));
-    const __m512d den = _mm512_add_pd(_mm512_scalef_pd(p, n), _mm512_set1_pd(1.0));
-    const __m512d two = _mm512_set1_pd(2.0);
-    __m512d s = _mm512_rcp14_pd(den);
-    s = _mm512_mul_pd(s, _mm512_fnmadd_pd(den, s, two));
-    return _mm512_mul_pd(s, _mm512_fnmadd_pd(den, s, two));
+/* sigmoid(z) = 1 / (1 + exp(-z)) for VW numbers: vexp's reduction and polynomial, 2^n by
+ * scalef, and the reciprocal from rcp14 with Newton steps instead of a division, which
+ * on this class of core issues one per several cycles. */
+static inline vreal sigmoid_v(vreal z) {
+    const vreal x = VOP(max)(VOP(min)(VOP(sub)(VOP(setzero)(), z), VOP(set1)(EXP_CLAMP)), VOP(set1)(-EXP_CLAMP));
+    const vreal n = VOP(roundscale)(VOP(mul)(x, VOP(set1)((REAL)1.4426950408889634074)),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    vreal r = VOP(fnmadd)(n, VOP(set1)(LN2_HI), x);
+    r = VOP(fnmadd)(n, VOP(set1)(LN2_LO), r);
+    vreal p = VOP(set1)(EXP_POLY[0]);
+    for (int k = 1; k < EXP_TERMS; ++k) p = VOP(fmadd)(p, r, VOP(set1)(EXP_POLY[k]));
+    const vreal den = VOP(add)(VOP(scalef)(p, n), VOP(set1)((REAL)1)), two = VOP(set1)((REAL)2);
+    vreal s = VOP(rcp14)(den);
+    for (int k = 0; k < NEWTON_STEPS; ++k) s = VOP(mul)(s, VOP(fnmadd)(den, s, two));
+    return s;
 }
 #endif
 
 /* v = silu(v), d = silu'(v) over a (F, LANES) block (d may be NULL) */
 ROW silu_block(const i64 F, REAL (*restrict v)[LANES], REAL (*restrict d)[LANES]) {
-#if defined(AVX512_FLOAT)
-    const __m512 one = _mm512_set1_ps(1.0f);
-    for (i64 o = 0; o < F; ++o) {
-        const __m512 z = _mm512_loadu_ps(v[o]), sg = sigmoid16(z);
-        _mm512_storeu_ps(v[o], _mm512_mul_ps(z, sg));
-        if (d) _mm512_storeu_ps(d[o], _mm512_mul_ps(sg, _mm512_fmadd_ps(z, _mm512_sub_ps(one, sg), one)));
-    }
-#elif defined(AVX512_DOUBLE)
-    const __m512d one = _mm512_set1_pd(1.0);
+#ifdef VW
+    const vreal one = VOP(set1)((REAL)1);
     for (i64 o = 0; o < F; ++o)
-        for (i64 q = 0; q < LANES; q += 8) {
-            const __m512d z = _mm512_loadu_pd(v[o] + q), sg = sigmoid8(z);
-            _mm512_storeu_pd(v[o] + q, _mm512_mul_pd(z, sg));
-            if (d) _mm512_storeu_pd(d[o] + q, _mm512_mul_pd(sg, _mm512_fmadd_pd(z, _mm512_sub_pd(one, sg), one)));
+        for (i64 q = 0; q < LANES; q += VW) {
+            const vreal z = VOP(loadu)(v[o] + q), sg = sigmoid_v(z);
+            VOP(storeu)(v[o] + q, VOP(mul)(z, sg));
+            if (d) VOP(storeu)(d[o] + q, VOP(mul)(sg, VOP(fmadd)(z, VOP(sub)(one, sg), one)));
         }
 #else
     for (i64 o = 0; o < F; ++o) {
