@@ -44,9 +44,12 @@ def edge_mlps(preset: str, dtype: torch.dtype) -> list[tuple[torch.nn.Module, in
     return mlps
 
 
-def multiply_adds(module, fold: int) -> int:
-    """Products per row of one forward: input, hidden and (folded) output layers."""
+def multiply_adds(module, fold: int = 1) -> int:
+    """Products per row of one forward of a ScaledMLP: input, hidden and (folded) output
+    layers, or the one matrix of a linear one."""
     spec = module.spec
+    if spec.linear:
+        return module.d_in * module.d_out
     width, hidden = spec.width, spec.blocks * spec.layers
     return module.d_in * width + hidden * width * width + width * (module.d_out // fold)
 

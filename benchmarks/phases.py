@@ -71,6 +71,7 @@ def worker(spec: dict) -> dict:
     from ase_nemp import NEMP, NEMPCalculator, NEMPConfig
     from ase_nemp.model import nemp as nemp_module
     from ase_nemp.nl import build_graph
+    from mlp_kernel import multiply_adds
     from speed import build_system
 
     torch.set_num_threads(spec["threads"])
@@ -90,11 +91,7 @@ def worker(spec: dict) -> dict:
             if name == "mlp":
                 module, x = args[0], args[1]
                 fold = kwargs.get("fold", args[3] if len(args) > 3 else 1)
-                if module.spec.linear:
-                    macs[0] += x.shape[0] * module.d_in * module.d_out
-                else:
-                    F, hidden = module.spec.width, module.spec.blocks * module.spec.layers
-                    macs[0] += x.shape[0] * (module.d_in * F + hidden * F * F + F * module.d_out // fold)
+                macs[0] += x.shape[0] * multiply_adds(module, fold)
             with record_function(f"phase: {phase}"):
                 return original(*args, **kwargs)
         return call

@@ -48,8 +48,13 @@ def main() -> int:
                         help="paths whose names contain one of these strings (default: %(default)s)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the committee and the reference")
-    parser.add_argument("--output", type=Path, default=HERE / "network_steps.md")
+    parser.add_argument("--output", type=Path, help="a new markdown file for the table (an existing one is "
+                        "refused; default: the script's own network_steps.md, which each run rewrites)")
     args = parser.parse_args()
+    if args.output is None:
+        args.output = HERE / "network_steps.md"
+    elif args.output.exists():
+        parser.error(f"{args.output} exists; choose a new --output (nothing is overwritten)")
     if not args.teacher or not Path(args.teacher).is_file():
         parser.error("the reference potential's model file is needed: --teacher PATH or EMLP_MODEL")
 
@@ -115,7 +120,10 @@ def main() -> int:
                         f"| {'yes' if outside else 'no'} | {minutes:.1f} | {verdict} |")
             print(rows[-1], flush=True)
             frames = []  # the step's band, then its saddle where it has one
-            for im, role in [(im, "band") for im in step.images] + [(top, "saddle")] * (step.saddle is not None):
+            shown = [(im, "band") for im in step.images]
+            if step.saddle is not None:
+                shown.append((top, "saddle"))
+            for im, role in shown:
                 frame = im.copy()
                 frame.info.update(path=name, step=k, role=role, model_energy=float(
                     im.get_potential_energy() - step.initial.get_potential_energy()))
