@@ -504,7 +504,6 @@ static inline vreal pow2_mul(vreal p, vreal n) {
     const __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(EXP_BIAS));
     return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(e, MANT_BITS)));
 }
-#define AVX2_FLOAT 1
 #else
 typedef __m256d vreal;
 #define VW 4
@@ -515,6 +514,7 @@ static inline vreal pow2_mul(vreal p, vreal n) {
 }
 #endif
 static inline vreal vrecip(vreal d) { return VOP(div)(VOP(set1)((REAL)1), d); }
+#define AVX2_VEC 1
 #endif
 
 #ifdef VW
@@ -620,9 +620,9 @@ ROW dense_block(const i64 n_in, const i64 n_out, const int wt, const REAL *restr
 
 /* Row-major (rows, ld) <-> block layout [k][LANES]: io[k][q] = x[(e0 + q) * ld + k] for the
  * n <= LANES rows of a block (rows past n read as 0). With AVX-512 in float, 16 x 16
- * tiles are transposed in registers; with AVX2 in float, block_to_rows transposes 8 x 8
- * tiles (its scalar stores took a fifth of the MLP forward on a Zen 3 core; rows_to_block
- * gained nothing so); otherwise element by element. */
+ * tiles are transposed in registers; with AVX2, block_to_rows transposes VW x VW tiles
+ * (its scalar stores took a fifth of the MLP forward in float on a Zen 3 core;
+ * rows_to_block gained nothing so); otherwise element by element. */
 #ifdef AVX512_FLOAT
 #define HAVE_TILE_TRANSPOSE 1
 static inline void transpose16(__m512 r[16]) {
@@ -649,9 +649,11 @@ static inline void transpose16(__m512 r[16]) {
 }
 #endif
 
-#ifdef AVX2_FLOAT
-static inline void transpose8(__m256 r[8]) {
-    __m256 t[8];
+#ifdef AVX2_VEC
+/* r[k][q] <- r[q][k]: a VW x VW transpose in registers */
+static inline void transpose_vw(vreal r[VW]) {
+    vreal t[VW];
+#if CAT(REAL_IS_FLOAT_, REAL)
     for (int i = 0; i < 8; i += 2) {
         t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
         t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
@@ -667,15 +669,31 @@ static inline void transpose8(__m256 r[8]) {
         t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
     }
     for (int i = 0; i < 8; ++i) r[i] = t[i];
+#else
+    t[0] = _mm256_unpacklo_pd(r[0], r[1]);
+    t[1] = _mm256_unpackhi_pd(r[0], r[1]);
+    t[2] = _mm256_unpacklo_pd(r[2], r[3]);
+    t[3] = _mm256_unpackhi_pd(r[2], r[3]);
+    r[0] = _mm256_permute2f128_pd(t[0], t[2], 0x20);
+    r[1] = _mm256_permute2f128_pd(t[1], t[3], 0x20);
+    r[2] = _mm256_permute2f128_pd(t[0], t[2], 0x31);
+    r[3] = _mm256_permute2f128_pd(t[1], t[3], 0x31);
+#endif
 }
 
-/* the first nk <= 8 numbers of v to y, without a masked store (slow on some cores) */
-static inline void store_first(float *y, __m256 v, i64 nk) {
-    if (nk == 8) { _mm256_storeu_ps(y, v); return; }
+/* the first nk <= VW numbers of v to y, by halves, without a masked store (slow on some cores) */
+static inline void store_first(REAL *y, vreal v, i64 nk) {
+    if (nk == VW) { VOP(storeu)(y, v); return; }
+#if CAT(REAL_IS_FLOAT_, REAL)
     __m128 h = _mm256_castps256_ps128(v);
     if (nk >= 4) { _mm_storeu_ps(y, h); h = _mm256_extractf128_ps(v, 1); y += 4; nk -= 4; }
     if (nk >= 2) { _mm_storel_pi((__m64 *)y, h); h = _mm_movehl_ps(h, h); y += 2; nk -= 2; }
     if (nk) _mm_store_ss(y, h);
+#else
+    __m128d h = _mm256_castpd256_pd128(v);
+    if (nk >= 2) { _mm_storeu_pd(y, h); h = _mm256_extractf128_pd(v, 1); y += 2; nk -= 2; }
+    if (nk) _mm_store_sd(y, h);
+#endif
 }
 #endif
 
@@ -707,14 +725,14 @@ ROW block_to_rows(REAL (*restrict io)[LANES], i64 width, i64 e0, i64 n, REAL *re
         transpose16(r);
         for (i64 q = 0; q < n; ++q) _mm512_mask_storeu_ps(y + (e0 + q) * ld + k0, mk, r[q]);
     }
-#elif defined(AVX2_FLOAT)
-    for (i64 q0 = 0; q0 < n; q0 += 8)
-        for (i64 k0 = 0; k0 < width; k0 += 8) {
-            const i64 nk = width - k0 < 8 ? width - k0 : 8;
-            __m256 r[8];
-            for (i64 k = 0; k < 8; ++k) r[k] = k < nk ? _mm256_loadu_ps(io[k0 + k] + q0) : _mm256_setzero_ps();
-            transpose8(r);
-            for (i64 q = 0; q < 8 && q0 + q < n; ++q) store_first(y + (e0 + q0 + q) * ld + k0, r[q], nk);
+#elif defined(AVX2_VEC)
+    for (i64 q0 = 0; q0 < n; q0 += VW)
+        for (i64 k0 = 0; k0 < width; k0 += VW) {
+            const i64 nk = width - k0 < VW ? width - k0 : VW;
+            vreal r[VW];
+            for (i64 k = 0; k < VW; ++k) r[k] = k < nk ? VOP(loadu)(io[k0 + k] + q0) : VOP(setzero)();
+            transpose_vw(r);
+            for (i64 q = 0; q < VW && q0 + q < n; ++q) store_first(y + (e0 + q0 + q) * ld + k0, r[q], nk);
         }
 #else
     for (i64 q = 0; q < n; ++q)
