@@ -556,11 +556,15 @@ ROW silu_block(const i64 F, REAL (*restrict v)[LANES], REAL (*restrict d)[LANES]
 /* out[o0:o0+nt] = bias + sum_p W[p, o] in[p] for a tile of nt <= TILE outputs: the
  * nt accumulators stay in registers while the inputs stream past once. W (n_in, n_out)
  * row-major when wt == 0; with wt != 0 W is read transposed, W[o, p] of (n_out, n_in).
- * With AVX2's 16 vector registers the accumulators are written out as vectors, 8 of them
- * (4 outputs of 2 vectors in float, 2 of 4 in double): GCC kept the plain loops' 8 x 16
- * accumulators in memory there. */
+ * With AVX2's 16 vector registers the accumulators are written out as vectors (GCC kept
+ * the plain loops' 8 x 16 accumulators in memory there), as many as the registers hold;
+ * output counts that TILE does not divide end with tiles of 4, 2 and 1. */
 #if defined(VW) && !defined(__AVX512F__)
-#define TILE (VW / 2)
+#if VW == 8
+#define TILE 6 /* float: 12 accumulators, 2 inputs and a weight fill 15 of the 16 registers */
+#else
+#define TILE 2 /* double: 8 accumulators (3 outputs were slower on water-small's 16-wide layers) */
+#endif
 #define NV (LANES / VW)
 ROW dense_tile(const i64 n_in, const i64 n_out, i64 o0, const i64 nt, const int wt, const REAL *restrict W,
                const REAL *restrict bias, REAL (*restrict in)[LANES], REAL (*restrict out)[LANES]) {
@@ -615,6 +619,10 @@ ROW dense_block(const i64 n_in, const i64 n_out, const int wt, const REAL *restr
                 REAL (*restrict in)[LANES], REAL (*restrict out)[LANES]) {
     i64 o0 = 0;
     for (; o0 + TILE <= n_out; o0 += TILE) dense_tile(n_in, n_out, o0, TILE, wt, W, bias, in, out);
+#if defined(AVX2_VEC) && TILE > 4
+    if (o0 + 4 <= n_out) { dense_tile(n_in, n_out, o0, 4, wt, W, bias, in, out); o0 += 4; }
+    if (o0 + 2 <= n_out) { dense_tile(n_in, n_out, o0, 2, wt, W, bias, in, out); o0 += 2; }
+#endif
     for (; o0 < n_out; ++o0) dense_tile(n_in, n_out, o0, 1, wt, W, bias, in, out);
 }
 
