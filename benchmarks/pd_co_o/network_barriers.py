@@ -117,10 +117,15 @@ def main() -> int:
                         help="also refine the reference's own transition states (cheaper than its bands)")
     parser.add_argument("--dtype", default="float64")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for the committee and the reference")
-    parser.add_argument("--output", type=Path, default=HERE / "network_barriers.md")
+    parser.add_argument("--output", type=Path, help="a new markdown file for the table (an existing one is "
+                        "refused; default: the script's own network_barriers.md, which each run rewrites)")
     parser.add_argument("--bands", type=Path, help="a new folder for the bands (extxyz) instead of the script's own "
                         "network/, which each run rewrites")
     args = parser.parse_args()
+    if args.output is None:
+        args.output = HERE / "network_barriers.md"
+    elif args.output.exists():
+        parser.error(f"{args.output} exists; choose a new --output (nothing is overwritten)")
     if args.bands is not None and args.bands.exists() and any(args.bands.glob("*.extxyz")):
         parser.error(f"{args.bands} already holds bands; choose another --bands (nothing is overwritten)")
 
