@@ -84,15 +84,14 @@ def _relax(args: argparse.Namespace) -> int:
 
     from . import NEMPCalculator
     from .devices import set_threads
-    from .files import check_output_format, check_writable_folder
+    from .files import check_new_file, check_output_format, check_writable_folder
     from .jobs import InProcess, check_spec, open_executor
     from .relax import RelaxInterrupted, relax_many
     from .files import read_structures
 
     check_spec(args.scheduler)
     output = args.output or args.structures.with_name(args.structures.stem + "-relaxed.extxyz")
-    if output.exists():
-        raise FileExistsError(f"{output} exists; choose another --output (nothing is overwritten)")
+    check_new_file(output)
     check_writable_folder(output.parent)
     set_threads(args.threads)
     frames = read_structures(args.structures)
@@ -242,10 +241,10 @@ def _many_reactions(args: argparse.Namespace, pairs: list, calc, settings) -> in
 
 
 def _lammps(args: argparse.Namespace) -> int:
+    from .files import check_new_file
     from .lammps import LammpsPotential, lammps_input, resolve_model, write_pointer
 
-    if args.output.exists():
-        raise FileExistsError(f"{args.output} exists; choose another --output (nothing is overwritten)")
+    check_new_file(args.output)
     model = resolve_model(args.model)
     potential = LammpsPotential(model, dtype=args.dtype, exchange=False if args.recompute_halo else None)
     lines = lammps_input(potential, str(args.output.resolve()), skin=args.skin, types=args.types)
@@ -259,15 +258,14 @@ def _lammps(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from .devices import resolve_device
-    from .files import check_writable_folder
+    from .files import check_new_file, check_writable_folder
     from .train import LabelKeys, format_table, predictions
 
     resolve_device(args.device)
     cal_path = args.calibration or (args.plot.with_name(args.plot.stem + "-calibration.png") if args.plot else None)
     for path in (args.plot, cal_path):  # before the evaluation, not after it
         if path is not None:
-            if path.exists():
-                raise FileExistsError(f"{path} exists; choose another name (nothing is overwritten)")
+            check_new_file(path, "name")
             check_writable_folder(path.parent)
     keys = LabelKeys(args.energy_key, args.forces_key, args.stress_key)
     stats, pred, ref = predictions(args.model, args.data, keys, batch_size=args.batch_size, device=args.device,
@@ -313,17 +311,15 @@ def format_coverage(table: dict) -> str:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from .files import check_writable_folder
+    from .files import check_new_file, check_writable_folder
     from .io import load, save
     from .train import predictions
     from .uncertainty import METADATA_KEY, coverage, fit_calibration
 
-    if args.output.exists():
-        raise FileExistsError(f"{args.output} exists; choose another --output (nothing is overwritten)")
+    check_new_file(args.output)
     check_writable_folder(args.output.parent)
     if args.plot is not None:
-        if args.plot.exists():
-            raise FileExistsError(f"{args.plot} exists; choose another --plot (nothing is overwritten)")
+        check_new_file(args.plot, "--plot")
         check_writable_folder(args.plot.parent)
     model = load(args.model)
     if not model.is_committee:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from ase import Atoms
 
-__all__ = ["read_structures", "atomic_write", "check_writable_folder", "check_output_format", "FolderLock"]
+__all__ = ["read_structures", "atomic_write", "check_new_file", "check_writable_folder", "check_output_format",
+           "FolderLock"]
 
 
 def read_structures(path: str | os.PathLike | list, index: str = ":") -> list[Atoms]:
@@ -61,6 +62,13 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def check_new_file(path: str | os.PathLike, option: str = "--output") -> None:
+    """Refuse, before any work, an output file that already exists (nothing is overwritten);
+    ``option`` names what the user should change in the message."""
+    if Path(path).exists():
+        raise FileExistsError(f"{path} exists; choose another {option} (nothing is overwritten)")
 
 
 def check_writable_folder(folder: str | os.PathLike) -> None:

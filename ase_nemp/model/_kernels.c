@@ -460,7 +460,7 @@ static inline REAL vexp(REAL x) {
 
 /* With AVX-512 or AVX2 the SiLU works on whole vectors (VW numbers of REAL: 16 floats or
  * 8 doubles with AVX-512, 8 or 4 with AVX2), written once through VOP(op), e.g.
- * VOP(fmadd) = _mm512_fmadd_ps or _mm256_fmadd_pd; in float with AVX-512 the block
+ * VOP(fmadd) = _mm512_fmadd_ps or _mm256_fmadd_pd; the dense tiles (AVX2) and block
  * transposes below use intrinsics too. Elsewhere the portable loops (vectorised by the
  * compiler) run. Three steps differ between the two instruction sets:
  *   VROUND(x)      x rounded to the nearest integer;
@@ -559,7 +559,7 @@ ROW silu_block(const i64 F, REAL (*restrict v)[LANES], REAL (*restrict d)[LANES]
  * With AVX2's 16 vector registers the accumulators are written out as vectors (GCC kept
  * the plain loops' 8 x 16 accumulators in memory there), as many as the registers hold;
  * output counts that TILE does not divide end with tiles of 4, 2 and 1. */
-#if defined(VW) && !defined(__AVX512F__)
+#ifdef AVX2_VEC
 #if VW == 8
 #define TILE 6 /* float: 12 accumulators, 2 inputs and a weight fill 15 of the 16 registers */
 #else

@@ -125,7 +125,7 @@ def main() -> int:
     if args.output is None:
         args.output = HERE / "network_barriers.md"
     elif args.output.exists():
-        parser.error(f"{args.output} exists; choose a new --output (nothing is overwritten)")
+        parser.error(f"{args.output} exists; choose another --output (nothing is overwritten)")
     if args.bands is not None and args.bands.exists() and any(args.bands.glob("*.extxyz")):
         parser.error(f"{args.bands} already holds bands; choose another --bands (nothing is overwritten)")
 

@@ -54,7 +54,7 @@ def main() -> int:
     if args.output is None:
         args.output = HERE / "network_steps.md"
     elif args.output.exists():
-        parser.error(f"{args.output} exists; choose a new --output (nothing is overwritten)")
+        parser.error(f"{args.output} exists; choose another --output (nothing is overwritten)")
     if not args.teacher or not Path(args.teacher).is_file():
         parser.error("the reference potential's model file is needed: --teacher PATH or EMLP_MODEL")
 
